@@ -1,0 +1,274 @@
+"""One checkpoint format and offline-first loading.
+
+A visualtok checkpoint is a directory holding
+
+* ``model.safetensors``: the state dict;
+* ``config.json``: ``model_class`` (a name from the registry, never an import path), ``model_name``,
+  the constructor ``config``, the library version, the ``code_layout`` and the sha256 of the weights.
+
+``visualtok.load(name_or_path)`` resolves, in order: a local directory, ``weights/<name>`` (or
+``$VISUALTOK_WEIGHTS/<name>``), then a registry record with a hub id, fetched through
+``huggingface_hub`` (cache first, network only when not offline). When nothing is found the error
+names the file and the directory to put it in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import config_from_dict, config_to_dict
+
+__all__ = [
+    "CheckpointError",
+    "PretrainedMixin",
+    "load",
+    "load_state_dict_strict",
+    "sha256_file",
+    "weights_dir",
+    "atomic_write_bytes",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is corrupt, incomplete or belongs to another model."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def weights_dir() -> Path:
+    """Directory of shipped weights: ``$VISUALTOK_WEIGHTS`` or the repository's ``weights/``."""
+    env = os.environ.get("VISUALTOK_WEIGHTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:
+    """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        def fmt(items: list[str]) -> str:
+            return ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {fmt(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {fmt(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches: {fmt(mismatched)}")
+        where = f" ({source})" if source else ""
+        raise CheckpointError(
+            f"checkpoint does not match {type(model).__name__}{where}: " + "; ".join(parts)
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for models with a dataclass ``config``.
+
+    A subclass sets ``config_class`` and takes ``config`` as its only constructor argument. It may
+    expose ``code_layout`` (a ``CodeLayout``) which is recorded for tools that read configs only.
+    """
+
+    config_class: type = None  # type: ignore[assignment]
+    model_name: str | None = None
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` atomically; returns the directory."""
+        from . import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(state, tmp, metadata={"format": "pt", "model_class": type(self).__name__})
+            os.replace(tmp, directory / WEIGHTS_NAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        layout = getattr(self, "code_layout", None)
+        meta = {
+            "format": "visualtok",
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "model_class": type(self).__name__,
+            "model_name": self.model_name,
+            "config": config_to_dict(self.config),  # type: ignore[attr-defined]
+            "code_layout": layout.to_dict() if layout is not None else None,
+            "files": {WEIGHTS_NAME: {"sha256": sha256_file(directory / WEIGHTS_NAME)}},
+        }
+        atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        return directory
+
+    @classmethod
+    def from_config(cls, config: Any) -> nn.Module:
+        if isinstance(config, dict):
+            config = config_from_dict(cls.config_class, config)
+        return cls(config)  # type: ignore[call-arg]
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+        """Load a visualtok checkpoint directory; ``cls`` may be a base class of the stored class."""
+        model = _load_directory(Path(directory), map_location)
+        if not isinstance(model, cls):
+            raise CheckpointError(
+                f"{directory} holds a {type(model).__name__}, not a {cls.__name__}"
+            )
+        return model
+
+
+def _load_directory(directory: Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    from .registry import get_model_class
+
+    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a visualtok checkpoint: {p.name} is missing "
+                f"(expected {CONFIG_NAME} + {WEIGHTS_NAME})"
+            )
+    meta = _read_json(cfg_path)
+    if meta.get("format") != "visualtok" or "model_class" not in meta or "config" not in meta:
+        raise CheckpointError(f"{cfg_path} is not a visualtok config.json (needs format, model_class, config)")
+    expected_sha = meta.get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
+    if expected_sha and sha256_file(w_path) != expected_sha:
+        raise CheckpointError(
+            f"{w_path} is corrupt: sha256 differs from the one recorded in {CONFIG_NAME}"
+        )
+    model_cls = get_model_class(meta["model_class"])
+    model = model_cls.from_config(meta["config"])
+    try:
+        state = load_file(str(w_path), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{w_path} is not a readable safetensors file: {e}") from None
+    load_state_dict_strict(model, state, source=str(w_path))
+    model.model_name = meta.get("model_name")
+    return model.eval()
+
+
+def _fetch_from_hub(name: str) -> Path:
+    """Resolve a registry preset's pretrained files through the HF cache, online only when allowed."""
+    from .registry import get_model_entry
+
+    entry = get_model_entry(name)
+    rec = entry.pretrained
+    local_dir = weights_dir() / name
+    if rec is None or rec.hub_id is None:
+        raise FileNotFoundError(
+            f"no weights for {name!r}: no local checkpoint at {local_dir} and the preset has no hub record"
+        )
+    files = [rec.filename] + ([rec.config_filename] if rec.config_filename else [])
+    paths: list[Path] = []
+    try:
+        from huggingface_hub import hf_hub_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        for fname in files:
+            try:
+                p = hf_hub_download(rec.hub_id, fname, local_files_only=True)
+            except Exception:
+                if offline:
+                    raise
+                p = hf_hub_download(rec.hub_id, fname, etag_timeout=5)
+            paths.append(Path(p))
+    except Exception as e:
+        want = ", ".join(files)
+        raise FileNotFoundError(
+            f"weights for {name!r} are not available offline. Download {want} from the hub repo "
+            f"{rec.hub_id!r} and put them in {local_dir}/ (sha256 of {rec.filename}: {rec.sha256 or 'not recorded'}). "
+            f"({type(e).__name__}: {e})"
+        ) from None
+    if rec.sha256 and sha256_file(paths[0]) != rec.sha256:
+        raise CheckpointError(f"{paths[0]} does not have the sha256 recorded for {name!r}")
+    return paths[0].parent
+
+
+def _load_official(name: str, directory: Path) -> nn.Module:
+    """An official-format checkpoint (weights + official config) in ``directory``, converted on load."""
+    from .convert import convert_checkpoint
+    from .registry import get_model_entry
+
+    rec = get_model_entry(name).pretrained
+    assert rec is not None
+    weights = directory / rec.filename
+    if rec.sha256 and sha256_file(weights) != rec.sha256:
+        raise CheckpointError(f"{weights} does not have the sha256 recorded for {name!r}")
+    config = directory / rec.config_filename if rec.config_filename else None
+    return convert_checkpoint(rec.format, weights, config=config, preset=name).eval()
+
+
+def load(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model by local directory or preset name, offline first (see module docstring)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _load_directory(path, map_location)
+    if path.suffix in (".safetensors", ".json") and path.parent.is_dir() and path.exists():
+        return _load_directory(path.parent, map_location)
+    name = str(name_or_path)
+    local = weights_dir() / name
+    if (local / CONFIG_NAME).is_file():
+        return _load_directory(local, map_location)
+    from .registry import get_model_entry
+
+    entry = get_model_entry(name)  # raises for unknown names
+    rec = entry.pretrained
+    if rec is not None and rec.format != "visualtok" and (local / rec.filename).is_file():
+        return _load_official(name, local)
+    directory = _fetch_from_hub(name)
+    if rec is not None and rec.format != "visualtok":
+        return _load_official(name, directory)
+    return _load_directory(directory, map_location)

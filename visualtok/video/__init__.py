@@ -1,0 +1,1 @@
+"""visualtok.video."""
