@@ -1,6 +1,21 @@
-"""Quantizer core: one protocol (``Quantizer``), one code description (``CodeLayout``)."""
+"""Quantizer core: one protocol (``Quantizer``), one code description (``CodeLayout``), one config.
+
+Families (one file each): ``vq`` (VectorQuantizer), ``lfq`` (LookupFreeQuantizer), ``fsq``
+(FiniteScalarQuantizer), ``rvq`` (ResidualVectorQuantizer), ``ptq`` (DimensionwiseQuantizer).
+Build any of them with ``build_quantizer(QuantizerConfig(type=..., ...))``.
+"""
 
 from .base import QuantOutput, Quantizer, check_latents, fp32_no_autocast
+from .config import QUANTIZER_TYPES, QuantizerConfig, build_quantizer
 from .layout import CodeLayout
 
-__all__ = ["CodeLayout", "QuantOutput", "Quantizer", "check_latents", "fp32_no_autocast"]
+__all__ = [
+    "CodeLayout",
+    "QuantOutput",
+    "Quantizer",
+    "QuantizerConfig",
+    "QUANTIZER_TYPES",
+    "build_quantizer",
+    "check_latents",
+    "fp32_no_autocast",
+]

@@ -1,0 +1,96 @@
+"""``QuantizerConfig``: one strict config for every quantizer family, and ``build_quantizer``.
+
+Models embed a ``QuantizerConfig`` in their own dataclass config, so any family plugs into any
+tokenizer through configuration alone (``quantizer: {type: fsq, levels: [8, 8, 8, 5, 5, 5]}``).
+Fields that belong to another family must stay at their defaults: ``validate`` rejects them, so a
+misplaced option is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+
+__all__ = ["QuantizerConfig", "build_quantizer", "QUANTIZER_TYPES"]
+
+# type -> (module, class name). Each module holds one family and one class.
+QUANTIZER_TYPES: dict[str, tuple[str, str]] = {
+    "vq": ("visualtok.quantize.vq", "VectorQuantizer"),
+    "lfq": ("visualtok.quantize.lfq", "LookupFreeQuantizer"),
+    "fsq": ("visualtok.quantize.fsq", "FiniteScalarQuantizer"),
+    "rvq": ("visualtok.quantize.rvq", "ResidualVectorQuantizer"),
+    "ptq": ("visualtok.quantize.ptq", "DimensionwiseQuantizer"),
+}
+
+# Fields each family reads (beyond the common ``type`` and ``dim``).
+_FAMILY_FIELDS: dict[str, set[str]] = {
+    "vq": {"codebook_size", "l2_normalize", "beta", "ema", "ema_decay", "rotation_trick", "kmeans_init",
+           "kmeans_iters", "dead_code_threshold", "chunk_size", "codebook_dim"},
+    "rvq": {"codebook_size", "l2_normalize", "beta", "ema", "ema_decay", "rotation_trick", "kmeans_init",
+            "kmeans_iters", "dead_code_threshold", "chunk_size", "codebook_dim", "num_quantizers",
+            "quantizer_dropout"},
+    "lfq": {"group_size", "entropy_weight", "diversity_gamma", "beta", "bit_scale"},
+    "fsq": {"levels"},
+    "ptq": {"bins", "value_range", "per_channel", "latent_scale"},
+}
+
+
+@dataclass
+class QuantizerConfig:
+    """Configuration of one quantizer. ``type`` picks the family; see ``_FAMILY_FIELDS``."""
+
+    type: str = "vq"  # vq | lfq | fsq | rvq | ptq
+    dim: int = 12  # channels D of the latents [B, *S, D] fed to the quantizer
+    # --- VQ / RVQ
+    codebook_size: int = 4096  # K entries per codebook
+    codebook_dim: int | None = None  # factorized codes: project D -> codebook_dim -> D (DAC); None = D
+    l2_normalize: bool = False  # cosine codebook: l2-normalise z and codebook before lookup
+    beta: float = 0.25  # commitment weight (VQ, RVQ, LFQ)
+    ema: bool = False  # EMA codebook updates instead of a codebook loss
+    ema_decay: float = 0.99
+    rotation_trick: bool = False  # gradient through the rotation trick instead of straight-through
+    kmeans_init: bool = False  # initialise the codebook by k-means on the first batch / calibrate()
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 0.0  # restart codes whose EMA usage falls below this (0 = off)
+    chunk_size: int = 8192  # rows per chunk in the nearest-neighbour search
+    num_quantizers: int = 8  # RVQ levels Q
+    quantizer_dropout: float = 0.0  # RVQ: probability of training on a random prefix of levels
+    # --- LFQ / binary
+    group_size: int = 8  # bits per factor g: codes are (2**g,) * (dim // g); entropy is group-wise
+    entropy_weight: float = 0.1
+    diversity_gamma: float = 1.0  # weight of the batch-entropy term inside the entropy loss
+    bit_scale: float = 1.0  # quantized values are +-bit_scale
+    # --- FSQ
+    levels: tuple[int, ...] = (8, 5, 5, 5)
+    # --- post-training, dimension-wise (TokenBridge)
+    bins: int = 64  # B equal-probability Gaussian-quantile bins per channel
+    value_range: float = 5.0  # global range +-value_range mapped to +-3 sigma
+    per_channel: bool = False  # calibrate a range per channel instead of the global one
+    latent_scale: float = 1.0  # multiply latents by this before quantizing (TokenBridge: 0.2325)
+
+    def validate(self) -> QuantizerConfig:
+        if self.type not in QUANTIZER_TYPES:
+            raise ValueError(f"quantizer type must be one of {sorted(QUANTIZER_TYPES)}; got {self.type!r}")
+        if self.dim < 1:
+            raise ValueError(f"quantizer dim must be >= 1; got {self.dim}")
+        allowed = _FAMILY_FIELDS[self.type] | {"type", "dim"}
+        default = QuantizerConfig()
+        stray = [f.name for f in fields(self)
+                 if f.name not in allowed and getattr(self, f.name) != getattr(default, f.name)]
+        if stray:
+            raise ValueError(
+                f"quantizer type {self.type!r} does not use option(s) {stray}; "
+                f"its options are {sorted(allowed)}"
+            )
+        return self
+
+
+def build_quantizer(config: QuantizerConfig | dict):
+    """Instantiate the quantizer family named by ``config.type``."""
+    from ..config import config_from_dict
+
+    if isinstance(config, dict):
+        config = config_from_dict(QuantizerConfig, config)
+    config.validate()
+    module, cls = QUANTIZER_TYPES[config.type]
+    return getattr(importlib.import_module(module), cls)(config)
