@@ -1,0 +1,149 @@
+"""Shared benchmark helpers: machine description, matmul peak, timing, peak memory, tables, JSON.
+
+Every benchmark script imports these so that all figures in ``RESULTS.md`` are measured the same way:
+median wall time over repeats after warm-up, CUDA synchronised, peak memory from the CUDA allocator
+or (on CPU) from a sampling RSS thread relative to the pre-call baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "machine_info",
+    "matmul_peak_gflops",
+    "time_call",
+    "peak_memory_bytes",
+    "print_table",
+    "write_json",
+    "sync",
+]
+
+
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+            if names:
+                info["cpu_model"] = names[0]
+        except OSError:
+            pass
+    return info
+
+
+def time_call(fn: Callable[[], Any], device: str | torch.device = "cpu", warmup: int = 1,
+              repeats: int = 3, min_time: float = 0.0) -> float:
+    """Median seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start_all) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50:
+            break
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       n: int | None = None) -> float:
+    """Achieved GFLOP/s of a large square matmul: the machine's practical compute limit."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sec = time_call(lambda: a @ b, device, warmup=2, repeats=5)
+    return 2 * n**3 / sec / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int:
+    """Extra memory at peak while running ``fn`` once (CUDA allocator, or sampled RSS on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    peak[0] = max(peak[0], _rss_bytes())
+    return max(peak[0] - base, 0)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str = "") -> None:
+    """Print ``rows`` as a Markdown table (floats to 3 significant digits)."""
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return str(v)
+
+    if title:
+        print(f"\n### {title}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for r in rows:
+        print("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
+
+
+def write_json(path: str | Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
