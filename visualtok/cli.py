@@ -1,0 +1,266 @@
+"""``visualtok`` command line: list, info, convert, encode, decode, reconstruct, train, generate.
+
+Each sub-command is a thin wrapper over the Python API; heavy imports happen inside the command so
+``visualtok --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_TOKENIZER = "titok_tiny_photos"
+DEFAULT_GENERATOR = "gpt_tiny_photos"
+BUNDLED_PHOTO = Path(__file__).resolve().parent / "assets" / "astronaut.png"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _load_tokenizer(name: str, allow_untrained: bool = False):
+    """Load ``name`` (dir, shipped weights or hub); optionally fall back to an untrained preset."""
+    import visualtok
+
+    try:
+        return visualtok.load(name)
+    except FileNotFoundError as e:
+        if not allow_untrained:
+            raise
+        preset = "titok_tiny" if name == DEFAULT_TOKENIZER else name
+        print(f"note: {e}\nnote: running a self-check with an UNTRAINED {preset!r} instead", file=sys.stderr)
+        return visualtok.create_model(preset).eval()
+
+
+def _read_image_for(model, path: Path):
+    from .data.image_io import center_crop_resize, load_image
+
+    img = load_image(path)
+    return center_crop_resize(img, model.image_size)[None]
+
+
+def _psnr(a, b) -> float:
+    from .metrics.image import psnr
+
+    return float(psnr(a, b).mean())
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import get_model_entry, list_models
+
+    for name in list_models(args.pattern, task=args.task):
+        e = get_model_entry(name)
+        rec = e.pretrained
+        where = (rec.hub_id or "weights/") if rec else "-"
+        print(f"{name:28s} {e.task:18s} {where}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = _load_tokenizer(args.model) if not args.random_init else _create(args.model)
+    info = {"class": type(model).__name__, "name": getattr(model, "model_name", None),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    layout = getattr(model, "code_layout", None)
+    if layout is not None:
+        info["code_layout"] = layout.to_dict()
+    for attr in ("image_size", "num_tokens", "token_shape", "bits_per_image"):
+        if hasattr(model, attr):
+            info[attr] = getattr(model, attr)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def _create(name: str):
+    from .registry import create_model
+
+    return create_model(name).eval()
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint
+
+    model = convert_checkpoint(args.family, args.checkpoint, config=args.config, preset=args.preset)
+    out = model.save_pretrained(args.out)
+    print(f"wrote {out} ({type(model).__name__}); open it with visualtok.load({str(out)!r})")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    model = _load_tokenizer(args.model)
+    images = _read_image_for(model, Path(args.image))
+    with torch.no_grad():
+        codes = model.encode(images)
+    meta = {"model": str(args.model), "code_layout": json.dumps(model.code_layout.to_dict()),
+            "source": str(args.image)}
+    save_file({"codes": codes.contiguous()}, args.out, metadata=meta)
+    bits = model.bits_per_image
+    print(f"{args.image}: {codes.shape[1:-1].numel()} tokens x {codes.shape[-1]} factor(s), "
+          f"{bits:.0f} bits -> {args.out}")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors import safe_open
+
+    from .data.image_io import save_image
+
+    with safe_open(args.codes, framework="pt") as f:
+        codes = f.get_tensor("codes")
+        meta = f.metadata() or {}
+    model = _load_tokenizer(args.model or meta.get("model", DEFAULT_TOKENIZER))
+    with torch.no_grad():
+        images = model.decode(codes)
+    save_image(images[0], args.out)
+    print(f"decoded {tuple(codes.shape)} codes -> {args.out}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.image_io import save_grid
+
+    model = _load_tokenizer(args.model, allow_untrained=args.model == DEFAULT_TOKENIZER)
+    path = Path(args.image) if args.image else BUNDLED_PHOTO
+    images = _read_image_for(model, path)
+    with torch.no_grad():
+        codes = model.encode(images)
+        recon = model.decode(codes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid = out / f"{path.stem}_reconstruction.png"
+    save_grid([images, recon], grid, labels=["original", "reconstruction"])
+    n_tokens = int(codes.shape[1:-1].numel())
+    print(f"model       : {getattr(model, 'model_name', None) or args.model}")
+    print(f"image       : {path} -> {tuple(images.shape[-2:])}")
+    print(f"tokens      : {n_tokens} x {codes.shape[-1]} factor(s) (radices {model.code_layout.radices})")
+    print(f"bits        : {model.bits_per_image:.0f} per image "
+          f"({model.code_layout.bits_per_token:.2f} per token)")
+    print(f"PSNR        : {_psnr(recon, images):.2f} dB")
+    print(f"side by side: {grid}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_training
+
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    out = run_training(args.config, overrides=overrides or None)
+    print(f"training finished: {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.image_io import save_grid
+    from .generate.sampling import SamplingConfig, generate_codes
+
+    tokenizer = _load_tokenizer(args.tokenizer)
+    import visualtok
+
+    gpt = visualtok.load(args.model)
+    labels = None
+    if args.labels:
+        labels = torch.tensor([int(x) for x in args.labels.split(",")])
+    cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         cfg_scale=args.cfg_scale)
+    g = torch.Generator().manual_seed(args.seed)
+    codes = generate_codes(gpt, num_samples=args.num, labels=labels, config=cfg, generator=g,
+                           num_tokens=args.num_tokens)
+    with torch.no_grad():
+        images = tokenizer.decode(codes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid([images], out / "samples.png")
+    print(f"generated {len(images)} images from {codes.shape[1]} tokens each -> {out / 'samples.png'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="visualtok", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list model presets")
+    s.add_argument("pattern", nargs="?", default="*")
+    s.add_argument("--task", default=None, help="image-tokenizer | generator | ...")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("info", help="describe a model (config, code layout, parameters)")
+    s.add_argument("model")
+    s.add_argument("--random-init", action="store_true", help="build the preset without weights")
+    s.set_defaults(fn=cmd_info)
+
+    s = sub.add_parser("convert", help="convert an official checkpoint into a visualtok checkpoint")
+    s.add_argument("family", help="converter family, e.g. titok")
+    s.add_argument("checkpoint", help="official weights (.bin/.pt/.safetensors)")
+    s.add_argument("--config", default=None, help="official config (json/yaml)")
+    s.add_argument("--preset", default=None, help="visualtok preset the weights belong to")
+    s.add_argument("--out", required=True, help="output directory")
+    s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("encode", help="image -> tokens (.safetensors)")
+    s.add_argument("image")
+    s.add_argument("--model", default=DEFAULT_TOKENIZER)
+    s.add_argument("--out", default="codes.safetensors")
+    s.set_defaults(fn=cmd_encode)
+
+    s = sub.add_parser("decode", help="tokens (.safetensors) -> image")
+    s.add_argument("codes")
+    s.add_argument("--model", default=None, help="defaults to the model recorded with the codes")
+    s.add_argument("--out", default="decoded.png")
+    s.set_defaults(fn=cmd_decode)
+
+    s = sub.add_parser("reconstruct", help="encode + decode an image; write it side by side")
+    s.add_argument("image", nargs="?", default=None, help="defaults to a bundled real photo")
+    s.add_argument("--model", default=DEFAULT_TOKENIZER)
+    s.add_argument("--out", default="outputs")
+    s.set_defaults(fn=cmd_reconstruct)
+
+    s = sub.add_parser("train", help="train from a YAML config (tokenizer or generator)")
+    s.add_argument("config")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set trainer.max_steps=100")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("generate", help="sample tokens with a GPT and decode them")
+    s.add_argument("--model", default=DEFAULT_GENERATOR)
+    s.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
+    s.add_argument("--num", type=int, default=8)
+    s.add_argument("--labels", default=None, help="comma-separated class ids")
+    s.add_argument("--num-tokens", type=int, default=None, help="generate a prefix of this length")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--cfg-scale", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="outputs")
+    s.set_defaults(fn=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"visualtok {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
