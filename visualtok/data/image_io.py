@@ -1,0 +1,198 @@
+"""Image files <-> tensors: the one place the library reads and writes pictures.
+
+Tensors follow the library convention (DESIGN §3): float ``[3, H, W]`` (or ``[B, 3, H, W]``) RGB in
+[0, 1]. Grayscale, palette and RGBA files are converted to RGB explicitly (alpha is composited on
+white) and the conversion is logged, never done silently. Saving rounds to uint8 (not floors), the
+same conversion the FID protocol uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "load_image",
+    "save_image",
+    "list_images",
+    "center_crop_resize",
+    "save_grid",
+    "to_uint8",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] -> uint8 by rounding (``round(x * 255)``), clamped; uint8 passes through."""
+    if images.dtype == torch.uint8:
+        return images
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"images must be float in [0, 1] or uint8; got dtype {images.dtype}")
+    return (images.detach().float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file -> float ``[3, H, W]`` RGB in [0, 1].
+
+    Grayscale / palette / CMYK files become RGB; RGBA / LA are composited on white. Each conversion
+    is logged at INFO level with the file name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode == "P":  # palette: may carry transparency
+            im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+            mode_note = f"palette ({mode}) -> {im.mode}"
+        else:
+            mode_note = ""
+        if im.mode in ("RGBA", "LA", "PA"):
+            rgba = im.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, rgba).convert("RGB")
+            log.info("%s: %s image with alpha composited on white -> RGB", path.name,
+                     mode_note or mode)
+        elif im.mode != "RGB":
+            log.info("%s: converted %s image to RGB", path.name, im.mode)
+            im = im.convert("RGB")
+        elif mode_note:
+            log.info("%s: converted %s", path.name, mode_note)
+        arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _check_image_tensor(t: object, name: str = "image") -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor [3, H, W] or [B, 3, H, W]; got {type(t).__name__}"
+        )
+    if t.ndim not in (3, 4) or t.shape[-3] != 3:
+        raise ValueError(
+            f"{name} must be [3, H, W] or [B, 3, H, W] RGB; got shape {tuple(t.shape)}"
+        )
+    if t.dtype != torch.uint8:
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {t.dtype}")
+        bad = not bool(torch.isfinite(t).all()) or t.min() < -1e-3 or t.max() > 1 + 1e-3
+        if t.numel() and bad:
+            raise ValueError(
+                f"{name} must be float in [0, 1]; got values in "
+                f"[{float(t.min()):.3g}, {float(t.max()):.3g}]"
+            )
+    return t
+
+
+def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
+    """Write ``[3, H, W]`` (or ``[B, 3, H, W]``, tiled in a row) float [0, 1] / uint8 to ``path``.
+
+    The format follows the suffix (PNG recommended: lossless).
+    """
+    t = _check_image_tensor(tensor)
+    if t.ndim == 4:
+        t = torch.cat(list(t), dim=-1)  # [3, H, B*W]
+    arr = to_uint8(t.cpu()).permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    return path
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``folder`` (by suffix, case-insensitive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def center_crop_resize(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Centre-crop ``[3, H, W]`` / ``[B, 3, H, W]`` to the target aspect, then resize.
+
+    The resize is antialiased bicubic.
+
+    ``size`` is an int (square) or ``(H, W)``. Returns float in [0, 1] (uint8 is converted).
+    """
+    t = _check_image_tensor(img, "img")
+    th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if th < 1 or tw < 1:
+        raise ValueError(f"size must be positive; got {size}")
+    single = t.ndim == 3
+    x = (t.float() / 255.0 if t.dtype == torch.uint8 else t.float())
+    x = x[None] if single else x
+    h, w = x.shape[-2:]
+    # largest crop with the target aspect ratio, centred
+    if h * tw > w * th:
+        ch, cw = max(1, round(w * th / tw)), w
+    else:
+        ch, cw = h, max(1, round(h * tw / th))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    x = x[..., top : top + ch, left : left + cw]
+    if (ch, cw) != (th, tw):
+        x = F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)
+    x = x.clamp_(0, 1)
+    return x[0] if single else x
+
+
+def save_grid(
+    rows: list[torch.Tensor],
+    path: str | Path,
+    labels: Sequence[str] | None = None,
+    padding: int = 2,
+) -> Path:
+    """Save a grid: one row per tensor ``[B, 3, H, W]`` (e.g. originals above reconstructions).
+
+    Rows may differ in size (they are resized to the first row's ``H, W``) but not in ``B``.
+    Labels, if given, are drawn at the left of each row.
+    """
+    if not rows:
+        raise ValueError("save_grid needs at least one row [B, 3, H, W]")
+    rows = [_check_image_tensor(r, f"rows[{i}]") for i, r in enumerate(rows)]
+    if any(r.ndim != 4 for r in rows):
+        raise ValueError("each row must be a batch [B, 3, H, W]")
+    b = rows[0].shape[0]
+    if any(r.shape[0] != b for r in rows):
+        sizes = [r.shape[0] for r in rows]
+        raise ValueError(f"all rows must have the same batch size; got {sizes}")
+    if labels is not None and len(labels) != len(rows):
+        raise ValueError(f"labels must have one entry per row ({len(rows)}); got {len(labels)}")
+    h, w = rows[0].shape[-2:]
+    cells = []
+    for r in rows:
+        r = r.detach().cpu()
+        r = r.float() / 255.0 if r.dtype == torch.uint8 else r.float().clamp(0, 1)
+        if r.shape[-2:] != (h, w):
+            r = F.interpolate(r, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        cells.append(r)
+    label_w = 0 if labels is None else 8 + 7 * max(len(s) for s in labels)
+    grid_h = len(rows) * (h + padding) + padding
+    grid_w = label_w + b * (w + padding) + padding
+    canvas = torch.ones(3, grid_h, grid_w)
+    for i, r in enumerate(cells):
+        y = padding + i * (h + padding)
+        for j in range(b):
+            x = label_w + padding + j * (w + padding)
+            canvas[:, y : y + h, x : x + w] = r[j]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(to_uint8(canvas).permute(1, 2, 0).numpy())
+    if labels is not None:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(pil)
+        for i, s in enumerate(labels):
+            draw.text((4, padding + i * (h + padding) + h // 2 - 5), str(s), fill=(0, 0, 0))
+    pil.save(path)
+    return path
