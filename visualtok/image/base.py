@@ -1,0 +1,177 @@
+"""The image tokenizer interface every image model implements, and image validation.
+
+``ImageTokenizer`` fixes one public API across TiTok, FlexTok, ReTok and the 2D VQGAN baseline:
+
+* ``encode(images) -> codes [B, *S, F]`` (int64), ``decode(codes) -> images [B, 3, H, W]`` in [0, 1]
+  (clamped), ``reconstruct(images)``;
+* training hooks: ``encode_latents(images) -> z [B, *S, D]`` (pre-quantizer, channels last),
+  ``decode_latents(z_q) -> recon [B, 3, H, W]`` (the [0, 1] scale, not clamped) and
+  ``forward(images) -> TokenizerOutput(recon, quant)``; ``last_layer_weight()`` for adaptive GAN
+  weighting.
+
+Images are float ``[B, 3, H, W]`` in [0, 1] or uint8 (converted by ``check_images``). Subclasses
+convert to the range their weights expect inside ``encode_latents``/``decode_latents``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..hub import PretrainedMixin
+from ..quantize.base import Quantizer, QuantOutput
+from ..quantize.layout import CodeLayout
+
+__all__ = ["ImageTokenizer", "TokenizerOutput", "check_images"]
+
+# Float images may overshoot [0, 1] by resampling noise; anything beyond this is a range error
+# (e.g. images in [-1, 1] or [0, 255] passed by mistake).
+_RANGE_SLACK = 1e-3
+
+
+def check_images(images: object, image_size: tuple[int, int] | None = None,
+                 name: str = "images") -> torch.Tensor:
+    """Validate ``[B, 3, H, W]`` images in [0, 1] (float) or uint8; return float images in [0, 1].
+
+    ``image_size`` (H, W), when given, must match exactly: tokenizers with learned position tables
+    have a fixed input size.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor [B, 3, H, W] in [0, 1]; got {type(images).__name__}"
+        )
+    shape = tuple(images.shape)
+    if images.ndim != 4:
+        raise ValueError(f"{name} must be [B, 3, H, W] in [0, 1]; got shape {shape}")
+    if shape[1] != 3:
+        hint = " (convert grayscale/RGBA to RGB explicitly)" if shape[1] in (1, 2, 4) else ""
+        raise ValueError(
+            f"{name} must be RGB [B, 3, H, W]; got {shape[1]} channels, shape {shape}{hint}"
+        )
+    if image_size is not None and tuple(shape[2:]) != tuple(image_size):
+        raise ValueError(
+            f"{name} must be {image_size[0]}x{image_size[1]} for this tokenizer "
+            f"([B, 3, {image_size[0]}, {image_size[1]}]); got shape {shape}"
+        )
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {images.dtype}")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        if not (lo == lo and hi == hi) or lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+            raise ValueError(
+                f"{name} must be in [0, 1] (float) or uint8; got values in [{lo:.4g}, {hi:.4g}]"
+            )
+    return images
+
+
+@dataclass
+class TokenizerOutput:
+    """Result of ``ImageTokenizer.forward``."""
+
+    recon: torch.Tensor  # [B, 3, H, W] reconstruction on the [0, 1] scale, not clamped
+    quant: QuantOutput  # z_q [B, *S, D], codes [B, *S, F], losses (with "total"), stats
+
+
+class ImageTokenizer(nn.Module, PretrainedMixin):
+    """Base class of image tokenizers. Subclasses build ``self.quantizer`` and the hooks below."""
+
+    quantizer: Quantizer
+    supports_prefix: bool = False  # decode accepts codes[:, :k] (1D, flexible-length tokenizers)
+    continuous: bool = False  # KL/VAE mode: latents are continuous, codes come from post-training Q
+
+    # ------------------------------------------------------------------ description
+    @property
+    def image_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Token layout S, e.g. ``(N,)`` for a 1D tokenizer or ``(h, w)`` for a 2D one."""
+        raise NotImplementedError
+
+    @property
+    def num_tokens(self) -> int:
+        n = 1
+        for s in self.token_shape:
+            n *= s
+        return n
+
+    @property
+    def code_layout(self) -> CodeLayout:
+        return self.quantizer.layout
+
+    @property
+    def bits_per_image(self) -> float:
+        return self.num_tokens * self.code_layout.bits_per_token
+
+    # ------------------------------------------------------------------ training hooks
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] -> pre-quantizer latents ``[B, *S, D]``."""
+        raise NotImplementedError
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Quantized latents ``[B, *S, D]`` -> recon ``[B, 3, H, W]`` ([0, 1] scale, unclamped)."""
+        raise NotImplementedError
+
+    def quantize(self, z: torch.Tensor) -> QuantOutput:
+        """Latents -> ``QuantOutput``; VAE-style subclasses override (posterior, KL loss)."""
+        return self.quantizer(z)
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        images = check_images(images, self.image_size)
+        quant = self.quantize(self.encode_latents(images))
+        return TokenizerOutput(recon=self.decode_latents(quant.z_q), quant=quant)
+
+    def last_layer_weight(self) -> torch.Tensor:
+        """The final decoder weight (for the adaptive GAN weight of VQGAN-style training)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+    def check_codes(self, codes: object) -> torch.Tensor:
+        """Validate codes ``[B, *S, F]`` (a prefix when ``supports_prefix``) and their range."""
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"codes must be a torch.Tensor [B, *S, F]; got {type(codes).__name__}")
+        s, f = self.token_shape, self.code_layout.num_factors
+        want = f"[B, {', '.join(map(str, s))}, {f}]"
+        ok_rank = codes.ndim == len(s) + 2 and codes.shape[-1] == f
+        if ok_rank and self.supports_prefix and len(s) == 1:
+            ok_shape = 1 <= codes.shape[1] <= s[0]
+            want += f" (or a prefix [B, k, {f}], 1 <= k <= {s[0]})"
+        else:
+            ok_shape = ok_rank and tuple(codes.shape[1:-1]) == tuple(s)
+        if not ok_shape:
+            raise ValueError(f"codes must be {want}; got shape {tuple(codes.shape)}")
+        return self.code_layout.validate(codes)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` (float [0, 1] or uint8) -> codes ``[B, *S, F]`` int64."""
+        images = check_images(images, self.image_size)
+        z = self.encode_latents(images)
+        return self.quantizer.encode(self._latents_for_codes(z))
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, *S, F]`` -> images ``[B, 3, H, W]`` float in [0, 1] (clamped)."""
+        codes = self.check_codes(codes)
+        z_q = self.quantizer.decode(codes).to(self._param_dtype())
+        return self.decode_latents(z_q).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(images))``: images in, images in [0, 1] out."""
+        return self.decode(self.encode(images))
+
+    # ------------------------------------------------------------------ helpers
+    def _latents_for_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """What the quantizer sees at ``encode`` time (VAE subclasses: the posterior mean)."""
+        return z
+
+    def _param_dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype if p.dtype.is_floating_point else torch.float32
+        return torch.float32

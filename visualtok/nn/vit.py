@@ -1,0 +1,57 @@
+"""Pre-LN ViT blocks in the OpenCLIP layout (TiTok, and any ViT that loads OpenCLIP-style weights).
+
+``ResidualAttentionBlock``: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))`` with a GELU MLP named
+``c_fc``/``c_proj`` as in OpenCLIP. Attention is the library's one ``Attention`` block (fused
+``qkv`` + ``proj``, SDPA); OpenCLIP's ``attn.in_proj_*``/``attn.out_proj.*`` map onto
+``attn.qkv.*``/``attn.proj.*`` one to one (same row order: q, k, v, heads contiguous). Tensors are
+batch-first ``[B, L, D]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention
+
+__all__ = ["MLP", "ResidualAttentionBlock", "Transformer"]
+
+
+class MLP(nn.Module):
+    """``c_proj(gelu(c_fc(x)))``, hidden width ``dim * mlp_ratio`` (exact erf GELU)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(dim, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block ``[B, L, D] -> [B, L, D]`` (biases everywhere, LN eps 1e-5)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=True, proj_bias=True)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.ModuleList):
+    """A stack of ``depth`` blocks; a ``ModuleList`` so state keys read ``<name>.<i>.attn...``."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__(ResidualAttentionBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self:
+            x = block(x, attn_mask=attn_mask)
+        return x
