@@ -1,0 +1,121 @@
+"""Image folder dataset with deterministic crops.
+
+Train mode takes a seeded random square crop (and optional flip) per item, seeded by the
+``item_seed`` the ``ResumableSampler`` passes with each index, so a resumed run sees the very same
+pixels. Eval mode takes the centre crop. Items are ``{"image": [3, S, S] float in [0, 1],
+"index": int}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .sampler import item_generator
+
+__all__ = ["ImageFolderDataset", "random_crop_resize", "IMAGE_EXTENSIONS", "find_images"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``folder``; a clear error for a missing folder or no images."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"data path {folder} does not exist (set data.path in the config, or $VISUALTOK_DATA)"
+        )
+    try:  # the evaluation engineer's lister, when present, is the one mechanism
+        from .image_io import list_images
+
+        files = [Path(p) for p in list_images(folder, recursive=recursive)]
+    except ImportError:
+        it = folder.rglob("*") if recursive else folder.glob("*")
+        files = sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"empty dataset: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return files
+
+
+def _load(path: Path) -> torch.Tensor:
+    try:
+        from .image_io import load_image
+
+        return load_image(path)
+    except ImportError:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+
+
+def random_crop_resize(
+    img: torch.Tensor,
+    size: int,
+    generator: torch.Generator | None,
+    resize_short: int | None = None,
+    flip: bool = False,
+) -> torch.Tensor:
+    """``[3, H, W]`` -> ``[3, size, size]``: resize the short side to ``resize_short or size``, then
+    crop (random with ``generator``, centre without) and optionally flip horizontally."""
+    _, h, w = img.shape
+    short = resize_short or size
+    if short < size:
+        raise ValueError(f"resize_short ({short}) must be >= the crop size ({size})")
+    if min(h, w) != short:
+        scale = short / min(h, w)
+        nh, nw = max(short, round(h * scale)), max(short, round(w * scale))
+        img = F.interpolate(img[None], size=(nh, nw), mode="bicubic", antialias=True)[0]
+        h, w = nh, nw
+    if generator is None:
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    out = img[:, top : top + size, left : left + size]
+    if flip and generator is not None and bool(torch.rand((), generator=generator) < 0.5):
+        out = out.flip(-1)
+    return out.clamp(0, 1).contiguous()
+
+
+class ImageFolderDataset(Dataset):
+    """Images under a folder; ``train=True`` gives seeded random crops, else centre crops."""
+
+    def __init__(
+        self,
+        root: str | Path | Sequence[Path],
+        image_size: int,
+        train: bool = True,
+        random_flip: bool = True,
+        resize_short: int | None = None,
+        recursive: bool = True,
+    ) -> None:
+        if isinstance(root, (str, Path)):
+            self.files = find_images(root, recursive=recursive)
+        else:
+            self.files = [Path(p) for p in root]
+            if not self.files:
+                raise ValueError("empty dataset: the list of image files is empty")
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1; got {image_size}")
+        self.image_size, self.train = image_size, train
+        self.random_flip, self.resize_short = random_flip, resize_short
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        img = _load(self.files[index])
+        gen = item_generator(seed) if (self.train and seed is not None) else None
+        img = random_crop_resize(img, self.image_size, gen, self.resize_short, self.random_flip)
+        return {"image": img, "index": index}

@@ -1,0 +1,205 @@
+"""``TrainConfig``: the one strict config tree every training run is described by.
+
+A YAML recipe maps one to one onto these dataclasses (unknown keys are a ``ValueError`` naming
+them). Sections:
+
+* ``model``: a registry preset name plus overrides (or ``init_from`` a checkpoint directory);
+* ``data``: which dataset and how to crop/batch it (``visualtok.data.build_dataset``);
+* ``optim``: AdamW, cosine schedule with warmup, gradient clipping, discriminator optimizer;
+* ``loss``: task-specific; validated strictly by the task's own ``loss_config_class``;
+* ``trainer``: steps, batch size, intervals, checkpoints, precision, EMA, robustness, nested dropout.
+
+``task`` names the task (``tokenizer``, ``generator``, ...), see ``visualtok.train.task``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import config_from_dict, load_yaml
+
+__all__ = [
+    "ModelSection",
+    "DataConfig",
+    "OptimConfig",
+    "RobustnessConfig",
+    "NestedDropoutConfig",
+    "EMAConfig",
+    "TrainerConfig",
+    "TrainConfig",
+    "load_train_config",
+    "apply_overrides",
+]
+
+
+@dataclass
+class ModelSection:
+    name: str = "titok_tiny"  # registry preset, built with create_model(name, **overrides)
+    overrides: dict[str, Any] = field(default_factory=dict)  # preset config overrides
+    init_from: str | None = None  # a visualtok checkpoint dir to start from (fine-tuning)
+
+
+@dataclass
+class DataConfig:
+    type: str = "images"  # images | shards | video | audio | tokens (task specific)
+    path: str | None = None  # folder / shard pattern; relative paths resolve against the config file
+    image_size: int = 64  # square crop side for image datasets
+    random_crop: bool = True  # train: seeded random crop + flip; False: centre crop
+    random_flip: bool = True
+    resize_short: int | None = None  # resize the short side to this before cropping (None = crop size)
+    recursive: bool = True
+    num_workers: int = 0
+    # video / audio
+    num_frames: int = 8
+    frame_stride: int = 1
+    sample_rate: int = 16000
+    num_samples: int = 16000  # audio crop length
+    # decoder post-training / generator data
+    token_file: str | None = None  # safetensors file with ``codes`` aligned with the dataset order
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
+    disc_lr: float | None = None  # discriminator lr (None = lr)
+    disc_betas: tuple[float, float] | None = None
+
+
+@dataclass
+class RobustnessConfig:
+    """RobusTok latent perturbation: replace codes by nearby codes with an annealed rate."""
+
+    enabled: bool = False
+    rate_start: float = 0.0  # perturbation probability at step start_step
+    rate_end: float = 0.5  # ... reached at end_step (linear), held afterwards
+    strength_start: int = 1
+    strength_end: int = 1
+    start_step: int = 0
+    end_step: int | None = None  # None = last training step
+
+
+@dataclass
+class NestedDropoutConfig:
+    """Keep a random prefix of k of the N 1D tokens before decoding (ordered tokens)."""
+
+    enabled: bool = False
+    distribution: str = "uniform"  # uniform: k ~ U{min_tokens..N}; pow2: k in {min, 2min, ..., N}
+    per_sample: bool = True  # a different k per sample (masking) instead of one k per batch
+    min_tokens: int = 1
+    prob: float = 1.0  # probability that a batch is truncated at all
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False
+    decay: float = 0.999
+    start_step: int = 0  # copy the weights until this step, then average
+    use_for_final: bool = True  # the final save_pretrained model holds the EMA weights
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    batch_size: int = 8  # per process
+    seed: int = 0
+    output_dir: str = "runs/run"
+    log_every: int = 10
+    image_every: int = 200  # reconstruction images to TensorBoard (0 = never)
+    ckpt_every: int = 200
+    keep_last: int = 2  # checkpoints kept on disk
+    resume: str = "auto"  # auto (latest in output_dir if any) | none | a checkpoint dir
+    mixed_precision: str = "no"  # no | bf16 | fp16 (bf16 autocast on GPU)
+    device: str | None = None  # None = accelerate's choice; "cpu" forces CPU
+    find_unused_parameters: bool = True
+    progress: bool = True  # tqdm on the main process
+    tensorboard: bool = True
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    nested_dropout: NestedDropoutConfig = field(default_factory=NestedDropoutConfig)
+
+
+@dataclass
+class TrainConfig:
+    task: str = "tokenizer"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: dict[str, Any] = field(default_factory=dict)  # strict per task: Task.loss_config_class
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    description: str = ""  # free text: what this recipe is for
+
+    def validate(self) -> TrainConfig:
+        t = self.trainer
+        if t.steps < 1 or t.batch_size < 1:
+            raise ValueError(f"trainer.steps and trainer.batch_size must be >= 1; got {t.steps}, {t.batch_size}")
+        if t.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"trainer.mixed_precision must be no | bf16 | fp16; got {t.mixed_precision!r}")
+        if self.optim.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule must be cosine | constant; got {self.optim.schedule!r}")
+        nd = t.nested_dropout
+        if nd.distribution not in ("uniform", "pow2"):
+            raise ValueError(f"nested_dropout.distribution must be uniform | pow2; got {nd.distribution!r}")
+        if t.keep_last < 1:
+            raise ValueError(f"trainer.keep_last must be >= 1; got {t.keep_last}")
+        return self
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge ``overrides`` into a config dict. Keys may be dotted (``"trainer.steps": 10``) or nested."""
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and "." not in key and isinstance(data.get(key), dict):
+            apply_overrides(data[key], value)
+        else:
+            _set_dotted(data, key, value)
+    return data
+
+
+def _resolve_path(p: str | None, base: Path) -> str | None:
+    if p is None or "://" in p:
+        return p
+    path = Path(os.path.expanduser(p))
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def load_train_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """YAML recipe (+ overrides) -> validated ``TrainConfig``.
+
+    ``$VISUALTOK_DATA`` replaces ``data.path`` (an explicit override still wins). Relative
+    ``data.path``/``data.token_file``/``model.init_from`` resolve against the config file's folder's
+    parent-of-``configs`` convention: relative to the repository root when the file lives in
+    ``configs/``, else relative to the file's folder.
+    """
+    data = load_yaml(path) if path is not None else {}
+    env_data = os.environ.get("VISUALTOK_DATA")
+    if env_data:
+        data.setdefault("data", {})["path"] = env_data
+    apply_overrides(data, overrides)
+    cfg = config_from_dict(TrainConfig, data, where=str(path) if path else "TrainConfig")
+    if path is not None:
+        folder = Path(path).resolve().parent
+        base = folder.parent if folder.name == "configs" else folder
+        cfg.data.path = _resolve_path(cfg.data.path, base)
+        cfg.data.token_file = _resolve_path(cfg.data.token_file, base)
+        cfg.model.init_from = _resolve_path(cfg.model.init_from, base)
+    return cfg.validate()
