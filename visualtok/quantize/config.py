@@ -29,7 +29,8 @@ _FAMILY_FIELDS: dict[str, set[str]] = {
     "rvq": {"codebook_size", "l2_normalize", "beta", "ema", "ema_decay", "rotation_trick", "kmeans_init",
             "kmeans_iters", "dead_code_threshold", "chunk_size", "codebook_dim", "num_quantizers",
             "quantizer_dropout"},
-    "lfq": {"group_size", "entropy_weight", "diversity_gamma", "beta", "bit_scale"},
+    "lfq": {"group_size", "entropy_weight", "diversity_gamma", "beta", "bit_scale",
+            "entropy_temperature"},
     "fsq": {"levels"},
     "ptq": {"bins", "value_range", "per_channel", "latent_scale"},
 }
@@ -60,6 +61,7 @@ class QuantizerConfig:
     entropy_weight: float = 0.1
     diversity_gamma: float = 1.0  # weight of the batch-entropy term inside the entropy loss
     bit_scale: float = 1.0  # quantized values are +-bit_scale
+    entropy_temperature: float = 0.01  # softmax temperature of the entropy loss (MAGVIT-v2: 1/100)
     # --- FSQ
     levels: tuple[int, ...] = (8, 5, 5, 5)
     # --- post-training, dimension-wise (TokenBridge)

@@ -1,9 +1,9 @@
 """Chunked nearest-neighbour search over a codebook, and the random token mask used by ``perturb``.
 
 The search never materialises the full ``[N, K]`` distance matrix (nor a one-hot): tokens are
-processed in row chunks so that one chunk holds at most ``max_elements`` distances. Distances use the
-squared-norm form ``|e|^2 - 2 z.e`` (the ``|z|^2`` term is constant per row and dropped) computed by
-one ``addmm`` per chunk.
+processed in row chunks so that one chunk holds at most ``max_elements`` distances. Distances use
+the squared-norm form ``|e|^2 - 2 z.e`` (the ``|z|^2`` term is constant per row and dropped)
+computed by one ``addmm`` per chunk.
 """
 
 from __future__ import annotations
@@ -82,5 +82,7 @@ def token_mask(
 def check_strength(strength: object, maximum: int, what: str) -> int:
     """Validate ``perturb``'s ``strength``: an int in ``[1, maximum]``."""
     if isinstance(strength, bool) or not isinstance(strength, int) or not 1 <= strength <= maximum:
-        raise ValueError(f"perturb strength must be an int in [1, {maximum}] ({what}); got {strength!r}")
+        raise ValueError(
+            f"perturb strength must be an int in [1, {maximum}] ({what}); got {strength!r}"
+        )
     return strength

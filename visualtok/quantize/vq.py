@@ -4,11 +4,11 @@
   codebook updates with Laplace-smoothed counts (``ema=True``, Razavi et al. 2019);
 * l2-normalised (cosine) lookup, ``l2_normalize=True``: the stored rows stay raw and are normalised
   at lookup, as in TiTok's official quantizer (state key ``embedding.weight``, codebook 4096 x 12);
-* factorized codes (``codebook_dim``): project ``D -> codebook_dim`` before the lookup and back after
-  (Improved VQGAN / DAC);
+* factorized codes (``codebook_dim``): project ``D -> codebook_dim`` before the lookup and back
+  after   (Improved VQGAN / DAC);
 * k-means initialisation on the first training batch or through ``calibrate(batches)``;
-* dead-code restart: codes whose EMA usage falls below ``dead_code_threshold`` are replaced by random
-  vectors of the current batch;
+* dead-code restart: codes whose EMA usage falls below ``dead_code_threshold`` are replaced by
+  random vectors of the current batch;
 * the rotation trick (Fifer et al. 2024) instead of the straight-through gradient;
 * chunked nearest-neighbour search (``search.nearest_code``), never an ``[N, K]`` matrix or one-hot.
 
@@ -137,7 +137,8 @@ class VectorQuantizer(Quantizer):
         entropy = -(p[p > 0] * p[p > 0].log()).sum()
         stats = {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
         if hasattr(self, "cluster_size") and self.config.dead_code_threshold > 0:
-            stats["dead_codes"] = (self.cluster_size < self.config.dead_code_threshold).sum().float()
+            dead = self.cluster_size < self.config.dead_code_threshold
+            stats["dead_codes"] = dead.sum().float()
         return stats
 
     # ------------------------------------------------------------------ state updates (training)
@@ -197,7 +198,9 @@ class VectorQuantizer(Quantizer):
             self.initted.fill_(True)
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], max_vectors: int = 2**18) -> VectorQuantizer:
+    def calibrate(
+        self, batches: Iterable[torch.Tensor], max_vectors: int = 2**18
+    ) -> VectorQuantizer:
         """k-means initialise the codebook from latents ``[B, *S, D]`` (up to ``max_vectors``)."""
         xs, total = [], 0
         for z in batches:
@@ -216,7 +219,7 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def nearby_codes(self, idx: torch.Tensor, strength: int,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """For codes ``idx [M]``: one of each code's ``strength`` nearest codes (itself included)."""
+        """For codes ``idx [M]``: one of each code's ``strength`` nearest codes (itself too)."""
         if idx.numel() == 0:
             return idx
         cb = self.codebook().detach().float()
@@ -229,7 +232,7 @@ class VectorQuantizer(Quantizer):
     def perturb(self, codes: torch.Tensor, rate: float, strength: int = 1,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Each token, with probability ``rate``, becomes one of its ``strength`` nearest codes
-        (cosine/l2 in the lookup space; the nearest is the code itself, so ``strength=1`` keeps it)."""
+        (l2 in the lookup space; the nearest is the code itself, so ``strength=1`` keeps it)."""
         codes = self.layout.validate(codes)
         check_strength(strength, self.codebook_size, "nearest codes to choose from")
         flat = codes.reshape(-1).clone()

@@ -1,0 +1,128 @@
+"""Residual vector quantization (SoundStream / EnCodec / DAC) over ``VectorQuantizer`` levels.
+
+Level ``i`` quantizes the residual left by levels ``< i``; the output is the sum of the level
+outputs. Codes ``[B, *S, Q]`` with layout ``(K,) * Q`` (kind ``rvq``, residual), coarse to fine, so
+``decode(codes, depth=q)`` (or codes holding only the first ``q`` levels) decodes a coarse prefix.
+
+Training: each level adds its commitment / codebook losses (summed over levels); with probability
+``quantizer_dropout`` a batch trains on a random prefix of ``1..Q`` levels (the codes of the
+remaining levels are still computed, without state updates). The gradient reaches ``z`` through
+level 0's straight-through (or rotation-trick) path, every level's output value being included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .base import Quantizer, fp32_no_autocast
+from .config import QuantizerConfig
+from .layout import CodeLayout
+from .search import check_strength, token_mask
+from .vq import VectorQuantizer
+
+__all__ = ["ResidualVectorQuantizer"]
+
+
+class ResidualVectorQuantizer(Quantizer):
+    """RVQ with ``num_quantizers`` levels of ``VectorQuantizer`` (one codebook each)."""
+
+    loss_keys = ("total", "commitment", "codebook")
+
+    def __init__(self, config: QuantizerConfig) -> None:
+        super().__init__()
+        if config.num_quantizers < 1:
+            raise ValueError(f"num_quantizers must be >= 1; got {config.num_quantizers}")
+        if not 0.0 <= config.quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout must be in [0, 1]; got {config.quantizer_dropout}")
+        self.config = config
+        self.dim = config.dim
+        level_cfg = dataclasses.replace(
+            config, type="vq", num_quantizers=QuantizerConfig.num_quantizers,
+            quantizer_dropout=QuantizerConfig.quantizer_dropout,
+        )
+        q = config.num_quantizers
+        self.levels = nn.ModuleList(VectorQuantizer(level_cfg) for _ in range(q))
+        self.num_quantizers = config.num_quantizers
+        self.layout = CodeLayout((config.codebook_size,) * config.num_quantizers, kind="rvq",
+                                 residual=True)
+
+    def _quantize(self, z: torch.Tensor):
+        q_total = self.num_quantizers
+        active = q_total
+        if self.training and self.config.quantizer_dropout > 0:
+            if float(torch.rand(())) < self.config.quantizer_dropout:
+                active = int(torch.randint(1, q_total + 1, ()))
+        residual = z
+        z_q = torch.zeros_like(z)
+        codes, losses, stats = [], {}, {}
+        for i, level in enumerate(self.levels):
+            if i < active:
+                out, c, level_losses, level_stats = level._quantize(residual)
+                for k, v in level_losses.items():
+                    losses[k] = losses[k] + v if k in losses else v
+                stats.update({f"{k}_{i}": v for k, v in level_stats.items()})
+                if i > 0:  # only level 0 carries the gradient to z (see module docstring)
+                    out = out.detach()
+                z_q = z_q + out
+                residual = residual - out.detach()
+            else:  # dropped level: codes only, no state update, no loss
+                with torch.no_grad():
+                    c = level.nearest(residual).unsqueeze(-1)
+                    residual = residual - level._dequantize(c)
+            codes.append(c)
+        stats["active_levels"] = torch.tensor(float(active))
+        return z_q, torch.cat(codes, dim=-1), losses, stats
+
+    def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        out = self.levels[0]._dequantize(codes[:, 0:1])
+        for i in range(1, codes.shape[1]):
+            out = out + self.levels[i]._dequantize(codes[:, i : i + 1])
+        return out
+
+    def decode(self, codes: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """``[B, *S, q]`` codes of the first ``q <= Q`` levels -> ``[B, *S, D]``; ``depth`` keeps
+        only the first ``depth`` levels (coarse-to-fine prefix decode)."""
+        if not isinstance(codes, torch.Tensor) or codes.ndim < 2:
+            raise ValueError(f"codes must be a tensor [B, *S, F] with F <= {self.num_quantizers} "
+                             f"levels; got {getattr(codes, 'shape', type(codes).__name__)}")
+        given = codes.shape[-1]
+        if not 1 <= given <= self.num_quantizers:
+            raise ValueError(f"codes must have 1..{self.num_quantizers} levels in the last dim; "
+                             f"got shape {tuple(codes.shape)}")
+        depth = given if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= given:
+            raise ValueError(f"depth must be an int in [1, {given}]; got {depth!r}")
+        prefix = CodeLayout(self.layout.radices[:given], kind="rvq", residual=True)
+        codes = prefix.validate(codes)[..., :depth]
+        lead = codes.shape[:-1]
+        with fp32_no_autocast(codes.device.type):
+            z_q = self._dequantize(codes.reshape(-1, depth))
+        return z_q.reshape(*lead, self.dim)
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> ResidualVectorQuantizer:
+        """k-means initialise level by level on the residuals of ``batches`` ``[B, *S, D]``."""
+        residuals = [z.reshape(-1, self.dim).float() for z in batches]
+        if not residuals:
+            raise ValueError("calibrate needs at least one batch of latents [B, *S, D]")
+        for level in self.levels:
+            level.calibrate(residuals)
+            residuals = [r - level._dequantize(level.nearest(r).unsqueeze(-1)) for r in residuals]
+        return self
+
+    @torch.no_grad()
+    def perturb(self, codes: torch.Tensor, rate: float, strength: int = 1,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Each token, with probability ``rate``, has its fine levels ``1..Q-1`` (level 0 when
+        ``Q == 1``) each replaced by one of that code's ``strength`` nearest codes."""
+        codes = self.layout.validate(codes)
+        check_strength(strength, self.config.codebook_size, "nearest codes to choose from")
+        flat = codes.reshape(-1, self.num_quantizers).clone()
+        mask = token_mask((flat.shape[0],), rate, generator, flat.device)
+        first = 1 if self.num_quantizers > 1 else 0
+        for i in range(first, self.num_quantizers):
+            flat[mask, i] = self.levels[i].nearby_codes(flat[mask, i], strength, generator)
+        return flat.view_as(codes)
