@@ -1,0 +1,206 @@
+"""Convert official TiTok checkpoints (bytedance/1d-tokenizer) into ``visualtok.image.titok.TiTok``.
+
+The official model is configured by an OmegaConf tree; we read ``model.vq_model`` and
+``dataset.preprocessing.crop_size`` from it (a dict, a hub ``config.json`` or a training YAML).
+Key map (everything else keeps its name):
+
+* ``*.attn.in_proj_weight|bias`` -> ``*.attn.qkv.weight|bias`` (``nn.MultiheadAttention``'s fused
+  q, k, v rows are already in our ``qkv`` order); ``*.attn.out_proj.*`` -> ``*.attn.proj.*``;
+* ``quantize.*`` -> ``quantizer.*`` (VQ codebook ``embedding.weight``, kept raw as upstream).
+
+Every official key must be consumed and every model key provided; shapes must agree. The only keys
+not read from the checkpoint are our quantizer's own buffers that the official model has no
+counterpart for (e.g. the PTQ range of a VAE checkpoint), which keep their configured values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import load_yaml
+from ..hub import CheckpointError, load_state_dict_strict
+from ..image.titok import VIT_SIZES, TiTok, TiTokConfig, titok_config
+from . import read_official_state_dict, register_converter
+
+__all__ = [
+    "titok_config_from_official",
+    "convert_titok_state_dict",
+    "convert_titok",
+    "convert_titok_to_dir",
+]
+
+log = logging.getLogger(__name__)
+
+_RENAMES = (
+    (".attn.in_proj_weight", ".attn.qkv.weight"),
+    (".attn.in_proj_bias", ".attn.qkv.bias"),
+    (".attn.out_proj.", ".attn.proj."),
+)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _read_config(config: Any) -> dict[str, Any]:
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"official TiTok config not found: {path}")
+        config = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"official TiTok config must be a dict or a path; got {type(config).__name__}"
+        )
+    return config
+
+
+def titok_config_from_official(config: Any, overrides: dict[str, Any] | None = None) -> TiTokConfig:
+    """Official OmegaConf tree (``model.vq_model`` + ``dataset.preprocessing.crop_size``) -> ours.
+
+    Also accepts ``{"vq_model": {...}, "crop_size": 256}``. ``overrides`` (our field names) replace
+    derived values, e.g. shrunk widths of a test fixture.
+    """
+    cfg = _read_config(config)
+    if "model" in cfg:
+        vq = cfg["model"].get("vq_model")
+        crop = cfg.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256)
+    else:
+        vq, crop = cfg.get("vq_model"), cfg.get("crop_size", 256)
+    if not isinstance(vq, dict):
+        raise ValueError("official TiTok config needs model.vq_model (a mapping)")
+    for key in ("vit_enc_model_size", "vit_dec_model_size", "num_latent_tokens", "token_size"):
+        if key not in vq:
+            raise ValueError(f"official TiTok config: model.vq_model.{key} is missing")
+    if vq.get("vit_enc_patch_size", 16) != vq.get("vit_dec_patch_size", 16):
+        raise ValueError("encoder and decoder patch sizes must be equal")
+    mode = vq.get("quantize_mode", "vq")
+    legacy = bool(vq.get("is_legacy", True))
+    finetune = bool(vq.get("finetune_decoder", True))
+    if mode not in ("vq", "vae"):
+        raise ValueError(f"official TiTok quantize_mode must be 'vq' or 'vae'; got {mode!r}")
+    for key in ("vit_enc_model_size", "vit_dec_model_size"):
+        if vq[key] not in VIT_SIZES:
+            raise ValueError(f"TiTok {key} must be in {sorted(VIT_SIZES)}; got {vq[key]!r}")
+    ew, ed, eh = VIT_SIZES[vq["vit_enc_model_size"]]
+    dw, dd, dh = VIT_SIZES[vq["vit_dec_model_size"]]
+    base: dict[str, Any] = dict(
+        image_size=int(crop), patch_size=int(vq.get("vit_enc_patch_size", 16)),
+        encoder_width=ew, encoder_depth=ed, encoder_heads=eh,
+        decoder_width=dw, decoder_depth=dd, decoder_heads=dh,
+        num_latent_tokens=int(vq["num_latent_tokens"]), token_size=int(vq["token_size"]),
+        is_legacy=legacy, mode=mode,
+        decoder_head="proxy_codes" if legacy else "pixel", pixel_decoder=legacy and finetune,
+    )
+    if mode == "vq":
+        base["quantizer"] = dict(
+            type="vq", codebook_size=int(vq.get("codebook_size", 4096)),
+            l2_normalize=bool(vq.get("use_l2_norm", True)),
+            beta=float(vq.get("commitment_cost", 0.25)),
+        )
+    else:
+        base["quantizer"] = dict(type="ptq", bins=64)
+    return titok_config(base, overrides or {})
+
+
+def convert_titok_state_dict(
+    state_dict: dict[str, torch.Tensor], model: TiTok
+) -> dict[str, torch.Tensor]:
+    """Map official keys onto ``model``'s; raise ``CheckpointError`` listing any mismatch.
+
+    Works on meta tensors too (only names and shapes are compared). Our quantizer's buffers with no
+    official counterpart are taken from ``model``.
+    """
+    own = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        new = key
+        for prefix in _WRAPPER_PREFIXES:
+            if new.startswith(prefix):
+                new = new[len(prefix):]
+        if new.startswith("quantize."):
+            new = "quantizer." + new[len("quantize."):]
+        for a, b in _RENAMES:
+            new = new.replace(a, b)
+        if new not in own:
+            unknown.append(key)
+        else:
+            out[new] = value
+    param_names = {n for n, _ in model.named_parameters()}
+    filled = [k for k in own
+              if k not in out and k.startswith("quantizer.") and k not in param_names]
+    for k in filled:
+        out[k] = own[k]
+    if filled:
+        log.info("TiTok conversion: kept configured quantizer buffers %s", filled)
+    missing = sorted(k for k in own if k not in out)
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in out if tuple(out[k].shape) != tuple(own[k].shape)
+    )
+    if unknown or missing or shapes:
+        parts = []
+        if unknown:
+            parts.append(f"unexpected official keys: {sorted(unknown)[:20]} ({len(unknown)})")
+        if missing:
+            parts.append(f"missing keys: {missing[:20]} ({len(missing)})")
+        if shapes:
+            parts.append(f"shape mismatches: {shapes[:20]} ({len(shapes)})")
+        raise CheckpointError(
+            "official TiTok checkpoint does not match the configured model (wrong config for these "
+            "weights?): " + "; ".join(parts)
+        )
+    return out
+
+
+@register_converter("titok")
+def convert_titok(
+    weights: str | Path | dict[str, torch.Tensor],
+    config: Any = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TiTok:
+    """Official TiTok weights (+ official config, or a preset name) -> ``TiTok`` in eval mode.
+
+    ``weights``: a ``.bin``/``.pt``/``.safetensors`` path or a state dict (hub wrappers unwrapped).
+    ``config``: the official config (dict, ``config.json`` or YAML); without it ``preset`` names our
+    preset (e.g. ``"titok_s128"``). ``overrides`` replace fields of the resulting ``TiTokConfig``.
+    """
+    if isinstance(weights, (str, Path)):
+        state = read_official_state_dict(weights)
+    elif isinstance(weights, dict):
+        state = weights
+        for key in ("state_dict", "model", "module"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+    else:
+        raise TypeError(f"weights must be a path or a state dict; got {type(weights).__name__}")
+    if config is not None:
+        model = TiTok(titok_config_from_official(config, overrides))
+    elif preset is not None:
+        from ..registry import create_model
+
+        model = create_model(preset, **(overrides or {}))
+        if not isinstance(model, TiTok):
+            raise ValueError(f"preset {preset!r} is not a TiTok model")
+    else:
+        raise ValueError("convert_titok needs the official config or a preset name")
+    mapped = convert_titok_state_dict(state, model)
+    load_state_dict_strict(model, mapped, source="official TiTok checkpoint")
+    model.model_name = preset
+    return model.eval()
+
+
+def convert_titok_to_dir(
+    weights: str | Path | dict[str, torch.Tensor],
+    out_dir: str | Path,
+    config: Any = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Convert and write a visualtok checkpoint directory (``visualtok.load(out_dir)`` opens it)."""
+    model = convert_titok(weights, config=config, preset=preset, overrides=overrides)
+    return model.save_pretrained(out_dir)
