@@ -107,7 +107,8 @@ def generate_ar(
                 prev = codes[:, :t]
                 if cfg.guided:
                     prev = torch.cat([prev, prev])
-                h = model.trunk(torch.cat([cond, model.embed_codes(prev)], 1))[:, -1]
+                x = torch.cat([cond, model.embed_codes(prev)], 1) if t else cond
+                h = model.trunk(x)[:, -1]
             h_c, h_u = (h[:B], h[B:]) if cfg.guided else (h, None)
             new, _ = model.head.sample(h_c, h_u, cfg_scale_at(t, k, cfg), cfg, generator)
             codes[:, t] = new

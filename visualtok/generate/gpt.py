@@ -257,8 +257,9 @@ class GPT(nn.Module, PretrainedMixin):
         B = codes.shape[0]
         cond = self.condition(labels, B, drop=drop_labels)
         if self.config.causal:
-            x = torch.cat([cond, self.embed_codes(codes[:, :-1])], 1)
-            return self.trunk(x)
+            if codes.shape[1] == 1:
+                return self.trunk(cond)
+            return self.trunk(torch.cat([cond, self.embed_codes(codes[:, :-1])], 1))
         if mask is None:
             raise ValueError("a bidirectional (causal=False) GPT needs mask [B, N] (True = masked)")
         return self.trunk(torch.cat([cond, self.embed_codes(codes, mask)], 1))[:, 1:]

@@ -92,8 +92,11 @@ def cfg_scale_at(step: int, num_steps: int, config: SamplingConfig) -> float:
 
 
 def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """``uncond + scale * (cond - uncond)`` (exactly ``cond`` at ``scale == 1``)."""
-    return torch.lerp(uncond, cond, scale)
+    """``uncond + scale * (cond - uncond)`` (exactly ``cond`` at ``scale == 1``).
+
+    Entries that are ``-inf`` in ``cond`` (invalid codes of a factor) stay ``-inf``.
+    """
+    return torch.lerp(uncond, cond, scale).masked_fill(torch.isneginf(cond), float("-inf"))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
