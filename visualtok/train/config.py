@@ -81,8 +81,8 @@ class RobustnessConfig:
     enabled: bool = False
     rate_start: float = 0.0  # perturbation probability at step start_step
     rate_end: float = 0.5  # ... reached at end_step (linear), held afterwards
-    strength_start: int = 1
-    strength_end: int = 1
+    strength_start: int = 2  # family-specific (see Quantizer.perturb): VQ k-nearest (1 = itself),
+    strength_end: int = 2  # FSQ/PTQ +-levels, LFQ flipped bits, RVQ fine levels
     start_step: int = 0
     end_step: int | None = None  # None = last training step
 

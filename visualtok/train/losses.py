@@ -1,0 +1,181 @@
+"""Tokenizer training losses: reconstruction, LPIPS perceptual, PatchGAN (hinge + LeCam).
+
+* ``reconstruction_loss``: L1 or L2 on the [0, 1] scale.
+* ``PerceptualLoss``: LPIPS (VGG16 trunk + learned 1x1 heads). It needs weights; without them the
+  task logs a loud warning and trains without it rather than using random features.
+* ``PatchDiscriminator``: the PatchGAN of pix2pix/taming (``n_layers`` strided 4x4 convs,
+  BatchNorm, LeakyReLU 0.2), fed images scaled to [-1, 1].
+* ``hinge_d_loss``, ``hinge_g_loss``, ``LeCam`` (Tseng et al. 2021, EMA anchors of D outputs) and
+  ``adaptive_gan_weight`` (Esser et al. 2021: balance GAN and reconstruction gradients at the last
+  decoder layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "reconstruction_loss",
+    "PerceptualLoss",
+    "PatchDiscriminator",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "LeCam",
+    "adaptive_gan_weight",
+]
+
+log = logging.getLogger(__name__)
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+    """Mean L1 (``"l1"``) or squared error (``"l2"``) between ``[B, C, ...]`` tensors."""
+    if kind == "l1":
+        return (recon.float() - target.float()).abs().mean()
+    if kind == "l2":
+        return F.mse_loss(recon.float(), target.float())
+    raise ValueError(f"reconstruction loss must be 'l1' or 'l2'; got {kind!r}")
+
+
+# ---------------------------------------------------------------------------- LPIPS
+_VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_TAPS = (3, 8, 15, 22, 29)  # indices (in torchvision's vgg16.features) of relu1_2 ... relu5_3
+_CHANNELS = (64, 128, 256, 512, 512)
+
+
+def _vgg16_features() -> nn.Sequential:
+    """torchvision's ``vgg16().features`` layout (same indices, so its state dict keys load)."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for v in _VGG_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=False)]
+            c_in = v
+    return nn.Sequential(*layers)
+
+
+class PerceptualLoss(nn.Module):
+    """LPIPS-VGG distance, averaged over the batch. Images ``[B, 3, H, W]`` in [0, 1].
+
+    ``weights``: a safetensors / weights-only torch file holding torchvision VGG16 ``features.*``
+    keys (or bare ``<idx>.weight``) and the five LPIPS heads as ``lin{k}.weight`` ``[1, C, 1, 1]``
+    (official ``lin{k}.model.1.weight`` names are accepted).
+    """
+
+    shift = (-0.030, -0.088, -0.188)  # LPIPS input normalisation for images in [-1, 1]
+    scale = (0.458, 0.448, 0.450)
+
+    def __init__(self, weights: str | Path) -> None:
+        super().__init__()
+        self.features = _vgg16_features()
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS)
+        self.register_buffer("_shift", torch.tensor(self.shift).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_scale", torch.tensor(self.scale).view(1, 3, 1, 1), persistent=False)
+        self._load(Path(weights))
+        self.requires_grad_(False).eval()
+
+    def _load(self, path: Path) -> None:
+        from ..convert import read_official_state_dict
+
+        if not path.is_file():
+            raise FileNotFoundError(f"perceptual loss weights not found: {path}")
+        sd = read_official_state_dict(path)
+        feats, lins = {}, {}
+        for k, v in sd.items():
+            k2 = k.removeprefix("net.").removeprefix("vgg.").removeprefix("features.")
+            if k.startswith("lin"):
+                idx = int(k[3])
+                lins[f"{idx}.weight"] = v
+            elif k2.split(".")[0].isdigit():
+                feats[k2] = v
+        self.features.load_state_dict(feats, strict=True)
+        self.lins.load_state_dict(lins, strict=True)
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([recon, target]).float() * 2 - 1
+        x = (x - self._shift) / self._scale
+        total = x.new_zeros(())
+        taps = iter(zip(_TAPS, self.lins))
+        tap, lin = next(taps)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == tap:
+                a, b = x.chunk(2)
+                a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                total = total + lin((a - b) ** 2).mean()
+                nxt = next(taps, None)
+                if nxt is None:
+                    break
+                tap, lin = nxt
+        return total
+
+
+# ---------------------------------------------------------------------------- GAN
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: ``[B, 3, H, W]`` in [0, 1] -> patch logits ``[B, 1, h, w]``."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.main = nn.Sequential(*layers)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.main(images * 2 - 1)
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    return -logits_fake.mean()
+
+
+class LeCam(nn.Module):
+    """LeCam regulariser: keep D outputs near EMA anchors of the opposite side."""
+
+    def __init__(self, decay: float = 0.999) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("ema_real", torch.zeros(()))
+        self.register_buffer("ema_fake", torch.zeros(()))
+
+    def forward(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.ema_real.lerp_(logits_real.detach().float().mean(), 1 - self.decay)
+            self.ema_fake.lerp_(logits_fake.detach().float().mean(), 1 - self.decay)
+        return (F.relu(logits_real.float() - self.ema_fake).pow(2).mean()
+                + F.relu(self.ema_real - logits_fake.float()).pow(2).mean())
+
+
+def adaptive_gan_weight(
+    rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4
+) -> torch.Tensor:
+    """``|grad rec| / |grad gan|`` at ``last_layer`` (detached), clamped to ``[0, max_weight]``."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    w = rec_grad.norm() / (g_grad.norm() + 1e-4)
+    return w.clamp(0.0, max_weight).detach()

@@ -1,0 +1,296 @@
+"""``TokenizerTask``: train any ``ImageTokenizer`` (VQGAN-style objective).
+
+Per step, optimizer ``"model"``::
+
+    z   = encode_latents(x)                     # [B, *S, D]
+    q   = quantize(z)                           # z_q, codes, losses["total"]
+    z'  = RobusTok perturbation of q (option)   # some codes -> nearby codes, decoded
+    z'' = nested-dropout prefix of z' (option)  # 1D tokenizers with supports_prefix
+    x^  = decode_latents(z'')
+    L   = w_rec * L1/L2(x^, x) + w_p * LPIPS + w_q * q.losses["total"] + w_g * a * hinge_G(D(x^))
+
+``a`` is the adaptive weight at ``last_layer_weight()``; the GAN terms start at
+``gan_start_step``. Optimizer ``"discriminator"`` (only when ``gan_weight > 0``) minimises hinge +
+LeCam on ``x`` vs the detached ``x^`` of the same step. With ``proxy_teacher`` set (TiTok two-stage
+recipe, stage 1) the model's legacy head predicts the frozen MaskGIT-VQGAN teacher codes with
+cross-entropy instead of reconstructing pixels. With ``data.token_file`` set (decoder
+post-training), encoder and quantizer are frozen and a fraction of the samples decode the tokens
+from the file (e.g. generator-sampled ones) instead of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
+from .losses import (
+    LeCam,
+    PatchDiscriminator,
+    PerceptualLoss,
+    adaptive_gan_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    reconstruction_loss,
+)
+from .task import StepOutput, Task, register_task
+
+__all__ = ["TokenizerLossConfig", "TokenizerTask", "TokenizerStep", "robustness_schedule",
+           "sample_prefix_lengths"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizerLossConfig:
+    reconstruction: str = "l2"  # l1 | l2
+    reconstruction_weight: float = 1.0
+    quantizer_weight: float = 1.0  # times the quantizer's losses["total"]
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None  # LPIPS weights file; None -> perceptual loss off (warned)
+    gan_weight: float = 0.0  # 0 = no discriminator
+    gan_start_step: int = 0  # delayed start of both discriminator and adversarial term
+    adaptive_gan_weight: bool = True
+    lecam_weight: float = 0.0
+    lecam_decay: float = 0.999
+    disc_channels: int = 64
+    disc_layers: int = 3
+    proxy_teacher: str | None = None  # two-stage stage 1: MaskGIT-VQGAN checkpoint for proxy codes
+    posttrain_mix: float = 0.5  # decoder post-training: fraction of samples decoding file tokens
+
+
+def robustness_schedule(cfg: RobustnessConfig, step: int, total_steps: int) -> tuple[float, int]:
+    """Annealed (rate, strength) at ``step``: linear from start to end between the two steps."""
+    end = cfg.end_step if cfg.end_step is not None else total_steps
+    if step < cfg.start_step:
+        return 0.0, cfg.strength_start
+    t = 1.0 if end <= cfg.start_step else min((step - cfg.start_step) / (end - cfg.start_step), 1.0)
+    rate = cfg.rate_start + t * (cfg.rate_end - cfg.rate_start)
+    strength = round(cfg.strength_start + t * (cfg.strength_end - cfg.strength_start))
+    return rate, max(int(strength), 1)
+
+
+def sample_prefix_lengths(cfg: NestedDropoutConfig, num_tokens: int, batch: int) -> torch.Tensor:
+    """Nested dropout: how many leading tokens each sample keeps, ``[B]`` int64 (global RNG)."""
+    lo = max(1, min(cfg.min_tokens, num_tokens))
+    n = batch if cfg.per_sample else 1
+    if cfg.distribution == "pow2":
+        choices = [k for k in (2**i for i in range(int(math.log2(num_tokens)) + 1)) if k >= lo]
+        if num_tokens not in choices:
+            choices.append(num_tokens)
+        keep = torch.tensor(choices)[torch.randint(len(choices), (n,))]
+    else:
+        keep = torch.randint(lo, num_tokens + 1, (n,))
+    if cfg.prob < 1.0:
+        skip = torch.rand(n) >= cfg.prob
+        keep = torch.where(skip, torch.full_like(keep, num_tokens), keep)
+    return keep.expand(batch).clone()
+
+
+class TokenizerStep(nn.Module):
+    """The generator-side forward as one module, so DDP sees one ``forward`` per step."""
+
+    def __init__(self, tokenizer: nn.Module) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, images: torch.Tensor, rate: float = 0.0, strength: int = 1,
+                keep: torch.Tensor | None = None, codes_override: torch.Tensor | None = None,
+                override_mask: torch.Tensor | None = None, logits: bool = False):
+        tok = self.tokenizer
+        quant = tok.quantize(tok.encode_latents(images))
+        z = quant.z_q
+        changed = None
+        if rate > 0:  # RobusTok: decode nearby codes; straight-through only where unchanged
+            perturbed = tok.quantizer.perturb(quant.codes, rate, strength)
+            changed = (perturbed != quant.codes).any(-1, keepdim=True)
+            z_p = tok.quantizer.decode(perturbed).to(z.dtype).detach()
+            z = torch.where(changed, z_p, z)
+        if codes_override is not None:  # decoder post-training on file tokens
+            z_f = tok.quantizer.decode(codes_override).to(z.dtype).detach()
+            m = override_mask.view(-1, *([1] * (z.ndim - 1)))
+            z = torch.where(m, z_f, z)
+        decode = tok.proxy_logits if logits else tok.decode_latents
+        if keep is None or bool((keep == z.shape[1]).all()):
+            return decode(z), quant, changed
+        out = None
+        for k in keep.unique().tolist():  # one decoder call per distinct prefix length
+            idx = (keep == k).nonzero().squeeze(1)
+            part = decode(z[idx, :k])
+            if out is None:
+                out = part.new_empty((z.shape[0], *part.shape[1:]))
+            out[idx] = part
+        return out, quant, changed
+
+
+@register_task("tokenizer")
+class TokenizerTask(Task):
+    loss_config_class = TokenizerLossConfig
+
+    def __init__(self, model: nn.Module, loss_config: TokenizerLossConfig,
+                 train_config: TrainConfig) -> None:
+        super().__init__(model, loss_config, train_config)
+        for hook in ("encode_latents", "decode_latents", "quantize", "last_layer_weight"):
+            if not hasattr(model, hook):
+                raise TypeError(f"TokenizerTask needs an ImageTokenizer; {type(model).__name__} "
+                                f"has no {hook}()")
+        c, t = loss_config, train_config.trainer
+        if t.nested_dropout.enabled and not (getattr(model, "supports_prefix", False)
+                                             and len(model.token_shape) == 1):
+            raise ValueError(f"trainer.nested_dropout needs a 1D tokenizer with supports_prefix; "
+                             f"{type(model).__name__} has token_shape {model.token_shape}")
+        self.modules = {"model": TokenizerStep(model)}
+        self.perceptual = None
+        if c.perceptual_weight > 0:
+            if c.perceptual_weights:
+                self.perceptual = PerceptualLoss(c.perceptual_weights)
+            else:
+                log.warning("!!! perceptual_weight=%s but loss.perceptual_weights is not set: "
+                            "training WITHOUT the perceptual (LPIPS) loss !!!", c.perceptual_weight)
+        if c.gan_weight > 0:
+            self.modules["discriminator"] = PatchDiscriminator(3, c.disc_channels, c.disc_layers)
+            self.lecam = LeCam(c.lecam_decay)
+        self.teacher = None
+        if c.proxy_teacher:
+            if getattr(getattr(model, "config", None), "decoder_head", None) != "proxy_codes":
+                raise ValueError(f"loss.proxy_teacher needs a model with the legacy proxy-code "
+                                 f"head (decoder_head='proxy_codes', proxy_logits()); "
+                                 f"{type(model).__name__} has none")
+            from ..hub import load
+
+            self.teacher = load(c.proxy_teacher).eval().requires_grad_(False)
+        self.token_file = None
+        if train_config.data.token_file:
+            self.token_file = _load_token_file(train_config.data.token_file)
+            model.requires_grad_(False)  # freeze encoder + quantizer; fine-tune the decoder
+            for p in _decoder_params(model):
+                p.requires_grad_(True)
+        self._recon: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ losses
+    def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
+        images = batch["image"]
+        return self._model_loss(images, batch, step) if name == "model" else self._disc_loss(images)
+
+    def _model_loss(self, images: torch.Tensor, batch: Any, step: int) -> StepOutput:
+        c, t = self.loss_config, self.train_config.trainer
+        for aux in (self.perceptual, self.teacher, getattr(self, "lecam", None)):
+            if aux is not None:
+                aux.to(images.device)
+        if self.token_file is not None:
+            self.model.quantizer.eval()  # frozen: no codebook / usage updates
+        rate, strength = (robustness_schedule(t.robustness, step, t.steps)
+                          if t.robustness.enabled else (0.0, 1))
+        keep = None
+        if t.nested_dropout.enabled:
+            keep = sample_prefix_lengths(t.nested_dropout, self.model.token_shape[0],
+                                         images.shape[0]).to(images.device)
+        override = mask = None
+        if self.token_file is not None:
+            override = self.token_file[batch["index"].cpu()].to(images.device)
+            mask = torch.rand(images.shape[0], device=images.device) < c.posttrain_mix
+        out, quant, changed = self.modules["model"](images, rate, strength, keep, override, mask,
+                                                    logits=self.teacher is not None)
+        logs: dict[str, Any] = {"loss/quantizer": quant.losses["total"].detach()}
+        if self.teacher is not None:  # stage 1: predict the teacher's codes
+            with torch.no_grad():
+                target = self.teacher.encode(images)[..., 0].flatten(1)  # [B, h*w]
+            if target.shape[1] != out.shape[1]:
+                raise ValueError(f"teacher gives {target.shape[1]} proxy codes per image but the "
+                                 f"model predicts {out.shape[1]}: image sizes / grids differ")
+            rec = F.cross_entropy(out.float().transpose(1, 2), target)  # out: [B, h*w, K]
+            self._recon = None
+        else:
+            rec = reconstruction_loss(out, images, c.reconstruction)
+            self._recon = out.detach()
+        loss = c.reconstruction_weight * rec + c.quantizer_weight * quant.losses["total"]
+        logs["loss/reconstruction"] = rec.detach()
+        if self.perceptual is not None and self.teacher is None:
+            p = self.perceptual(out, images)
+            loss = loss + c.perceptual_weight * p
+            logs["loss/perceptual"] = p.detach()
+        if c.gan_weight > 0 and step >= c.gan_start_step and self.teacher is None:
+            g = hinge_g_loss(self.modules["discriminator"](out))
+            w = (adaptive_gan_weight(rec, g, self.model.last_layer_weight())
+                 if c.adaptive_gan_weight else torch.ones((), device=g.device))
+            loss = loss + c.gan_weight * w * g
+            logs.update({"loss/gan_g": g.detach(), "gan/adaptive_weight": w})
+        if changed is not None:
+            logs["robust/perturbed_fraction"] = changed.float().mean()
+            logs["robust/rate"] = rate
+        if keep is not None:
+            logs["nested/mean_tokens"] = keep.float().mean()
+        for k, v in quant.stats.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                logs[f"quantizer/{k}"] = v.detach()
+        logs["loss/total"] = loss.detach()
+        return StepOutput(loss, logs)
+
+    def _disc_loss(self, images: torch.Tensor) -> StepOutput:
+        c = self.loss_config
+        disc = self.modules["discriminator"]
+        logits = disc(torch.cat([images, self._recon]))
+        real, fake = logits.chunk(2)
+        loss = hinge_d_loss(real, fake)
+        logs = {"loss/gan_d": loss.detach(), "gan/logits_real": real.detach().mean(),
+                "gan/logits_fake": fake.detach().mean()}
+        if c.lecam_weight > 0:
+            reg = self.lecam(real, fake)
+            loss = loss + c.lecam_weight * reg
+            logs["loss/lecam"] = reg.detach()
+        return StepOutput(loss, logs)
+
+    def is_active(self, name: str, step: int) -> bool:
+        if name == "discriminator":
+            return step >= self.loss_config.gan_start_step and self._recon is not None
+        return True
+
+    # ------------------------------------------------------------------ state, media
+    def state_dict(self) -> dict[str, Any]:
+        return {"lecam": self.lecam.state_dict()} if self.loss_config.gan_weight > 0 else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "lecam" in state:
+            self.lecam.load_state_dict(state["lecam"])
+
+    @torch.no_grad()
+    def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
+        was = self.model.training
+        self.model.eval()
+        try:
+            images = batch["image"]
+            recon = self.model.reconstruct(images) if self.teacher is None else None
+        finally:
+            self.model.train(was)
+        return {} if recon is None else {"reconstruction": torch.cat([images, recon], dim=-2)}
+
+
+def _decoder_params(model: nn.Module) -> list[nn.Parameter]:
+    """Decoder parameters for post-training: the model's ``decoder`` module (or a named hook)."""
+    if hasattr(model, "decoder_parameters"):
+        return list(model.decoder_parameters())
+    if isinstance(getattr(model, "decoder", None), nn.Module):
+        return list(model.decoder.parameters())
+    raise ValueError(f"decoder post-training needs {type(model).__name__}.decoder (an nn.Module) "
+                     "or a decoder_parameters() method")
+
+
+def _load_token_file(path: str | Path) -> torch.Tensor:
+    """``codes [N, *S, F]`` int64 aligned with the dataset order, from a safetensors file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.token_file not found: {path}")
+    data = load_file(str(path))
+    if "codes" not in data:
+        raise ValueError(f"{path} must hold a 'codes' tensor [N, *S, F]; it has {sorted(data)}")
+    return data["codes"].long()
+
