@@ -92,6 +92,11 @@ class TiTokConfig:
             )
         if self.pixel_decoder and self.decoder_head != "proxy_codes":
             raise ValueError("pixel_decoder=True needs decoder_head='proxy_codes'")
+        if self.pixel_decoder and self.patch_size != 16:
+            raise ValueError(
+                f"the MaskGIT-VQGAN pixel decoder upsamples by 16, so patch_size must be 16; "
+                f"got {self.patch_size}"
+            )
         if self.mode == "vq" and self.quantizer is None:
             raise ValueError("mode 'vq' needs a quantizer config")
         if self.quantizer is not None:
