@@ -1,0 +1,101 @@
+"""Video clip dataset: fixed-length clips from frame folders or video files.
+
+A clip source is either a folder of frame images (sorted by name) or a video file read with
+OpenCV (``cv2``, when installed). Each item is ``num_frames`` frames ``frame_stride`` apart
+(seeded random start in train mode, the first frames in eval), centre-cropped square and resized:
+``{"video": [T, 3, S, S] float in [0, 1], "index": int}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .images import IMAGE_EXTENSIONS, _load, random_crop_resize
+from .sampler import item_generator
+
+__all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS"]
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _read_video(path: Path, start: int, count: int, stride: int) -> list[torch.Tensor]:
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs opencv-python (or use a frames folder)") from e
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    frames, i = [], 0
+    while len(frames) < count:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % stride == 0:
+            frames.append(torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255.0)
+        i += 1
+    cap.release()
+    return frames
+
+
+class VideoClipDataset(Dataset):
+    def __init__(self, root: str | Path, image_size: int, num_frames: int = 8,
+                 frame_stride: int = 1, train: bool = True) -> None:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"data path {root} does not exist")
+        if num_frames < 1 or frame_stride < 1:
+            raise ValueError("num_frames and frame_stride must be >= 1")
+        span = (num_frames - 1) * frame_stride + 1
+        self.sources: list[tuple[Path, int]] = []  # (frames folder or file, frame count)
+        folders = [root] + sorted(d for d in root.rglob("*") if d.is_dir())
+        for d in folders:
+            n = len(_frame_files(d))
+            if n >= span:
+                self.sources.append((d, n))
+        for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS):
+            n = _count_frames(f)
+            if n >= span:
+                self.sources.append((f, n))
+        if not self.sources:
+            raise ValueError(f"empty dataset: no frame folder or video with >= {span} frames "
+                             f"under {root}")
+        self.image_size, self.num_frames, self.stride, self.train = (image_size, num_frames,
+                                                                     frame_stride, train)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        src, n = self.sources[index]
+        span = (self.num_frames - 1) * self.stride + 1
+        start = 0
+        if self.train and seed is not None:
+            start = int(torch.randint(0, n - span + 1, (1,), generator=item_generator(seed)))
+        if src.is_dir():
+            files = _frame_files(src)[start : start + span : self.stride]
+            frames = [_load(f) for f in files]
+        else:
+            frames = _read_video(src, start, self.num_frames, self.stride)
+        if len(frames) < self.num_frames:
+            raise ValueError(f"{src}: could read only {len(frames)} of {self.num_frames} frames")
+        clip = torch.stack([random_crop_resize(f, self.image_size, None) for f in frames])
+        return {"video": clip, "index": index}
+
+
+def _count_frames(path: Path) -> int:
+    try:
+        import cv2
+    except ImportError:
+        return 0
+    cap = cv2.VideoCapture(str(path))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    return max(n, 0)
