@@ -72,7 +72,8 @@ def test_losses_same_keys_train_and_eval_zero_in_eval(name):
     ev = q.eval()(z).losses
     assert set(train) == set(ev) and "total" in ev
     assert all(float(v) == 0.0 for v in ev.values())
-    assert torch.allclose(train["total"], sum(v for k, v in train.items() if k != "total") + torch.zeros(()))
+    parts = sum(v for k, v in train.items() if k != "total") + torch.zeros(())
+    assert torch.allclose(train["total"], parts)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -19,7 +19,8 @@ def vq(**kw):
 def clustered(n_clusters=64, dim=8, per=16, spread=0.05, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     centers = torch.randn(n_clusters, dim, generator=g) * 3
-    pts = centers.repeat_interleave(per, 0) + spread * torch.randn(n_clusters * per, dim, generator=g)
+    noise = spread * torch.randn(n_clusters * per, dim, generator=g)
+    pts = centers.repeat_interleave(per, 0) + noise
     return pts[torch.randperm(pts.shape[0], generator=g)].reshape(4, -1, dim)
 
 
@@ -164,7 +165,7 @@ def test_vq_perturb_picks_among_nearest_codes():
     assert torch.equal(q.perturb(codes, 1.0, strength=1), codes)  # the nearest code is itself
 
 
-def test_ema_statistics_all_reduced_when_group_initialised_after_construction(tmp_path, monkeypatch):
+def test_ema_stats_all_reduced_when_group_initialised_after_construction(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     z = clustered(n_clusters=16, per=8)
