@@ -1,0 +1,195 @@
+"""Per-image quality metrics (PSNR, SSIM, LPIPS-when-weights-exist) and code statistics.
+
+* ``psnr``/``ssim`` take float RGB ``[B, 3, H, W]`` in [0, 1] (or uint8) and return ``[B]``.
+  SSIM follows Wang et al. 2004: Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, data range 1,
+  computed per channel on the valid region (no padding) and averaged over channels and pixels. This
+  equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, channel_axis=0)``, which the tests check.
+* LPIPS needs pretrained VGG/AlexNet plus linear-calibration weights that are not shipped here.
+  ``lpips`` computes it only with a weights file; without one it raises ``MetricUnavailable``.
+  Nothing else is ever substituted for it.
+* ``code_statistics`` reports codebook usage, perplexity and bits per token / image from a
+  quantizer's ``CodeLayout`` and ``Quantizer.usage``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantize.base import Quantizer
+
+__all__ = ["psnr", "ssim", "lpips", "LPIPS", "MetricUnavailable", "code_statistics"]
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be computed in this environment (e.g. missing pretrained weights)."""
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor [B, 3, H, W]; got {type(t).__name__}")
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise ValueError(
+                f"{name} must be [B, 3, H, W] RGB in [0, 1]; got shape {tuple(t.shape)}"
+            )
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        elif not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {t.dtype}")
+        elif t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
+            raise ValueError(f"{name} must be in [0, 1]; got values in "
+                             f"[{float(t.min()):.3g}, {float(t.max()):.3g}]")
+        out.append(t.float())
+    if out[0].shape != out[1].shape:
+        raise ValueError(
+            f"a and b must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    return out[0], out[1]
+
+
+@torch.no_grad()
+def psnr(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, data range 1: ``[B, 3, H, W]`` x2 -> ``[B]``."""
+    a, b = _pair(a, b)
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(eps))).float()
+
+
+def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+@torch.no_grad()
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image (mean over channels and valid pixels): ``[B]``."""
+    a, b = _pair(a, b)
+    if min(a.shape[-2:]) < window:
+        raise ValueError(
+            f"images must be at least {window}x{window} for SSIM; got {tuple(a.shape[-2:])}"
+        )
+    c1, c2 = 0.01**2, 0.03**2
+    g = _gaussian_window(window, sigma, a.device)
+    x, y = a.double().flatten(0, 1)[:, None], b.double().flatten(0, 1)[:, None]  # [B*3, 1, H, W]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # separable Gaussian, valid region only
+        t = F.conv2d(t, g.view(1, 1, -1, 1))
+        return F.conv2d(t, g.view(1, 1, 1, -1))
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cov = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.view(a.shape[0], -1).mean(1).float()
+
+
+# ----------------------------------------------------------------------------- LPIPS
+class LPIPS(nn.Module):
+    """LPIPS-VGG (Zhang et al. 2018): VGG-16 features, unit-normalised, linear-weighted distances.
+
+    Weights come from one file (safetensors, or a ``torch.save`` dict read with weights_only=True)
+    holding torchvision's ``vgg16().features`` keys prefixed ``features.`` and the five linear
+    layers as ``lin{0..4}.weight`` ``[1, C, 1, 1]`` (the layout of the ``lpips`` package's
+    ``vgg.pth`` after renaming ``linK.model.1.weight``). Inputs in [0, 1] are mapped to [-1, 1] and
+    shifted/scaled by the LPIPS constants.
+    """
+
+    _taps = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+    _channels = (64, 128, 256, 512, 512)
+
+    def __init__(self, weights: str | Path):
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.features = make_layers(cfgs["D"])[: self._taps[-1] + 1]  # VGG-16 conv stack
+        self.lins = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, c, 1, 1)) for c in self._channels]
+        )
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self._load(Path(weights))
+        self.eval().requires_grad_(False)
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"LPIPS weights not found: {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        lin = {f"lins.{k}": sd.pop(f"lin{k}.weight", None) for k in range(5)}
+        missing = [k for k, v in lin.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"{path}: LPIPS weights lack linear layers {missing} (keys lin0..lin4.weight)"
+            )
+        feats = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
+        self.features.load_state_dict(feats, strict=True)
+        for k in range(5):
+            self.lins[k].data.copy_(lin[f"lins.{k}"].reshape(1, -1, 1, 1))
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = _pair(a, b)
+        xa, xb = (a * 2 - 1 - self.shift) / self.scale, (b * 2 - 1 - self.shift) / self.scale
+        total = a.new_zeros(a.shape[0])
+        k = 0
+        for i, layer in enumerate(self.features):
+            xa, xb = layer(xa), layer(xb)
+            if i == self._taps[k]:
+                na = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                nb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                total = total + ((na - nb).pow(2) * self.lins[k]).sum(1).mean((-2, -1))
+                k += 1
+        return total
+
+
+def lpips(a: torch.Tensor, b: torch.Tensor, weights: str | Path | None = None) -> torch.Tensor:
+    """LPIPS-VGG per image ``[B]``; raises ``MetricUnavailable`` when no weights file is given."""
+    if weights is None:
+        raise MetricUnavailable(
+            "LPIPS needs pretrained VGG-16 + LPIPS linear weights, which are not available offline "
+            "here. Pass weights=<file> (see visualtok.metrics.image.LPIPS for the layout). "
+            "LPIPS is "
+            "NOT computed and no other metric is substituted for it."
+        )
+    return LPIPS(weights).to(a.device)(a, b)
+
+
+# ----------------------------------------------------------------------------- codes
+@torch.no_grad()
+def code_statistics(quantizer: Quantizer, codes: torch.Tensor) -> dict[str, object]:
+    """JSON-ready usage report of ``codes [B, *S, F]``: usage, perplexity, entropy, bits.
+
+    ``bits_per_image`` is ``bits_per_token * prod(S)`` (the layout's capacity, not the entropy);
+    ``entropy_bits_per_token`` is the empirical entropy summed over factors.
+    """
+    codes = quantizer.layout.validate(codes)
+    rep = quantizer.usage(codes)
+    tokens_per_image = math.prod(codes.shape[1:-1])
+    factors = [{k: v for k, v in f.items() if k != "histogram"} for f in rep["factors"]]
+    bpt = quantizer.layout.bits_per_token
+    return {
+        "num_images": int(codes.shape[0]),
+        "tokens_per_image": tokens_per_image,
+        "token_shape": list(codes.shape[1:-1]),
+        "radices": list(quantizer.layout.radices),
+        "kind": quantizer.layout.kind,
+        "bits_per_token": bpt,
+        "bits_per_image": bpt * tokens_per_image,
+        "usage": rep["usage"],
+        "perplexity": rep["perplexity"],
+        "entropy_bits_per_token": rep["entropy_bits"],
+        "factors": factors,
+    }
