@@ -11,6 +11,7 @@ from PIL import Image
 
 from visualtok.data.image_io import (
     center_crop_resize,
+    iter_image_batches,
     list_images,
     load_image,
     save_grid,
@@ -95,3 +96,11 @@ def test_bad_input_is_rejected(tmp_path):
         save_image(torch.ones(3, 8, 8, dtype=torch.int32), tmp_path / "x.png")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "nope.png")
+
+
+def test_iter_image_batches(tmp_path, real_photos):
+    paths = [save_image(real_photos[i, :, :, : 100 + 8 * i], tmp_path / f"{i}.png")
+             for i in range(4)]
+    batches = list(iter_image_batches(paths, 32, batch_size=3))
+    assert [b.shape for b in batches] == [(3, 3, 32, 32), (1, 3, 32, 32)]
+    assert torch.allclose(batches[1][0], center_crop_resize(load_image(paths[3]), 32))

@@ -9,7 +9,7 @@ same conversion the FID protocol uses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "center_crop_resize",
     "save_grid",
     "to_uint8",
+    "iter_image_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,22 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
         raise FileNotFoundError(f"image folder not found: {folder}")
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def iter_image_batches(
+    paths: Sequence[str | Path], size: int | Sequence[int], batch_size: int = 32
+) -> Iterator[torch.Tensor]:
+    """Load, centre-crop and resize ``paths`` -> float batches ``[b, 3, H, W]`` in [0, 1]."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    batch = []
+    for p in paths:
+        batch.append(center_crop_resize(load_image(p), size))
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
 
 
 def center_crop_resize(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
