@@ -112,6 +112,7 @@ class Trainer:
         self.step = 0
         _seed_all(t.seed + 1000 * (self.rank + 1))  # per-process stream for dropout/perturbation
         self._writer = None
+        self.history: list[dict[str, float]] = []  # logged scalars (main process), with "step"
 
     # ------------------------------------------------------------------ checkpoints
     def _meta(self) -> dict[str, Any]:
@@ -295,6 +296,7 @@ class Trainer:
         return self._writer
 
     def _log_scalars(self, logs: dict[str, float]) -> None:
+        self.history.append({"step": self.step, **logs})
         if self.writer is not None:
             for k, v in logs.items():
                 self.writer.add_scalar(k, v, self.step)
