@@ -164,6 +164,11 @@ class Trainer:
             raise CheckpointError(
                 f"{directory} was trained with another model config: " + "; ".join(diff[:10])
             )
+        if sorted(state["modules"]) != sorted(self.names):
+            raise CheckpointError(
+                f"{directory} holds modules {sorted(state['modules'])} but this run trains "
+                f"{sorted(self.names)} (e.g. loss.gan_weight adds a discriminator)"
+            )
         for n in self.names:
             load_state_dict_strict(self.accelerator.unwrap_model(self.task.modules[n]),
                                    state["modules"][n], source=str(directory))
