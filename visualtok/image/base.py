@@ -151,8 +151,8 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` (float [0, 1] or uint8) -> codes ``[B, *S, F]`` int64."""
         images = check_images(images, self.image_size)
-        z = self.encode_latents(images)
-        return self.quantizer.encode(self._latents_for_codes(z))
+        z = self._latents_for_codes(self.encode_latents(images))
+        return self.quantizer.encode(z)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
