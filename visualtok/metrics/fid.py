@@ -94,12 +94,13 @@ def extract_features(
     batch_size: int = 50,
     device: str | torch.device | None = None,
     progress: bool = False,
+    total: int | None = None,
 ) -> np.ndarray:
     """Features of ``images`` -> float64 ``[N, D]``.
 
     ``images`` is one tensor ``[N, 3, H, W]`` or an iterable of such batches (float [0, 1] or
-    uint8). Each batch is rounded to uint8 on the CPU side, moved to ``device`` (default: the
-    extractor's) and fed to ``extractor``.
+    uint8; ``total`` sizes the progress bar of an iterable). Each batch is rounded to uint8,
+    moved to ``device`` (default: the extractor's) and fed to ``extractor``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -107,7 +108,7 @@ def extract_features(
         is_module = isinstance(extractor, torch.nn.Module)
         p = next(iter(extractor.parameters()), None) if is_module else None
         device = p.device if p is not None else "cpu"
-    total = images.shape[0] if isinstance(images, torch.Tensor) else None
+    total = images.shape[0] if isinstance(images, torch.Tensor) else total
     feats = []
     bar = tqdm(total=total, desc=f"features ({getattr(extractor, 'name', 'extractor')})",
                unit="img", disable=not progress)

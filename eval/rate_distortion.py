@@ -1,0 +1,141 @@
+"""Rate-distortion of a flexible-length tokenizer: quality vs number of tokens and bits.
+
+    python eval/rate_distortion.py flextok_d18_d28 ../shared/data/images/kodak --out runs/rd
+    python eval/rate_distortion.py titok_tiny imgs/ --random-init --features random-tiny \
+        --out /tmp/rd
+
+For tokenizers with ``supports_prefix`` each image is encoded once and decoded from the first ``k``
+tokens for every ``k`` in ``--tokens`` (default: powers of two up to all tokens). PSNR and SSIM are
+always computed; FID (against the same centre-cropped images) unless ``--no-fid``. Tokenizers
+without prefix decoding give a single point. Writes ``results.json`` and ``rate_distortion.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, add_tokenizer_args, environment, load_tokenizer, write_results
+
+from visualtok.data.image_io import iter_image_batches, list_images
+from visualtok.metrics.fid import (
+    build_feature_extractor,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+)
+from visualtok.metrics.image import psnr, ssim
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_tokenizer_args(ap)
+    ap.add_argument("images", type=Path, help="image folder (searched recursively)")
+    add_common_args(ap)
+    ap.add_argument("--tokens", default=None,
+                    help="comma-separated token counts (default: 1, 2, 4, ... and all tokens)")
+    ap.add_argument("--no-fid", action="store_true", help="PSNR/SSIM only")
+    return ap.parse_args(argv)
+
+
+def token_counts(spec: str | None, total: int) -> list[int]:
+    if spec:
+        ks = sorted({int(s) for s in spec.split(",")})
+        if ks[0] < 1 or ks[-1] > total:
+            raise SystemExit(f"--tokens must lie in [1, {total}]; got {ks}")
+        return ks
+    ks, k = [], 1
+    while k < total:
+        ks.append(k)
+        k *= 2
+    return ks + [total]
+
+
+def plot(points: list[dict], bits_per_token: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("psnr", "ssim", "fid") if points[0].get(m) is not None]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    ks = [p["tokens"] for p in points]
+    for ax, m in zip(axes[0], metrics):
+        ax.plot(ks, [p[m] for p in points], "o-")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "fid": "FID"}[m])
+        ax.grid(alpha=0.3)
+        sec = ax.secondary_xaxis("top", functions=(lambda k: k * bits_per_token,
+                                                   lambda b: b / bits_per_token))
+        sec.set_xlabel("bits per image")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None) -> dict:
+    args = parse_args(argv)
+    tok = load_tokenizer(args)
+    paths = list_images(args.images)[: args.max_images]
+    if len(paths) < 2:
+        raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
+    flexible = bool(getattr(tok, "supports_prefix", False)) and len(tok.token_shape) == 1
+    ks = token_counts(args.tokens, tok.num_tokens) if flexible else [tok.num_tokens]
+    ext = None
+    if not args.no_fid:
+        ext = extractor or build_feature_extractor(args.features, args.fid_weights, args.device)
+    t0 = time.perf_counter()
+    acc = {k: {"psnr": [], "ssim": [], "feats": []} for k in ks}
+    ref_feats = []
+    for batch in iter_image_batches(paths, tok.image_size, args.batch_size):
+        x = batch.to(args.device)
+        codes = tok.encode(x)
+        if ext is not None:
+            ref_feats.append(extract_features(x, ext, device=args.device))
+        for k in ks:
+            recon = tok.decode(codes[:, :k] if flexible else codes)
+            acc[k]["psnr"].append(psnr(x, recon).cpu())
+            acc[k]["ssim"].append(ssim(x, recon).cpu())
+            if ext is not None:
+                acc[k]["feats"].append(extract_features(recon, ext, device=args.device))
+    n = len(paths)
+    bpt = tok.code_layout.bits_per_token
+    ref = feature_statistics(np.concatenate(ref_feats), ext.name) if ext is not None else None
+    points = []
+    for k in ks:
+        p = {"tokens": k, "bits": k * bpt, "psnr": float(torch.cat(acc[k]["psnr"]).mean()),
+             "ssim": float(torch.cat(acc[k]["ssim"]).mean()), "fid": None}
+        if ref is not None:
+            p["fid"] = frechet_distance(feature_statistics(np.concatenate(acc[k]["feats"]),
+                                                           ext.name), ref)
+        points.append(p)
+    results = {
+        "model": args.model, "random_init": args.random_init, "images": str(args.images),
+        "num_samples": n, "image_size": list(tok.image_size), "flexible": flexible,
+        "bits_per_token": bpt, "features": ext.name if ext is not None else None,
+        "fid_reference": f"the {n} evaluated images" if ext is not None else None,
+        "points": points, "seconds": time.perf_counter() - t0,
+        "environment": environment(args.device),
+    }
+    if not flexible:
+        results["note"] = "tokenizer does not decode token prefixes: one point only"
+    write_results(args.out, results)
+    plot(points, bpt, args.out / "rate_distortion.png", f"{args.model} (n = {n})")
+    for p in points:
+        fid = "" if p["fid"] is None else f"   FID[{n}] {p['fid']:.4g}"
+        print(f"{p['tokens']:5d} tokens {p['bits']:8.0f} bits   PSNR {p['psnr']:.3f}   "
+              f"SSIM {p['ssim']:.4f}{fid}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Reconstruction evaluation of an image tokenizer: rFID, pFID, PSNR, SSIM, code usage, bits.
+
+    python eval/rfid.py titok_s128 ../shared/data/images/kodak --out runs/eval_titok_s128
+    python eval/rfid.py titok_tiny images/ --random-init --features random-tiny --out /tmp/smoke
+
+Images are centre-cropped and resized to the tokenizer's input size. The reference for rFID is the
+same centre-cropped images (DESIGN §7) unless ``--reference stats.npz`` is given. Writes
+``results.json`` and ``reconstructions.png`` (originals, reconstructions, perturbed decodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, add_tokenizer_args, environment, load_tokenizer, write_results
+
+from visualtok.data.image_io import iter_image_batches, list_images, save_grid
+from visualtok.metrics.fid import (
+    build_feature_extractor,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+    load_reference,
+)
+from visualtok.metrics.image import code_statistics, psnr, ssim
+from visualtok.metrics.pfid import DEFAULT_RATE, default_strength, perturb_codes, pfid_label
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_tokenizer_args(ap)
+    ap.add_argument("images", type=Path, help="image folder (searched recursively)")
+    add_common_args(ap)
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="reference statistics .npz (default: the evaluated images themselves)")
+    ap.add_argument("--pfid-rate", type=float, default=DEFAULT_RATE, help="α: share of tokens")
+    ap.add_argument("--pfid-strength", type=int, default=None,
+                    help="δ: family-specific strength (default: visualtok.metrics.pfid)")
+    ap.add_argument("--no-pfid", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid-images", type=int, default=8)
+    return ap.parse_args(argv)
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None) -> dict:
+    args = parse_args(argv)
+    tok = load_tokenizer(args)
+    ext = extractor or build_feature_extractor(args.features, args.fid_weights, args.device)
+    paths = list_images(args.images)[: args.max_images]
+    if len(paths) < 2:
+        raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
+    strength = args.pfid_strength or default_strength(tok.code_layout)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+
+    t0 = time.perf_counter()
+    feats = {"orig": [], "recon": [], "perturbed": []}
+    psnrs, ssims, all_codes, changed = [], [], [], []
+    grid = None
+    for batch in iter_image_batches(paths, tok.image_size, args.batch_size):
+        x = batch.to(args.device)
+        codes = tok.encode(x)
+        recon = tok.decode(codes)
+        feats["orig"].append(extract_features(x, ext, device=args.device))
+        feats["recon"].append(extract_features(recon, ext, device=args.device))
+        psnrs.append(psnr(x, recon).cpu())
+        ssims.append(ssim(x, recon).cpu())
+        all_codes.append(codes.cpu())
+        pert = None
+        if not args.no_pfid:
+            new, frac = perturb_codes(tok, codes, args.pfid_rate, strength, gen)
+            pert = tok.decode(new)
+            feats["perturbed"].append(extract_features(pert, ext, device=args.device))
+            changed.append(frac * x.shape[0])
+        if grid is None:
+            k = args.grid_images
+            grid = [x[:k].cpu(), recon[:k].cpu()] + ([pert[:k].cpu()] if pert is not None else [])
+        if not args.no_progress:
+            print(f"  {sum(len(p) for p in psnrs)}/{len(paths)} images", file=sys.stderr)
+    n = len(paths)
+    name = getattr(ext, "name", "")
+    if args.reference is not None:
+        ref, _ = load_reference(args.reference)
+        ref_desc = str(args.reference)
+    else:
+        ref = feature_statistics(np.concatenate(feats["orig"]), name)
+        ref_desc = f"the {n} evaluated images, centre-cropped to {tok.image_size}"
+    rfid = frechet_distance(feature_statistics(np.concatenate(feats["recon"]), name), ref)
+    results = {
+        "model": args.model,
+        "random_init": args.random_init,
+        "images": str(args.images),
+        "num_samples": n,
+        "image_size": list(tok.image_size),
+        "features": name,
+        "reference": ref_desc,
+        "reference_num_samples": ref.num_samples,
+        "rfid": rfid,
+        "rfid_label": f"rFID[{n}]",
+        "psnr": float(torch.cat(psnrs).mean()),
+        "ssim": float(torch.cat(ssims).mean()),
+        "codes": code_statistics(tok.quantizer, torch.cat(all_codes)),
+        "bits_per_image": float(tok.bits_per_image),
+    }
+    if not args.no_pfid:
+        pfid = frechet_distance(feature_statistics(np.concatenate(feats["perturbed"]), name), ref)
+        results["pfid"] = {"pfid": pfid, "rate": args.pfid_rate, "strength": strength,
+                           "num_samples": n, "seed": args.seed,
+                           "changed_fraction": sum(changed) / n,
+                           "label": pfid_label(args.pfid_rate, strength, n)}
+    results["seconds"] = time.perf_counter() - t0
+    results["environment"] = environment(args.device)
+    labels = ["original", "recon"] + ([] if args.no_pfid else ["perturbed"])
+    save_grid(grid, args.out / "reconstructions.png", labels=labels)
+    write_results(args.out, results)
+    line = f"{results['rfid_label']} = {rfid:.4g}"
+    if not args.no_pfid:
+        line += f"   {results['pfid']['label']} = {results['pfid']['pfid']:.4g}"
+    print(f"{line}   PSNR {results['psnr']:.3f} dB   SSIM {results['ssim']:.4f}   "
+          f"usage {results['codes']['usage']:.3f}   {results['bits_per_image']:.0f} bits/image   "
+          f"(n = {n}, features {name}) -> {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
