@@ -1,0 +1,134 @@
+"""GPT-B sampling speed: static-KV-cache vs uncached loop, with and without CFG.
+
+Model: ``gpt_b`` (LlamaGen-B architecture, 111M, vocab 16384, fp32, random weights). For each
+(tokens, batch) it times a full ``GPT.generate`` call and reports tokens/s, images/s and ms/step.
+The uncached loop (re-running the whole prefix every step, what a naive sampler does) is measured
+side by side in the same run; above ``--max-uncached-tokens`` it samples only that many tokens and
+reports the per-step time of those steps (nothing is extrapolated; late steps cost more, so the
+cached/uncached ratio printed for long sequences is a lower bound).
+
+Reference: LlamaGen GPT-B on this project's CPU machine (figures given in the issue, measured with
+the official code): batch 1 30.7 tok/s, batch 8 115 tok/s; CFG 2.0: 16.9 / 83 tok/s; no-cache
+loop 6.3 tok/s at batch 8. On CUDA, ``--compile`` wraps the decode step with ``torch.compile``
+and the table adds the memory-bandwidth bound per step: weight bytes / ``--bandwidth``.
+
+    python benchmarks/bench_generator.py --tokens 32 256 --batch 1 8 --json out.json
+    python benchmarks/bench_generator.py --device cuda --compile --batch 1 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import machine_info, print_table, sync, write_json  # noqa: E402
+from visualtok import create_model  # noqa: E402
+
+# LlamaGen GPT-B reference on the project CPU (tok/s), keyed by (batch, cfg)
+REFERENCE_TOK_S = {(1, None): 30.7, (8, None): 115.0, (1, 2.0): 16.9, (8, 2.0): 83.0}
+REFERENCE_NO_CACHE_TOK_S = {8: 6.3}
+
+
+def time_generate(
+    model, batch: int, tokens: int, cfg: float | None, use_cache: bool, compile: bool, device: str
+) -> float:
+    labels = torch.arange(batch, device=device) % model.config.num_classes
+    gen = torch.Generator(device=device).manual_seed(0)
+    kwargs = dict(
+        num_tokens=tokens, cfg_scale=cfg, generator=gen, use_cache=use_cache, top_k=0, top_p=1.0
+    )
+    if compile:
+        kwargs["compile"] = True
+    model.generate(labels, **{**kwargs, "num_tokens": min(tokens, 4)})  # warm-up (and compile)
+    sync(device)
+    t0 = time.perf_counter()
+    model.generate(labels, **kwargs)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[32, 128, 256])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--cfg", type=float, nargs="*", default=[2.0], help="CFG scales for extra rows")
+    ap.add_argument("--cfg-tokens", type=int, default=256, help="sequence length of the CFG rows")
+    ap.add_argument(
+        "--max-uncached-tokens",
+        type=int,
+        default=32,
+        help="uncached loop samples at most this many tokens (0 = skip uncached)",
+    )
+    ap.add_argument("--compile", action="store_true", help="torch.compile the cached decode step")
+    ap.add_argument("--bandwidth", type=float, default=3.35e12, help="memory bandwidth B/s (H100)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = create_model("gpt_b").to(args.device).eval()
+    with torch.no_grad():  # random (not zero) output head, as a trained model
+        torch.nn.init.normal_(model.head.output.weight, std=0.02)
+    n_params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound_ms = weight_bytes / args.bandwidth * 1e3
+    info = machine_info(args.device)
+    info["load_average_1m"] = os.getloadavg()[0]  # the project CPU is shared: say how busy it was
+    print(f"# GPT-B sampling, {n_params / 1e6:.1f}M params fp32 on {info}")
+
+    rows = []
+    runs = [(n, b, None) for n in args.tokens for b in args.batch]
+    runs += [(args.cfg_tokens, b, s) for s in args.cfg for b in args.batch]
+    for n, b, cfg in runs:
+        row = {"tokens": n, "batch": b, "cfg": cfg or "-"}
+        sec = time_generate(model, b, n, cfg, True, args.compile, args.device)
+        row["cached tok/s"] = b * n / sec
+        row["cached img/s"] = b / sec
+        row["cached ms/step"] = sec / n * 1e3
+        if args.device != "cpu":
+            row["bw bound ms/step"] = bound_ms
+        ref = REFERENCE_TOK_S.get((b, cfg))
+        if ref is not None and args.device == "cpu":
+            row["LlamaGen tok/s"] = ref
+            row["ratio vs LlamaGen"] = row["cached tok/s"] / ref
+        if args.max_uncached_tokens and cfg is None:
+            k = min(n, args.max_uncached_tokens)
+            usec = time_generate(model, b, k, cfg, False, False, args.device)
+            row["uncached steps"] = k
+            row["uncached tok/s"] = b * k / usec
+            row["uncached ms/step"] = usec / k * 1e3
+            row["cached/uncached"] = row["uncached ms/step"] / row["cached ms/step"]
+            if args.device == "cpu" and b in REFERENCE_NO_CACHE_TOK_S:
+                row["LlamaGen no-cache tok/s"] = REFERENCE_NO_CACHE_TOK_S[b]
+        rows.append(row)
+        print(row, flush=True)
+
+    columns = ["tokens", "batch", "cfg", "cached tok/s", "cached img/s", "cached ms/step"]
+    columns += (
+        ["bw bound ms/step"] if args.device != "cpu" else ["LlamaGen tok/s", "ratio vs LlamaGen"]
+    )
+    columns += ["uncached steps", "uncached ms/step", "uncached tok/s", "cached/uncached"]
+    print_table(rows, columns, title=f"GPT-B sampling ({args.device}, compile={args.compile})")
+    payload = {
+        "machine": info,
+        "params": n_params,
+        "weight_bytes": weight_bytes,
+        "bandwidth": args.bandwidth,
+        "args": vars(args),
+        "rows": rows,
+    }
+    write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

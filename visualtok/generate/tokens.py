@@ -1,0 +1,162 @@
+"""Token shards: a dataset pre-tokenized once, read by the generator's training loop.
+
+Layout of a token folder::
+
+    tokens.json                 tokenizer, code layout, token shape S, class names, shard list
+    shard-00000.safetensors     codes [n, *S, F] (smallest int dtype), labels [n], index [n]
+    ...
+
+``pretokenize_images`` writes shard ``i`` (images ``i*shard_size ..``) from process
+``i % num_processes``, each shard atomically, and skips shards already on disk: a crashed or
+interrupted run resumes where it stopped, and ``accelerate launch`` splits the work by process.
+Labels are the first-level sub-folder of each image (ImageNet layout), sorted; 0 when flat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from ..hub import atomic_write_bytes
+from ..quantize.layout import CodeLayout
+
+__all__ = ["pretokenize_images", "labels_from_folders", "TokenDataset", "read_token_meta"]
+
+log = logging.getLogger(__name__)
+META_NAME = "tokens.json"
+
+
+def _code_dtype(layout: CodeLayout) -> torch.dtype:
+    m = layout.max_radix
+    return torch.int16 if m <= 2**15 else torch.int32 if m <= 2**31 else torch.int64
+
+
+def labels_from_folders(root: str | Path, files: list[Path]) -> tuple[list[int], list[str]]:
+    """Class id of each file = its first-level sub-folder under ``root`` (sorted names)."""
+    root = Path(root)
+    names = [
+        p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files
+    ]
+    classes = sorted(set(names))
+    ids = {c: i for i, c in enumerate(classes)}
+    return [ids[n] for n in names], classes
+
+
+def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def pretokenize_images(
+    tokenizer: torch.nn.Module,
+    files: list[Path],
+    out_dir: str | Path,
+    labels: list[int] | None = None,
+    class_names: list[str] | None = None,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    process_index: int = 0,
+    num_processes: int = 1,
+    device: str | torch.device = "cpu",
+    tokenizer_name: str | None = None,
+) -> list[Path]:
+    """Encode ``files`` with ``tokenizer`` into shards under ``out_dir``; returns new shards."""
+    from ..data.image_io import iter_image_batches
+
+    if not files:
+        raise ValueError("pretokenize_images: no image files given")
+    if labels is not None and len(labels) != len(files):
+        raise ValueError(f"got {len(labels)} labels for {len(files)} files")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout: CodeLayout = tokenizer.code_layout
+    size = tuple(tokenizer.image_size)
+    num_shards = (len(files) + shard_size - 1) // shard_size
+    shard_names = [f"shard-{i:05d}.safetensors" for i in range(num_shards)]
+    meta = {
+        "tokenizer": tokenizer_name or getattr(tokenizer, "model_name", None),
+        "code_layout": layout.to_dict(),
+        "token_shape": list(tokenizer.token_shape),
+        "image_size": list(size),
+        "num_images": len(files),
+        "class_names": class_names or [],
+        "num_classes": len(class_names) if class_names else 0,
+        "shards": shard_names,
+    }
+    if process_index == 0:
+        atomic_write_bytes(out / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    written = []
+    tokenizer = tokenizer.to(device).eval()
+    for i in range(process_index, num_shards, num_processes):
+        path = out / shard_names[i]
+        if path.is_file():
+            log.info("skipping %s: already written", path.name)
+            continue
+        lo, hi = i * shard_size, min((i + 1) * shard_size, len(files))
+        codes = [
+            tokenizer.encode(b.to(device)).cpu()
+            for b in iter_image_batches(files[lo:hi], size, batch_size)
+        ]
+        lab = torch.tensor(
+            labels[lo:hi] if labels is not None else [0] * (hi - lo), dtype=torch.long
+        )
+        tensors = {
+            "codes": torch.cat(codes).to(_code_dtype(layout)),
+            "labels": lab,
+            "index": torch.arange(lo, hi, dtype=torch.long),
+        }
+        _save_shard(path, tensors, {"code_layout": json.dumps(layout.to_dict())})
+        written.append(path)
+        log.info("wrote %s (%d images)", path.name, hi - lo)
+    return written
+
+
+def read_token_meta(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / META_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a token folder: {META_NAME} is missing "
+            f"(make one with train/pretokenize.py)"
+        )
+    return json.loads(path.read_text())
+
+
+class TokenDataset(Dataset):
+    """All shards of a token folder in memory; items ``{"codes": [*S, F] int64, "label": int}``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.meta = read_token_meta(folder)
+        self.layout = CodeLayout.from_dict(self.meta["code_layout"])
+        missing = [s for s in self.meta["shards"] if not (self.folder / s).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder}: token shards missing (pretokenize not finished?): {missing[:5]}"
+            )
+        parts = [load_file(str(self.folder / s)) for s in self.meta["shards"]]
+        self.codes = torch.cat([p["codes"] for p in parts]).long()
+        self.labels = torch.cat([p["labels"] for p in parts])
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index = item[0] if isinstance(item, tuple) else item
+        return {"codes": self.codes[index], "label": self.labels[index]}
