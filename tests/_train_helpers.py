@@ -23,13 +23,28 @@ def tiny_config(data: Path, out: Path, **sections: Any) -> dict[str, Any]:
     """A titok_tiny (32x32, 16 tokens) run on ``data`` writing to ``out``; ``sections`` merge in."""
     cfg: dict[str, Any] = {
         "task": "tokenizer",
-        "model": {"name": "titok_tiny", "overrides": {"image_size": 32, "num_latent_tokens": 16,
-                                                      "encoder_width": 64, "decoder_width": 64}},
+        "model": {
+            "name": "titok_tiny",
+            "overrides": {
+                "image_size": 32,
+                "num_latent_tokens": 16,
+                "encoder_width": 64,
+                "decoder_width": 64,
+            },
+        },
         "data": {"type": "images", "path": str(data), "image_size": 32, "resize_short": 40},
         "optim": {"lr": 2e-3, "warmup_steps": 2},
         "loss": {"reconstruction": "l2"},
-        "trainer": {"steps": 6, "batch_size": 2, "output_dir": str(out), "log_every": 1,
-                    "image_every": 0, "ckpt_every": 3, "progress": False, "tensorboard": False},
+        "trainer": {
+            "steps": 6,
+            "batch_size": 2,
+            "output_dir": str(out),
+            "log_every": 1,
+            "image_every": 0,
+            "ckpt_every": 3,
+            "progress": False,
+            "tensorboard": False,
+        },
     }
     for k, v in sections.items():
         if isinstance(v, dict):

@@ -43,17 +43,27 @@ print("DONE", flush=True)
 # dropout (global RNG), warmup + cosine, and an epoch boundary (4 photos, batch 2) at the resume.
 RESUME_SECTIONS = dict(
     loss={"gan_weight": 0.5, "gan_start_step": 1, "lecam_weight": 0.01},
-    trainer={"steps": 6, "ckpt_every": 2, "keep_last": 2, "ema": {"enabled": True, "decay": 0.5},
-             "robustness": {"enabled": True, "rate_end": 0.5, "strength_start": 3,
-                            "strength_end": 3},
-             "nested_dropout": {"enabled": True}},
+    trainer={
+        "steps": 6,
+        "ckpt_every": 2,
+        "keep_last": 2,
+        "ema": {"enabled": True, "decay": 0.5},
+        "robustness": {"enabled": True, "rate_end": 0.5, "strength_start": 3, "strength_end": 3},
+        "nested_dropout": {"enabled": True},
+    },
 )
 
 
 def _run(driver: Path, cfg: Path, stop_at: int = 0) -> None:
     env = dict(os.environ, STOP_AT=str(stop_at), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(driver), str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     try:
         for line in proc.stdout:
             if stop_at and line.strip() == f"CKPT step_{stop_at:08d}":
@@ -84,8 +94,12 @@ def test_sigkill_then_resume_is_exact(tmp_path, real_photos):
     photos = write_photos(tmp_path / "photos", real_photos)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    cfg_a = write_config(tmp_path / "a.yaml", tiny_config(photos, tmp_path / "a", **RESUME_SECTIONS))
-    cfg_b = write_config(tmp_path / "b.yaml", tiny_config(photos, tmp_path / "b", **RESUME_SECTIONS))
+    cfg_a = write_config(
+        tmp_path / "a.yaml", tiny_config(photos, tmp_path / "a", **RESUME_SECTIONS)
+    )
+    cfg_b = write_config(
+        tmp_path / "b.yaml", tiny_config(photos, tmp_path / "b", **RESUME_SECTIONS)
+    )
 
     _run(driver, cfg_a, stop_at=2)  # killed right after the step-2 checkpoint
     assert ck.latest_checkpoint(tmp_path / "a" / "checkpoints").name == "step_00000002"
@@ -93,8 +107,10 @@ def test_sigkill_then_resume_is_exact(tmp_path, real_photos):
     _run(driver, cfg_a)  # resumes from step 2 (trainer.resume: auto)
     _run(driver, cfg_b)  # uninterrupted reference
 
-    wa, wb = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(
-        tmp_path / "b" / "model" / "model.safetensors")
+    wa, wb = (
+        load_file(tmp_path / "a" / "model" / "model.safetensors"),
+        load_file(tmp_path / "b" / "model" / "model.safetensors"),
+    )
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
@@ -111,8 +127,10 @@ def test_sigkill_then_resume_is_exact(tmp_path, real_photos):
 
 def test_crash_during_checkpoint_write_keeps_latest(tmp_path, real_photos, monkeypatch):
     photos = write_photos(tmp_path / "photos", real_photos)
-    cfg = write_config(tmp_path / "c.yaml", tiny_config(
-        photos, tmp_path / "out", trainer={"steps": 4, "ckpt_every": 2}))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_config(photos, tmp_path / "out", trainer={"steps": 4, "ckpt_every": 2}),
+    )
     real_save = torch.save
 
     def torn_save(obj, f, *a, **k):  # write half the bytes of the step-4 state, then die
@@ -149,14 +167,19 @@ def test_resume_from_another_model_is_an_error(tmp_path, real_photos):
     photos = write_photos(tmp_path / "photos", real_photos)
     base = tiny_config(photos, tmp_path / "out", trainer={"steps": 2, "ckpt_every": 2})
     Trainer(load_train_config(write_config(tmp_path / "a.yaml", base))).fit()
-    other = tiny_config(photos, tmp_path / "out", trainer={"steps": 4},
-                        model={"overrides": {"num_latent_tokens": 8}})
+    other = tiny_config(
+        photos,
+        tmp_path / "out",
+        trainer={"steps": 4},
+        model={"overrides": {"num_latent_tokens": 8}},
+    )
     with pytest.raises(CheckpointError, match="num_latent_tokens"):
         Trainer(load_train_config(write_config(tmp_path / "b.yaml", other))).fit()
     gan = tiny_config(photos, tmp_path / "out", trainer={"steps": 4}, loss={"gan_weight": 0.1})
     with pytest.raises(CheckpointError, match="discriminator|missing"):
         Trainer(load_train_config(write_config(tmp_path / "c.yaml", gan))).fit()
-    explicit = tiny_config(photos, tmp_path / "new", trainer={"steps": 4,
-                                                              "resume": str(tmp_path / "nope")})
+    explicit = tiny_config(
+        photos, tmp_path / "new", trainer={"steps": 4, "resume": str(tmp_path / "nope")}
+    )
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         Trainer(load_train_config(write_config(tmp_path / "d.yaml", explicit))).fit()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _train_helpers import tiny_config, write_config, write_photos
 
 from visualtok.train import load_train_config, run_training
 from visualtok.train.config import NestedDropoutConfig, RobustnessConfig
 from visualtok.train.tokenizer_task import robustness_schedule, sample_prefix_lengths
 from visualtok.train.trainer import Trainer
-
-from _train_helpers import tiny_config, write_config, write_photos
 
 
 @pytest.fixture
@@ -26,8 +25,12 @@ def _trainer(tmp_path, photos_dir, **sections) -> Trainer:
 def test_loss_goes_down_and_model_loads(tmp_path, photos_dir):
     import visualtok
 
-    tr = _trainer(tmp_path, photos_dir, trainer={"steps": 40, "ckpt_every": 40, "batch_size": 4},
-                  optim={"lr": 3e-3, "warmup_steps": 5})
+    tr = _trainer(
+        tmp_path,
+        photos_dir,
+        trainer={"steps": 40, "ckpt_every": 40, "batch_size": 4},
+        optim={"lr": 3e-3, "warmup_steps": 5},
+    )
     out = tr.fit()
     rec = [h["loss/reconstruction"] for h in tr.history]
     assert len(rec) == 40
@@ -40,10 +43,18 @@ def test_loss_goes_down_and_model_loads(tmp_path, photos_dir):
 
 
 def test_gan_ema_tensorboard_run(tmp_path, photos_dir):
-    tr = _trainer(tmp_path, photos_dir,
-                  loss={"gan_weight": 0.5, "gan_start_step": 2, "lecam_weight": 0.01},
-                  trainer={"steps": 4, "ckpt_every": 4, "tensorboard": True, "image_every": 2,
-                           "ema": {"enabled": True, "decay": 0.9}})
+    tr = _trainer(
+        tmp_path,
+        photos_dir,
+        loss={"gan_weight": 0.5, "gan_start_step": 2, "lecam_weight": 0.01},
+        trainer={
+            "steps": 4,
+            "ckpt_every": 4,
+            "tensorboard": True,
+            "image_every": 2,
+            "ema": {"enabled": True, "decay": 0.9},
+        },
+    )
     out = tr.fit()
     steps_with_d = [h["step"] for h in tr.history if "loss/gan_d" in h]
     assert steps_with_d == [3, 4]  # delayed start: 0-based steps 2 and 3
@@ -84,9 +95,16 @@ def test_env_data_path(tmp_path, photos_dir, monkeypatch):
 
 
 def test_nested_dropout_decodes_prefixes(tmp_path, photos_dir):
-    tr = _trainer(tmp_path, photos_dir, trainer={
-        "steps": 3, "batch_size": 4, "ckpt_every": 3,
-        "nested_dropout": {"enabled": True, "distribution": "uniform", "per_sample": True}})
+    tr = _trainer(
+        tmp_path,
+        photos_dir,
+        trainer={
+            "steps": 3,
+            "batch_size": 4,
+            "ckpt_every": 3,
+            "nested_dropout": {"enabled": True, "distribution": "uniform", "per_sample": True},
+        },
+    )
     seen = []
     orig = tr.task.model.decode_latents
     tr.task.model.decode_latents = lambda z: (seen.append(z.shape[1]), orig(z))[1]
@@ -101,15 +119,33 @@ def test_nested_dropout_decodes_prefixes(tmp_path, photos_dir):
 
 
 def test_robustness_perturbs_codes(tmp_path, photos_dir):
-    r = RobustnessConfig(enabled=True, rate_start=0.0, rate_end=0.8, strength_start=2,
-                         strength_end=6, start_step=10, end_step=20)
+    r = RobustnessConfig(
+        enabled=True,
+        rate_start=0.0,
+        rate_end=0.8,
+        strength_start=2,
+        strength_end=6,
+        start_step=10,
+        end_step=20,
+    )
     assert robustness_schedule(r, 0, 100) == (0.0, 2)
     assert robustness_schedule(r, 15, 100) == pytest.approx((0.4, 4))
     assert robustness_schedule(r, 50, 100) == pytest.approx((0.8, 6))
-    tr = _trainer(tmp_path, photos_dir, trainer={
-        "steps": 2, "ckpt_every": 2, "robustness": {
-            "enabled": True, "rate_start": 1.0, "rate_end": 1.0, "strength_start": 8,
-            "strength_end": 8}})
+    tr = _trainer(
+        tmp_path,
+        photos_dir,
+        trainer={
+            "steps": 2,
+            "ckpt_every": 2,
+            "robustness": {
+                "enabled": True,
+                "rate_start": 1.0,
+                "rate_end": 1.0,
+                "strength_start": 8,
+                "strength_end": 8,
+            },
+        },
+    )
     tr.fit()
     frac = [h["robust/perturbed_fraction"] for h in tr.history]
     assert all(f > 0.5 for f in frac), frac
@@ -124,8 +160,12 @@ def test_robustness_perturbs_codes(tmp_path, photos_dir):
 def test_nested_dropout_needs_prefix_tokenizer(tmp_path, photos_dir):
     from visualtok.train.tokenizer_task import TokenizerTask
 
-    cfg = load_train_config(write_config(tmp_path / "c.yaml", tiny_config(
-        photos_dir, tmp_path / "o", trainer={"nested_dropout": {"enabled": True}})))
+    cfg = load_train_config(
+        write_config(
+            tmp_path / "c.yaml",
+            tiny_config(photos_dir, tmp_path / "o", trainer={"nested_dropout": {"enabled": True}}),
+        )
+    )
 
     class Flat(torch.nn.Module):
         supports_prefix, token_shape = False, (4, 4)
@@ -135,3 +175,36 @@ def test_nested_dropout_needs_prefix_tokenizer(tmp_path, photos_dir):
         TokenizerTask(Flat(), TokenizerTask.loss_config_class(), cfg)
     with pytest.raises(TypeError, match="ImageTokenizer"):
         TokenizerTask(torch.nn.Linear(2, 2), TokenizerTask.loss_config_class(), cfg)
+
+
+def test_proxy_code_loss_learns_teacher_codes(tmp_path, photos_dir):
+    """Two-stage stage 1: cross-entropy against a frozen teacher's codes goes down."""
+    tr = _trainer(
+        tmp_path,
+        photos_dir,
+        model={"overrides": {"decoder_head": "proxy_codes", "proxy_codebook_size": 16}},
+        trainer={"steps": 1, "ckpt_every": 1},
+        optim={"lr": 3e-3, "warmup_steps": 0},
+    )
+
+    class Teacher(torch.nn.Module):  # stands in for MaskGIT-VQGAN: one code per 8x8 patch
+        def encode(self, images):
+            return (images.mean(1).unfold(1, 8, 8).unfold(2, 8, 8).mean((-1, -2)) * 15.99).long()[
+                ..., None
+            ]
+
+    task = tr.task
+    task.teacher = Teacher()
+    images = torch.stack([tr.dataset[i]["image"] for i in range(4)])
+    opt = torch.optim.Adam(task.model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(10):
+        out = task.compute_loss("model", {"image": images}, step)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.logs["loss/reconstruction"]))
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert task._recon is None and not task.is_active("discriminator", 0)
+    with pytest.raises(ValueError, match="proxy-code"):
+        _trainer(tmp_path, photos_dir, loss={"proxy_teacher": str(tmp_path)})

@@ -18,7 +18,7 @@ from visualtok.train import run_training
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["trainer.steps=50", "optim.betas=[0.9, 0.95]"]`` -> ``{"trainer.steps": 50, ...}`` (YAML)."""
+    """``["trainer.steps=50", "optim.betas=[0.9, 0.95]"]`` -> ``{"trainer.steps": 50, ...}`` """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -31,8 +31,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", required=True, help="YAML training recipe (configs/*.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, dotted (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, dotted (repeatable)",
+    )
     p.add_argument("--output-dir", help="shortcut for --set trainer.output_dir=...")
     p.add_argument("--device", choices=["cpu", "cuda"], help="cpu forces CPU; cuda = accelerate")
     args = p.parse_args(argv)

@@ -23,19 +23,34 @@ def build_dataset(config: DataConfig, train: bool = True) -> Dataset:
     if config.type == "images":
         from .images import ImageFolderDataset
 
-        return ImageFolderDataset(config.path, config.image_size, train=crop,
-                                  random_flip=config.random_flip, resize_short=config.resize_short,
-                                  recursive=config.recursive)
+        return ImageFolderDataset(
+            config.path,
+            config.image_size,
+            train=crop,
+            random_flip=config.random_flip,
+            resize_short=config.resize_short,
+            recursive=config.recursive,
+        )
     if config.type == "shards":
         from .shards import ImageShardDataset
 
-        return ImageShardDataset(config.path, config.image_size, train=crop,
-                                 random_flip=config.random_flip, resize_short=config.resize_short)
+        return ImageShardDataset(
+            config.path,
+            config.image_size,
+            train=crop,
+            random_flip=config.random_flip,
+            resize_short=config.resize_short,
+        )
     if config.type == "video":
         from .video import VideoClipDataset
 
-        return VideoClipDataset(config.path, config.image_size, config.num_frames,
-                                frame_stride=config.frame_stride, train=crop)
+        return VideoClipDataset(
+            config.path,
+            config.image_size,
+            config.num_frames,
+            frame_stride=config.frame_stride,
+            train=crop,
+        )
     if config.type == "audio":
         from .audio import AudioFolderDataset
 

@@ -33,15 +33,21 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
 
 
 class AudioFolderDataset(Dataset):
-    def __init__(self, root: str | Path, sample_rate: int = 16000, num_samples: int = 16000,
-                 train: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        sample_rate: int = 16000,
+        num_samples: int = 16000,
+        train: bool = True,
+    ) -> None:
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"data path {root} does not exist")
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
         if not self.files:
-            raise ValueError(f"empty dataset: no audio files ({', '.join(AUDIO_EXTENSIONS)}) "
-                             f"under {root}")
+            raise ValueError(
+                f"empty dataset: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}"
+            )
         if sample_rate < 1 or num_samples < 1:
             raise ValueError("sample_rate and num_samples must be >= 1")
         self.sample_rate, self.num_samples, self.train = sample_rate, num_samples, train
@@ -57,5 +63,7 @@ class AudioFolderDataset(Dataset):
             wav = F.pad(wav, (0, n - wav.shape[1]))
         start = 0
         if self.train and seed is not None and wav.shape[1] > n:
-            start = int(torch.randint(0, wav.shape[1] - n + 1, (1,), generator=item_generator(seed)))
+            start = int(
+                torch.randint(0, wav.shape[1] - n + 1, (1,), generator=item_generator(seed))
+            )
         return {"audio": wav[:, start : start + n], "index": index}

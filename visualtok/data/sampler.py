@@ -61,7 +61,11 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         """Samples of this rank per epoch."""
-        n = self.num_items // self.world_size if self.drop_last else -(-self.num_items // self.world_size)
+        n = (
+            self.num_items // self.world_size
+            if self.drop_last
+            else -(-self.num_items // self.world_size)
+        )
         return max(n, self.min_per_rank)
 
     def _order(self, epoch: int) -> list[int]:
@@ -76,10 +80,12 @@ class ResumableSampler(Sampler):
         return order[:n][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        """The rest of the current epoch from ``self.index`` (does not advance the saved position)."""
+        """The rest of the current epoch from ``self.index`` (position unchanged)."""
         order, epoch = self._order(self.epoch), self.epoch
-        items = [(order[pos], _mix(self.seed, epoch, pos, self.rank, 1))
-                 for pos in range(self.index, len(order))]
+        items = [
+            (order[pos], _mix(self.seed, epoch, pos, self.rank, 1))
+            for pos in range(self.index, len(order))
+        ]
         return iter(items)
 
     def advance(self, num_samples: int) -> None:
@@ -92,8 +98,13 @@ class ResumableSampler(Sampler):
         self.index = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
-                "num_items": self.num_items, "world_size": self.world_size}
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("num_items", self.num_items) != self.num_items:
@@ -103,7 +114,8 @@ class ResumableSampler(Sampler):
             )
         if state.get("world_size", self.world_size) != self.world_size:
             raise ValueError(
-                f"sampler state was saved with {state['world_size']} processes; now {self.world_size}. "
+                f"sampler state was saved with {state['world_size']} processes; now "
+                f"{self.world_size}. "
                 "Exact resume needs the same number of processes."
             )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -25,15 +25,19 @@ _IMAGE_EXT = ("png", "jpg", "jpeg", "webp")
 
 
 def write_image_shards(
-    folder: str | Path, out_pattern: str | Path, max_per_shard: int = 1000,
+    folder: str | Path,
+    out_pattern: str | Path,
+    max_per_shard: int = 1000,
     label_from_parent: bool = True,
 ) -> list[Path]:
     """Pack the images under ``folder`` into tars ``out_pattern % shard_index`` (e.g.
     ``"out/train-%05d.tar"``). Each sample is ``<key>.<ext>`` (the original bytes) and ``<key>.cls``
     (the index of its parent folder among the sorted parent folders). Returns the shard paths."""
     if "%" not in str(out_pattern):
-        raise ValueError(f"out_pattern must contain a %-format for the shard index, e.g. "
-                         f"'shards/train-%05d.tar'; got {out_pattern!r}")
+        raise ValueError(
+            f"out_pattern must contain a %-format for the shard index, e.g. "
+            f"'shards/train-%05d.tar'; got {out_pattern!r}"
+        )
     if max_per_shard < 1:
         raise ValueError(f"max_per_shard must be >= 1; got {max_per_shard}")
     root = Path(folder)
@@ -65,7 +69,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def expand_shards(pattern: str | Path) -> list[Path]:
-    """A folder (all ``*.tar``), a glob, or ``a-{000..009}.tar`` brace range -> sorted shard paths."""
+    """A folder (all ``*.tar``), a glob, or ``a-{000..009}.tar`` -> sorted shard paths."""
     p = str(pattern)
     if Path(p).is_dir():
         paths = sorted(Path(p).glob("*.tar"))
@@ -85,10 +89,16 @@ def expand_shards(pattern: str | Path) -> list[Path]:
 
 
 class ImageShardDataset(Dataset):
-    """Map-style dataset over webdataset-layout image shards. Items: ``{"image", "label", "index"}``."""
+    """Map-style dataset over webdataset-layout image shards. Items: image, label, index."""
 
-    def __init__(self, pattern: str | Path, image_size: int, train: bool = True,
-                 random_flip: bool = True, resize_short: int | None = None) -> None:
+    def __init__(
+        self,
+        pattern: str | Path,
+        image_size: int,
+        train: bool = True,
+        random_flip: bool = True,
+        resize_short: int | None = None,
+    ) -> None:
         self.shards = expand_shards(pattern)
         self.samples: list[tuple[int, tarfile.TarInfo, tarfile.TarInfo | None]] = []
         for si, shard in enumerate(self.shards):

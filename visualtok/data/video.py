@@ -45,8 +45,14 @@ def _read_video(path: Path, start: int, count: int, stride: int) -> list[torch.T
 
 
 class VideoClipDataset(Dataset):
-    def __init__(self, root: str | Path, image_size: int, num_frames: int = 8,
-                 frame_stride: int = 1, train: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        num_frames: int = 8,
+        frame_stride: int = 1,
+        train: bool = True,
+    ) -> None:
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"data path {root} does not exist")
@@ -64,10 +70,15 @@ class VideoClipDataset(Dataset):
             if n >= span:
                 self.sources.append((f, n))
         if not self.sources:
-            raise ValueError(f"empty dataset: no frame folder or video with >= {span} frames "
-                             f"under {root}")
-        self.image_size, self.num_frames, self.stride, self.train = (image_size, num_frames,
-                                                                     frame_stride, train)
+            raise ValueError(
+                f"empty dataset: no frame folder or video with >= {span} frames under {root}"
+            )
+        self.image_size, self.num_frames, self.stride, self.train = (
+            image_size,
+            num_frames,
+            frame_stride,
+            train,
+        )
 
     def __len__(self) -> int:
         return len(self.sources)

@@ -11,11 +11,18 @@ from typing import Any
 from .config import TrainConfig, load_train_config
 from .task import StepOutput, Task, register_task
 
-__all__ = ["run_training", "TrainConfig", "load_train_config", "Task", "StepOutput", "register_task"]
+__all__ = [
+    "run_training",
+    "TrainConfig",
+    "load_train_config",
+    "Task",
+    "StepOutput",
+    "register_task",
+]
 
 
 def run_training(config_path: Any, overrides: dict[str, Any] | None = None):
-    """Train from a YAML recipe (+ overrides like ``{"trainer.steps": 10}``); returns the output dir."""
+    """Train from a YAML recipe (+ overrides like ``{"trainer.steps": 10}``); returns output dir."""
     from .trainer import run_training as _run
 
     return _run(config_path, overrides)

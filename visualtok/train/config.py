@@ -7,7 +7,7 @@ them). Sections:
 * ``data``: which dataset and how to crop/batch it (``visualtok.data.build_dataset``);
 * ``optim``: AdamW, cosine schedule with warmup, gradient clipping, discriminator optimizer;
 * ``loss``: task-specific; validated strictly by the task's own ``loss_config_class``;
-* ``trainer``: steps, batch size, intervals, checkpoints, precision, EMA, robustness, nested dropout.
+* ``trainer``: steps, batch size, intervals, checkpoints, precision, EMA, RobusTok, nested dropout.
 
 ``task`` names the task (``tokenizer``, ``generator``, ...), see ``visualtok.train.task``.
 """
@@ -45,11 +45,13 @@ class ModelSection:
 @dataclass
 class DataConfig:
     type: str = "images"  # images | shards | video | audio | tokens (task specific)
-    path: str | None = None  # folder / shard pattern; relative paths resolve against the config file
+    # folder / shard pattern; relative paths resolve against the config file
+    path: str | None = None
     image_size: int = 64  # square crop side for image datasets
     random_crop: bool = True  # train: seeded random crop + flip; False: centre crop
     random_flip: bool = True
-    resize_short: int | None = None  # resize the short side to this before cropping (None = crop size)
+    # resize the short side to this before cropping (None = crop size)
+    resize_short: int | None = None
     recursive: bool = True
     num_workers: int = 0
     # video / audio
@@ -140,14 +142,22 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         t = self.trainer
         if t.steps < 1 or t.batch_size < 1:
-            raise ValueError(f"trainer.steps and trainer.batch_size must be >= 1; got {t.steps}, {t.batch_size}")
+            raise ValueError(
+                f"trainer.steps and trainer.batch_size must be >= 1; got {t.steps}, {t.batch_size}"
+            )
         if t.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"trainer.mixed_precision must be no | bf16 | fp16; got {t.mixed_precision!r}")
+            raise ValueError(
+                f"trainer.mixed_precision must be no | bf16 | fp16; got {t.mixed_precision!r}"
+            )
         if self.optim.schedule not in ("cosine", "constant"):
-            raise ValueError(f"optim.schedule must be cosine | constant; got {self.optim.schedule!r}")
+            raise ValueError(
+                f"optim.schedule must be cosine | constant; got {self.optim.schedule!r}"
+            )
         nd = t.nested_dropout
         if nd.distribution not in ("uniform", "pow2"):
-            raise ValueError(f"nested_dropout.distribution must be uniform | pow2; got {nd.distribution!r}")
+            raise ValueError(
+                f"nested_dropout.distribution must be uniform | pow2; got {nd.distribution!r}"
+            )
         if t.keep_last < 1:
             raise ValueError(f"trainer.keep_last must be >= 1; got {t.keep_last}")
         return self
@@ -164,7 +174,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge ``overrides`` into a config dict. Keys may be dotted (``"trainer.steps": 10``) or nested."""
+    """Merge ``overrides`` into a config dict. Keys: dotted (``trainer.steps``) or nested."""
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and "." not in key and isinstance(data.get(key), dict):
             apply_overrides(data[key], value)

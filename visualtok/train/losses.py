@@ -32,7 +32,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+def reconstruction_loss(
+    recon: torch.Tensor, target: torch.Tensor, kind: str = "l2"
+) -> torch.Tensor:
     """Mean L1 (``"l1"``) or squared error (``"l2"``) between ``[B, C, ...]`` tensors."""
     if kind == "l1":
         return (recon.float() - target.float()).abs().mean()
@@ -128,8 +130,11 @@ class PatchDiscriminator(nn.Module):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
-                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2),
+            ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.main = nn.Sequential(*layers)
         self.apply(self._init)
@@ -167,8 +172,10 @@ class LeCam(nn.Module):
         with torch.no_grad():
             self.ema_real.lerp_(logits_real.detach().float().mean(), 1 - self.decay)
             self.ema_fake.lerp_(logits_fake.detach().float().mean(), 1 - self.decay)
-        return (F.relu(logits_real.float() - self.ema_fake).pow(2).mean()
-                + F.relu(self.ema_real - logits_fake.float()).pow(2).mean())
+        return (
+            F.relu(logits_real.float() - self.ema_fake).pow(2).mean()
+            + F.relu(self.ema_real - logits_fake.float()).pow(2).mean()
+        )
 
 
 def adaptive_gan_weight(

@@ -16,7 +16,7 @@ __all__ = ["build_optimizer", "lr_factor", "EMA"]
 def build_optimizer(
     params: Iterable[nn.Parameter], cfg: OptimConfig, discriminator: bool = False
 ) -> torch.optim.Optimizer:
-    """AdamW; matrices get weight decay, vectors (norms, biases) and embeddings' 1-d params do not."""
+    """AdamW; matrices get weight decay, vectors (norms, biases) do not."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to optimize: the module has no trainable parameters")
@@ -24,13 +24,15 @@ def build_optimizer(
     no_decay = [p for p in params if p.ndim < 2]
     lr = (cfg.disc_lr or cfg.lr) if discriminator else cfg.lr
     betas = (cfg.disc_betas or cfg.betas) if discriminator else cfg.betas
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base lr at ``step``: linear warmup, then cosine to ``min_ratio`` (or flat)."""
+    """Multiplier of the base lr at ``step``: linear warmup, then cosine to ``min_ratio``."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -42,7 +44,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
 class EMA:
     """Exponential moving average of a module's floating parameters and buffers.
 
-    ``shadow = decay * shadow + (1 - decay) * param`` after each step from ``start_step`` on (a plain
+    ``shadow = decay * shadow + (1 - decay) * param`` after each step from ``start_step`` (a plain
     copy before). Integer buffers (counters, code usage) are copied.
     """
 
@@ -72,6 +74,8 @@ class EMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.shadow) ^ set(state)
         if missing:
-            raise ValueError(f"EMA state does not match the model: keys differ {sorted(missing)[:10]}")
+            raise ValueError(
+                f"EMA state does not match the model: keys differ {sorted(missing)[:10]}"
+            )
         for k, v in state.items():
             self.shadow[k].copy_(v)

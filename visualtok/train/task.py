@@ -41,7 +41,7 @@ class StepOutput:
 
 
 class Task:
-    """Base class: subclass, set ``loss_config_class``, build ``self.modules``, implement the loss."""
+    """Base class: subclass, set ``loss_config_class``, build ``self.modules``, the loss."""
 
     loss_config_class: ClassVar[type | None] = None  # dataclass for the YAML ``loss`` section
 
@@ -58,7 +58,7 @@ class Task:
 
     # ---------------------------------------------------------------- optional hooks
     def bind(self, prepared: dict[str, nn.Module]) -> None:
-        """Receive the accelerate-wrapped modules (same keys); default: use them for forward calls."""
+        """Receive the accelerate-wrapped modules (same keys); used for forward calls."""
         self.modules = dict(prepared)
 
     def is_active(self, name: str, step: int) -> bool:
@@ -70,7 +70,7 @@ class Task:
         return [p for p in self.modules[name].parameters() if p.requires_grad]
 
     def build_dataset(self, train: bool = True) -> torch.utils.data.Dataset:
-        """The map-style dataset of this run (default: ``visualtok.data.build_dataset(config.data)``).
+        """The map-style dataset of this run (default: ``build_dataset(config.data)``).
 
         Items may be anything ``default_collate`` handles; indices come from the loop's resumable
         sampler as ``(index, seed)`` pairs so random crops are reproducible on resume.
@@ -85,7 +85,7 @@ class Task:
 
     @torch.no_grad()
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Images to log, ``{tag: [B, 3, H, W] in [0, 1]}`` (default: none). Must not use global RNG."""
+        """Images to log, ``{tag: [B, 3, H, W] in [0, 1]}`` ; must not use global RNG."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -133,5 +133,7 @@ def get_task_class(name: str) -> type[Task]:
 
         importlib.import_module(_TASK_MODULES[name])
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(set(TASKS) | set(_TASK_MODULES))}")
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {sorted(set(TASKS) | set(_TASK_MODULES))}"
+        )
     return TASKS[name]

@@ -42,8 +42,13 @@ from .losses import (
 )
 from .task import StepOutput, Task, register_task
 
-__all__ = ["TokenizerLossConfig", "TokenizerTask", "TokenizerStep", "robustness_schedule",
-           "sample_prefix_lengths"]
+__all__ = [
+    "TokenizerLossConfig",
+    "TokenizerTask",
+    "TokenizerStep",
+    "robustness_schedule",
+    "sample_prefix_lengths",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,8 @@ class TokenizerLossConfig:
     reconstruction_weight: float = 1.0
     quantizer_weight: float = 1.0  # times the quantizer's losses["total"]
     perceptual_weight: float = 0.0
-    perceptual_weights: str | None = None  # LPIPS weights file; None -> perceptual loss off (warned)
+    # LPIPS weights file; None -> perceptual loss off (warned)
+    perceptual_weights: str | None = None
     gan_weight: float = 0.0  # 0 = no discriminator
     gan_start_step: int = 0  # delayed start of both discriminator and adversarial term
     adaptive_gan_weight: bool = True
@@ -101,9 +107,16 @@ class TokenizerStep(nn.Module):
         super().__init__()
         self.tokenizer = tokenizer
 
-    def forward(self, images: torch.Tensor, rate: float = 0.0, strength: int = 1,
-                keep: torch.Tensor | None = None, codes_override: torch.Tensor | None = None,
-                override_mask: torch.Tensor | None = None, logits: bool = False):
+    def forward(
+        self,
+        images: torch.Tensor,
+        rate: float = 0.0,
+        strength: int = 1,
+        keep: torch.Tensor | None = None,
+        codes_override: torch.Tensor | None = None,
+        override_mask: torch.Tensor | None = None,
+        logits: bool = False,
+    ):
         tok = self.tokenizer
         quant = tok.quantize(tok.encode_latents(images))
         z = quant.z_q
@@ -134,35 +147,45 @@ class TokenizerStep(nn.Module):
 class TokenizerTask(Task):
     loss_config_class = TokenizerLossConfig
 
-    def __init__(self, model: nn.Module, loss_config: TokenizerLossConfig,
-                 train_config: TrainConfig) -> None:
+    def __init__(
+        self, model: nn.Module, loss_config: TokenizerLossConfig, train_config: TrainConfig
+    ) -> None:
         super().__init__(model, loss_config, train_config)
         for hook in ("encode_latents", "decode_latents", "quantize", "last_layer_weight"):
             if not hasattr(model, hook):
-                raise TypeError(f"TokenizerTask needs an ImageTokenizer; {type(model).__name__} "
-                                f"has no {hook}()")
+                raise TypeError(
+                    f"TokenizerTask needs an ImageTokenizer; {type(model).__name__} has no {hook}()"
+                )
         c, t = loss_config, train_config.trainer
-        if t.nested_dropout.enabled and not (getattr(model, "supports_prefix", False)
-                                             and len(model.token_shape) == 1):
-            raise ValueError(f"trainer.nested_dropout needs a 1D tokenizer with supports_prefix; "
-                             f"{type(model).__name__} has token_shape {model.token_shape}")
+        if t.nested_dropout.enabled and not (
+            getattr(model, "supports_prefix", False) and len(model.token_shape) == 1
+        ):
+            raise ValueError(
+                f"trainer.nested_dropout needs a 1D tokenizer with supports_prefix; "
+                f"{type(model).__name__} has token_shape {model.token_shape}"
+            )
         self.modules = {"model": TokenizerStep(model)}
         self.perceptual = None
         if c.perceptual_weight > 0:
             if c.perceptual_weights:
                 self.perceptual = PerceptualLoss(c.perceptual_weights)
             else:
-                log.warning("!!! perceptual_weight=%s but loss.perceptual_weights is not set: "
-                            "training WITHOUT the perceptual (LPIPS) loss !!!", c.perceptual_weight)
+                log.warning(
+                    "!!! perceptual_weight=%s but loss.perceptual_weights is not set: "
+                    "training WITHOUT the perceptual (LPIPS) loss !!!",
+                    c.perceptual_weight,
+                )
         if c.gan_weight > 0:
             self.modules["discriminator"] = PatchDiscriminator(3, c.disc_channels, c.disc_layers)
             self.lecam = LeCam(c.lecam_decay)
         self.teacher = None
         if c.proxy_teacher:
             if getattr(getattr(model, "config", None), "decoder_head", None) != "proxy_codes":
-                raise ValueError(f"loss.proxy_teacher needs a model with the legacy proxy-code "
-                                 f"head (decoder_head='proxy_codes', proxy_logits()); "
-                                 f"{type(model).__name__} has none")
+                raise ValueError(
+                    f"loss.proxy_teacher needs a model with the legacy proxy-code "
+                    f"head (decoder_head='proxy_codes', proxy_logits()); "
+                    f"{type(model).__name__} has none"
+                )
             from ..hub import load
 
             self.teacher = load(c.proxy_teacher).eval().requires_grad_(False)
@@ -186,25 +209,30 @@ class TokenizerTask(Task):
                 aux.to(images.device)
         if self.token_file is not None:
             self.model.quantizer.eval()  # frozen: no codebook / usage updates
-        rate, strength = (robustness_schedule(t.robustness, step, t.steps)
-                          if t.robustness.enabled else (0.0, 1))
+        rate, strength = (
+            robustness_schedule(t.robustness, step, t.steps) if t.robustness.enabled else (0.0, 1)
+        )
         keep = None
         if t.nested_dropout.enabled:
-            keep = sample_prefix_lengths(t.nested_dropout, self.model.token_shape[0],
-                                         images.shape[0]).to(images.device)
+            keep = sample_prefix_lengths(
+                t.nested_dropout, self.model.token_shape[0], images.shape[0]
+            ).to(images.device)
         override = mask = None
         if self.token_file is not None:
             override = self.token_file[batch["index"].cpu()].to(images.device)
             mask = torch.rand(images.shape[0], device=images.device) < c.posttrain_mix
-        out, quant, changed = self.modules["model"](images, rate, strength, keep, override, mask,
-                                                    logits=self.teacher is not None)
+        out, quant, changed = self.modules["model"](
+            images, rate, strength, keep, override, mask, logits=self.teacher is not None
+        )
         logs: dict[str, Any] = {"loss/quantizer": quant.losses["total"].detach()}
         if self.teacher is not None:  # stage 1: predict the teacher's codes
             with torch.no_grad():
                 target = self.teacher.encode(images)[..., 0].flatten(1)  # [B, h*w]
             if target.shape[1] != out.shape[1]:
-                raise ValueError(f"teacher gives {target.shape[1]} proxy codes per image but the "
-                                 f"model predicts {out.shape[1]}: image sizes / grids differ")
+                raise ValueError(
+                    f"teacher gives {target.shape[1]} proxy codes per image but the "
+                    f"model predicts {out.shape[1]}: image sizes / grids differ"
+                )
             rec = F.cross_entropy(out.float().transpose(1, 2), target)  # out: [B, h*w, K]
             self._recon = None
         else:
@@ -218,8 +246,11 @@ class TokenizerTask(Task):
             logs["loss/perceptual"] = p.detach()
         if c.gan_weight > 0 and step >= c.gan_start_step and self.teacher is None:
             g = hinge_g_loss(self.modules["discriminator"](out))
-            w = (adaptive_gan_weight(rec, g, self.model.last_layer_weight())
-                 if c.adaptive_gan_weight else torch.ones((), device=g.device))
+            w = (
+                adaptive_gan_weight(rec, g, self.model.last_layer_weight())
+                if c.adaptive_gan_weight
+                else torch.ones((), device=g.device)
+            )
             loss = loss + c.gan_weight * w * g
             logs.update({"loss/gan_g": g.detach(), "gan/adaptive_weight": w})
         if changed is not None:
@@ -239,8 +270,11 @@ class TokenizerTask(Task):
         logits = disc(torch.cat([images, self._recon]))
         real, fake = logits.chunk(2)
         loss = hinge_d_loss(real, fake)
-        logs = {"loss/gan_d": loss.detach(), "gan/logits_real": real.detach().mean(),
-                "gan/logits_fake": fake.detach().mean()}
+        logs = {
+            "loss/gan_d": loss.detach(),
+            "gan/logits_real": real.detach().mean(),
+            "gan/logits_fake": fake.detach().mean(),
+        }
         if c.lecam_weight > 0:
             reg = self.lecam(real, fake)
             loss = loss + c.lecam_weight * reg
@@ -278,8 +312,10 @@ def _decoder_params(model: nn.Module) -> list[nn.Parameter]:
         return list(model.decoder_parameters())
     if isinstance(getattr(model, "decoder", None), nn.Module):
         return list(model.decoder.parameters())
-    raise ValueError(f"decoder post-training needs {type(model).__name__}.decoder (an nn.Module) "
-                     "or a decoder_parameters() method")
+    raise ValueError(
+        f"decoder post-training needs {type(model).__name__}.decoder (an nn.Module) "
+        "or a decoder_parameters() method"
+    )
 
 
 def _load_token_file(path: str | Path) -> torch.Tensor:
@@ -293,4 +329,3 @@ def _load_token_file(path: str | Path) -> torch.Tensor:
     if "codes" not in data:
         raise ValueError(f"{path} must hold a 'codes' tensor [N, *S, F]; it has {sorted(data)}")
     return data["codes"].long()
-

@@ -80,8 +80,9 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision,
             cpu=(t.device == "cpu"),
-            kwargs_handlers=[DistributedDataParallelKwargs(
-                find_unused_parameters=t.find_unused_parameters)],
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=t.find_unused_parameters)
+            ],
         )
         acc = self.accelerator
         self.rank, self.world_size = acc.process_index, acc.num_processes
@@ -91,18 +92,28 @@ class Trainer:
         _seed_all(t.seed)  # identical model init on every rank
         model = model if model is not None else build_model(cfg)
         task_cls = get_task_class(cfg.task)
-        loss_cfg = (config_from_dict(task_cls.loss_config_class, cfg.loss, where="loss")
-                    if task_cls.loss_config_class is not None else cfg.loss)
+        loss_cfg = (
+            config_from_dict(task_cls.loss_config_class, cfg.loss, where="loss")
+            if task_cls.loss_config_class is not None
+            else cfg.loss
+        )
         self.task: Task = task_cls(model.train(), loss_cfg, cfg)
         self.dataset = self.task.build_dataset(train=True)
         if len(self.dataset) == 0:
             raise ValueError(f"empty dataset: {cfg.data.path} holds no items")
-        self.sampler = ResumableSampler(len(self.dataset), seed=t.seed, rank=self.rank,
-                                        world_size=self.world_size, min_per_rank=t.batch_size)
+        self.sampler = ResumableSampler(
+            len(self.dataset),
+            seed=t.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            min_per_rank=t.batch_size,
+        )
 
         self.names = list(self.task.modules)
-        opts = [build_optimizer(self.task.parameters(n), cfg.optim, discriminator=(n != "model"))
-                for n in self.names]
+        opts = [
+            build_optimizer(self.task.parameters(n), cfg.optim, discriminator=(n != "model"))
+            for n in self.names
+        ]
         prepared = acc.prepare(*[self.task.modules[n] for n in self.names], *opts)
         k = len(self.names)
         self.task.bind(dict(zip(self.names, prepared[:k])))
@@ -139,7 +150,9 @@ class Trainer:
             state = {
                 "step": self.step,
                 "meta": self._meta(),
-                "modules": {n: acc.unwrap_model(self.task.modules[n]).state_dict() for n in self.names},
+                "modules": {
+                    n: acc.unwrap_model(self.task.modules[n]).state_dict() for n in self.names
+                },
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "ema": self.ema.state_dict() if self.ema else None,
                 "sampler": self.sampler.state_dict(),
@@ -157,7 +170,8 @@ class Trainer:
         if meta.get("task") != now["task"] or meta.get("model_class") != now["model_class"]:
             raise CheckpointError(
                 f"{directory} is a checkpoint of task {meta.get('task')!r} / model "
-                f"{meta.get('model_class')!r}; this run trains {now['task']!r} / {now['model_class']!r}"
+                f"{meta.get('model_class')!r}; this run trains {now['task']!r} / "
+                f"{now['model_class']!r}"
             )
         diff = _config_diff(meta.get("model_config"), now["model_config"])
         if diff:
@@ -170,8 +184,11 @@ class Trainer:
                 f"{sorted(self.names)} (e.g. loss.gan_weight adds a discriminator)"
             )
         for n in self.names:
-            load_state_dict_strict(self.accelerator.unwrap_model(self.task.modules[n]),
-                                   state["modules"][n], source=str(directory))
+            load_state_dict_strict(
+                self.accelerator.unwrap_model(self.task.modules[n]),
+                state["modules"][n],
+                source=str(directory),
+            )
             self.optimizers[n].load_state_dict(state["optimizers"][n])
         if self.ema is not None:
             if state.get("ema") is None:
@@ -203,9 +220,16 @@ class Trainer:
     def _loader(self) -> DataLoader:
         t = self.cfg.trainer
         g = torch.Generator().manual_seed(t.seed * 7919 + self.sampler.epoch)
-        return DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
-                          num_workers=self.cfg.data.num_workers, drop_last=True, generator=g,
-                          worker_init_fn=_seed_worker, pin_memory=False)
+        return DataLoader(
+            self.dataset,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers,
+            drop_last=True,
+            generator=g,
+            worker_init_fn=_seed_worker,
+            pin_memory=False,
+        )
 
     def _set_lr(self) -> dict[str, float]:
         o, total = self.cfg.optim, self.cfg.trainer.steps
@@ -226,7 +250,9 @@ class Trainer:
             with acc.autocast():
                 out = self.task.compute_loss(n, batch, self.step)
             if not torch.isfinite(out.loss.detach()):
-                raise FloatingPointError(f"non-finite {n} loss {float(out.loss)} at step {self.step}")
+                raise FloatingPointError(
+                    f"non-finite {n} loss {float(out.loss)} at step {self.step}"
+                )
             acc.backward(out.loss)
             if clip:
                 gn = acc.clip_grad_norm_(self.task.parameters(n), clip)
@@ -243,7 +269,8 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.yaml").write_text(
-                yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False))
+                yaml.safe_dump(config_to_dict(self.cfg), sort_keys=False)
+            )
         self._maybe_resume()
         device = acc.device
         media_batch = self._media_batch() if (acc.is_main_process and t.image_every) else None
@@ -267,8 +294,12 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     self._log_scalars(logs)
                     if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")})
-                if media_batch is not None and (self.step % t.image_every == 0 or self.step == t.steps):
+                        bar.set_postfix(
+                            {k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")}
+                        )
+                if media_batch is not None and (
+                    self.step % t.image_every == 0 or self.step == t.steps
+                ):
                     self._log_media(media_batch)
             if bar is not None:
                 bar.update(1)
@@ -284,7 +315,7 @@ class Trainer:
         return self.output_dir
 
     def save_final(self) -> Path:
-        """``save_pretrained`` of the trained model (EMA weights when enabled) to ``output_dir/model``."""
+        """``save_pretrained`` of the trained model (EMA when enabled) to ``output_dir/model``."""
         model = self.task.model
         if self.ema is not None and self.cfg.trainer.ema.use_for_final:
             model = copy.deepcopy(model)
@@ -310,7 +341,9 @@ class Trainer:
     def _media_batch(self) -> Any:
         n = min(len(self.dataset), 8)
         items = [self.dataset[i] for i in range(n)]  # no seed -> deterministic centre crops
-        return self.task.prepare_batch(torch.utils.data.default_collate(items), self.accelerator.device)
+        return self.task.prepare_batch(
+            torch.utils.data.default_collate(items), self.accelerator.device
+        )
 
     def _log_media(self, batch: Any) -> None:
         if self.writer is None:
@@ -332,6 +365,6 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def run_training(config_path: str | Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Train from a YAML recipe (+ overrides such as ``{"trainer.steps": 10}``); returns output dir."""
+    """Train from a YAML recipe (+ overrides such as ``{"trainer.steps": 10}``); -> output dir."""
     cfg = load_train_config(config_path, overrides)
     return Trainer(cfg).fit()
