@@ -159,3 +159,72 @@ def test_random_mask_counts():
     n = m.sum(-1)
     assert n.min() >= 1 and n.max() <= 32 and m.dtype == torch.bool
     assert 10 < n.float().mean() < 26  # E[cos(pi/2 r)] * 32 ~ 20
+
+
+def _script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pretokenize_and_train_generator_scripts(token_setup, tmp_path):
+    root, tok, *_ = token_setup
+    tok.save_pretrained(tmp_path / "tok")
+    pre = _script(REPO / "train" / "pretokenize.py")
+    written = pre.main(
+        [
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--images",
+            str(root / "images"),
+            "--out",
+            str(tmp_path / "tokens"),
+            "--shard-size",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert len(written) == 2
+    assert torch.equal(TokenDataset(tmp_path / "tokens").codes, TokenDataset(root / "tokens").codes)
+    train = _script(REPO / "train" / "train_generator.py")
+    out = train.main(
+        [
+            "--config",
+            str(REPO / "configs" / "gpt_tiny.yaml"),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--set",
+            f"data.path={tmp_path / 'tokens'}",
+            "--set",
+            "trainer.steps=3",
+            "--set",
+            "trainer.batch_size=2",
+            "--set",
+            "trainer.tensorboard=false",
+            "--set",
+            "trainer.progress=false",
+            "--set",
+            "model.overrides.num_classes=2",
+        ]
+    )
+    gpt = visualtok.load(Path(out) / "model")
+    assert gpt.config.num_classes == 2 and gpt.code_layout == tok.code_layout
+    with pytest.raises(ValueError, match="code layout"):
+        train.main(
+            [
+                "--config",
+                str(REPO / "configs" / "gpt_tiny.yaml"),
+                "--device",
+                "cpu",
+                "--output-dir",
+                str(tmp_path / "run2"),
+                "--set",
+                f"data.path={tmp_path / 'tokens'}",
+                "--set",
+                "model.overrides.radices=[4096]",
+            ]
+        )
