@@ -11,6 +11,15 @@ from visualtok.generate.gpt import GPT
 from visualtok.quantize.layout import CodeLayout
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: on a shared, loaded CPU two OpenMP threads spin-wait far slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _randomize_heads(model: GPT) -> GPT:
     """Zero-initialised output heads make every logit 0; give them weights so comparisons bite."""
     g = torch.Generator().manual_seed(1)

@@ -98,23 +98,22 @@ def generate_ar(
     step = model.step
     if use_cache:
         model.setup_cache(Bt, dev, cond.dtype)
-        if compile:
-            step = torch.compile(model.step, dynamic=False)
+        if compile:  # compiled once per model; fixed shapes, so no recompiles across steps
+            if getattr(model, "_compiled_step", None) is None:
+                model._compiled_step = torch.compile(model.step, dynamic=False)
+            step = model._compiled_step
         h = step(cond, torch.zeros(1, dtype=torch.long, device=dev))[:, -1]
-    try:
-        for t in range(k):
-            if not use_cache:
-                prev = codes[:, :t]
-                if cfg.guided:
-                    prev = torch.cat([prev, prev])
-                x = torch.cat([cond, model.embed_codes(prev)], 1) if t else cond
-                h = model.trunk(x)[:, -1]
-            h_c, h_u = (h[:B], h[B:]) if cfg.guided else (h, None)
-            new, _ = model.head.sample(h_c, h_u, cfg_scale_at(t, k, cfg), cfg, generator)
-            codes[:, t] = new
-            if use_cache and t + 1 < k:
-                x = model.embed_codes((torch.cat([new, new]) if cfg.guided else new)[:, None])
-                h = step(x, torch.full((1,), t + 1, dtype=torch.long, device=dev))[:, -1]
-    finally:
-        model._caches = None
+    for t in range(k):
+        if not use_cache:
+            prev = codes[:, :t]
+            if cfg.guided:
+                prev = torch.cat([prev, prev])
+            x = torch.cat([cond, model.embed_codes(prev)], 1) if t else cond
+            h = model.trunk(x)[:, -1]
+        h_c, h_u = (h[:B], h[B:]) if cfg.guided else (h, None)
+        new, _ = model.head.sample(h_c, h_u, cfg_scale_at(t, k, cfg), cfg, generator)
+        codes[:, t] = new
+        if use_cache and t + 1 < k:
+            x = model.embed_codes((torch.cat([new, new]) if cfg.guided else new)[:, None])
+            h = step(x, torch.full((1,), t + 1, dtype=torch.long, device=dev))[:, -1]
     return codes

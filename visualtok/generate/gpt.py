@@ -103,7 +103,8 @@ class GPT(nn.Module, PretrainedMixin):
         cos, sin = rotary_tables(torch.arange(self.max_len), c.dim // c.num_heads, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self._caches: list[KVCache] | None = None
+        self._caches: list[KVCache] | None = None  # static decode buffers, see setup_cache
+        self._compiled_step = None  # torch.compile(self.step), made on first compiled generate
         self.apply(self._init_weights)
         for name in ("output", "out_weight", "out_bias"):  # zero-initialised output head
             p = getattr(self.head, name, None)
@@ -218,20 +219,32 @@ class GPT(nn.Module, PretrainedMixin):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        """Allocate static ``KVCache`` buffers ``[B, H, max_len, head_dim]`` for every layer."""
+        """Allocate static ``KVCache`` buffers ``[B, H, max_len, head_dim]`` for every layer.
+
+        Buffers of the same shape, dtype and device are reused: stale entries are harmless since a
+        step at position ``t`` writes ``t`` and attends only to positions ``<= t``.
+        """
         p = self.class_embedding.weight
         c = self.config
+        dtype, device = dtype or p.dtype, torch.device(device or p.device)
+        old = self._caches[0].k if self._caches else None
+        if old is not None and (old.shape[0], old.dtype, old.device) == (batch_size, dtype, device):
+            return
         self._caches = [
             KVCache(
                 batch_size,
                 c.num_heads,
                 self.max_len,
                 c.dim // c.num_heads,
-                dtype or p.dtype,
-                device or p.device,
+                dtype,
+                device,
             )
             for _ in self.layers
         ]
+
+    def clear_cache(self) -> None:
+        """Free the KV-cache buffers."""
+        self._caches = None
 
     def step(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Cached pass over inputs ``x [B, L, D]`` at ``positions [L]`` -> states ``[B, L, D]``."""
