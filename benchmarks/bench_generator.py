@@ -38,7 +38,13 @@ REFERENCE_NO_CACHE_TOK_S = {8: 6.3}
 
 
 def time_generate(
-    model, batch: int, tokens: int, cfg: float | None, use_cache: bool, compile: bool, device: str
+    model,
+    batch: int,
+    tokens: int,
+    cfg: float | None,
+    use_cache: bool,
+    compile: bool | str,
+    device: str,
 ) -> float:
     labels = torch.arange(batch, device=device) % model.config.num_classes
     gen = torch.Generator(device=device).manual_seed(0)
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="uncached loop samples at most this many tokens (0 = skip uncached)",
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile the cached decode step")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     ap.add_argument("--bandwidth", type=float, default=3.35e12, help="memory bandwidth B/s (H100)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -110,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     first_k: dict[tuple[int, int], float] = {}  # (batch, k) -> seconds: the first k steps repeat
     for n, b, cfg in runs:
         row = {"tokens": n, "batch": b, "cfg": cfg or "-"}
-        sec = time_generate(model, b, n, cfg, True, args.compile, args.device)
+        compile_arg = (args.compile_mode or True) if args.compile else False
+        sec = time_generate(model, b, n, cfg, True, compile_arg, args.device)
         row["cached tok/s"] = b * n / sec
         row["cached img/s"] = b / sec
         row["cached ms/step"] = sec / n * 1e3
@@ -141,8 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
     columns += (
         ["bw bound ms/step"] if args.device != "cpu" else ["LlamaGen tok/s", "ratio vs LlamaGen"]
     )
-    columns += ["uncached steps", "uncached ms/step", "uncached tok/s", "cached/uncached",
-                "uncached last-step ms", "last-step ratio"]
+    columns += [
+        "uncached steps",
+        "uncached ms/step",
+        "uncached tok/s",
+        "cached/uncached",
+        "uncached last-step ms",
+        "last-step ratio",
+    ]
     print_table(rows, columns, title=f"GPT-B sampling ({args.device}, compile={args.compile})")
     payload = {
         "machine": info,

@@ -74,7 +74,7 @@ def generate_ar(
     sampling: SamplingConfig | dict | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
     **sampling_kwargs: Any,
 ) -> torch.Tensor:
     """Sample codes ``[B, k, F]`` from a causal ``GPT``; ``k = num_tokens`` (default: all N)."""
@@ -100,7 +100,8 @@ def generate_ar(
         model.setup_cache(Bt, dev, cond.dtype)
         if compile:  # compiled once per model; fixed shapes, so no recompiles across steps
             if getattr(model, "_compiled_step", None) is None:
-                model._compiled_step = torch.compile(model.step, dynamic=False)
+                mode = compile if isinstance(compile, str) else None  # e.g. "reduce-overhead"
+                model._compiled_step = torch.compile(model.step, dynamic=False, mode=mode)
             step = model._compiled_step
         h = step(cond, torch.zeros(1, dtype=torch.long, device=dev))[:, -1]
     for t in range(k):
