@@ -131,3 +131,15 @@ def test_tiny_preset_learns(real_photos):
         opt.step()
         losses.append(float((out.recon - x).pow(2).mean().detach()))
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_bf16_autocast(real_photos):
+    """CPU bf16 autocast inference keeps nearly all codes and returns float32 images."""
+    model = create_model("titok_tiny").eval()
+    x = torch.nn.functional.interpolate(real_photos, size=(64, 64), mode="area")
+    codes = model.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes16 = model.encode(x)
+        y16 = model.decode(codes)
+    assert (codes16 == codes).float().mean() > 0.9
+    assert y16.dtype == torch.float32 and (y16 - model.decode(codes)).abs().max() < 0.1

@@ -159,7 +159,7 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
         """Codes ``[B, *S, F]`` -> images ``[B, 3, H, W]`` float in [0, 1] (clamped)."""
         codes = self.check_codes(codes)
         z_q = self.quantizer.decode(codes).to(self._param_dtype())
-        return self.decode_latents(z_q).clamp(0.0, 1.0)
+        return self.decode_latents(z_q).float().clamp(0.0, 1.0)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
