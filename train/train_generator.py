@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tokenizer import parse_overrides  # noqa: E402  (one --set parser for both scripts)
-
 from visualtok.train import run_training  # noqa: E402
+from visualtok.train.config import parse_overrides  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -10,22 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
-
-import yaml
 
 from visualtok.train import run_training
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["trainer.steps=50", "optim.betas=[0.9, 0.95]"]`` -> ``{"trainer.steps": 50, ...}`` """
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value (e.g. trainer.steps=50); got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+from visualtok.train.config import parse_overrides
 
 
 def main(argv: list[str] | None = None) -> None:

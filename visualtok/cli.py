@@ -28,7 +28,8 @@ def _load_tokenizer(name: str, allow_untrained: bool = False):
         if not allow_untrained:
             raise
         preset = "titok_tiny" if name == DEFAULT_TOKENIZER else name
-        print(f"note: {e}\nnote: running a self-check with an UNTRAINED {preset!r} instead", file=sys.stderr)
+        print(f"note: {e}\nnote: running a self-check with an UNTRAINED {preset!r} instead",
+              file=sys.stderr)
         return visualtok.create_model(preset).eval()
 
 
@@ -138,7 +139,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     n_tokens = int(codes.shape[1:-1].numel())
     print(f"model       : {getattr(model, 'model_name', None) or args.model}")
     print(f"image       : {path} -> {tuple(images.shape[-2:])}")
-    print(f"tokens      : {n_tokens} x {codes.shape[-1]} factor(s) (radices {model.code_layout.radices})")
+    radices = model.code_layout.radices
+    print(f"tokens      : {n_tokens} x {codes.shape[-1]} factor(s) (radices {radices})")
     print(f"bits        : {model.bits_per_image:.0f} per image "
           f"({model.code_layout.bits_per_token:.2f} per token)")
     print(f"PSNR        : {_psnr(recon, images):.2f} dB")
@@ -148,13 +150,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import run_training
+    from .train.config import parse_overrides
 
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        import yaml
-
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     out = run_training(args.config, overrides=overrides or None)
     print(f"training finished: {out}")
     return 0
@@ -163,27 +161,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .data.image_io import save_grid
-    from .generate.sampling import SamplingConfig, generate_codes
-
-    tokenizer = _load_tokenizer(args.tokenizer)
     import visualtok
 
+    from .data.image_io import save_grid
+    from .generate.pipeline import generate_images
+
+    tokenizer = _load_tokenizer(args.tokenizer)
     gpt = visualtok.load(args.model)
-    labels = None
-    if args.labels:
-        labels = torch.tensor([int(x) for x in args.labels.split(",")])
-    cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         cfg_scale=args.cfg_scale)
+    labels = torch.tensor([int(x) for x in args.labels.split(",")]) if args.labels else None
     g = torch.Generator().manual_seed(args.seed)
-    codes = generate_codes(gpt, num_samples=args.num, labels=labels, config=cfg, generator=g,
-                           num_tokens=args.num_tokens)
-    with torch.no_grad():
-        images = tokenizer.decode(codes)
+    images = generate_images(
+        gpt, tokenizer, labels=labels, num_samples=None if labels is not None else args.num,
+        num_tokens=args.num_tokens, generator=g, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, cfg_scale=args.cfg_scale,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_grid([images], out / "samples.png")
-    print(f"generated {len(images)} images from {codes.shape[1]} tokens each -> {out / 'samples.png'}")
+    n = args.num_tokens or tokenizer.num_tokens
+    print(f"generated {len(images)} images from {n} tokens each -> {out / 'samples.png'}")
     return 0
 
 
@@ -244,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--cfg-scale", type=float, default=1.0)
+    s.add_argument("--cfg-scale", type=float, default=None, help="CFG scale")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="outputs")
     s.set_defaults(fn=cmd_generate)

@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "load_train_config",
     "apply_overrides",
+    "parse_overrides",
 ]
 
 
@@ -171,6 +172,25 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {key!r}: {p!r} is not a section")
     node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["trainer.steps=50", "optim.betas=[0.9, 0.95]"]`` -> ``{"trainer.steps": 50, ...}``.
+
+    Values are YAML, except that YAML 1.1's ``yes/no/on/off`` stay strings (``mixed_precision=no``).
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value (e.g. trainer.steps=50); got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+            parsed = value.strip()
+        out[key.strip()] = parsed
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
