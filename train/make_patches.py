@@ -6,7 +6,8 @@
 Every image (alpha composited on grey) is resized by each scale (Lanczos) and tiled with
 ``size``-pixel crops every ``stride`` pixels; near-flat crops (pixel std below ``--min-std``) are
 dropped. Sub-folders named by ``--exclude`` are skipped, so held-out sets (Kodak) never leak into
-training. Crops are written as JPEG (quality 90) to keep the set small enough to ship to a GPU box.
+training. Crops keep the photo's first-level folder (its collection), which ``pretokenize.py`` turns
+into class labels. Crops are written as JPEG (quality 90) to keep the set small enough to ship to a GPU box.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def make_patches(src: Path, out: Path, size: int, scales: list[float], stride: i
     count = 0
     for path in tqdm(files, desc="photos"):
         base = _rgb(path)
-        stem = "__".join(path.relative_to(src).with_suffix("").parts)
+        rel = path.relative_to(src).with_suffix("").parts
+        folder = out / rel[0] if len(rel) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = "__".join(rel)
         for s in scales:
             w, h = max(1, round(base.width * s)), max(1, round(base.height * s))
             arr = np.asarray(base if s == 1.0 else base.resize((w, h), Image.LANCZOS))
@@ -49,7 +53,7 @@ def make_patches(src: Path, out: Path, size: int, scales: list[float], stride: i
                     crop = arr[y : y + size, x : x + size]
                     if crop.std() < min_std:
                         continue
-                    Image.fromarray(crop).save(out / f"{stem}__s{s:g}_{y}_{x}.jpg", quality=90)
+                    Image.fromarray(crop).save(folder / f"{stem}__s{s:g}_{y}_{x}.jpg", quality=90)
                     count += 1
     return count
 
