@@ -5,6 +5,7 @@ TorchScript directly; torchmetrics (through torch-fidelity's FeatureExtractorInc
 same weights converted in memory to the torch-fidelity layout (the mapping of
 ``../shared/tools/convert_fid_inception.py``), with ``antialias=False`` so both follow the TF1
 resize. Reports images/s side by side, the max feature difference and both FIDs on the same images.
+Needs ``pip install torch-fidelity`` (torchmetrics' FID backend; not a visualtok dependency).
 
     python benchmarks/bench_fid.py --images ../shared/data/images/kodak --json runs/bench_fid.json
     python benchmarks/bench_fid.py --device cuda --batch-size 64
