@@ -58,8 +58,13 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
     return info
 
 
-def time_call(fn: Callable[[], Any], device: str | torch.device = "cpu", warmup: int = 1,
-              repeats: int = 3, min_time: float = 0.0) -> float:
+def time_call(
+    fn: Callable[[], Any],
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+    min_time: float = 0.0,
+) -> float:
     """Median seconds per call of ``fn`` after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
@@ -76,8 +81,9 @@ def time_call(fn: Callable[[], Any], device: str | torch.device = "cpu", warmup:
     return statistics.median(times)
 
 
-def matmul_peak_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                       n: int | None = None) -> float:
+def matmul_peak_gflops(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None
+) -> float:
     """Achieved GFLOP/s of a large square matmul: the machine's practical compute limit."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
@@ -122,7 +128,9 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str | torch.device = "cpu")
     return max(peak[0] - base, 0)
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str = "") -> None:
+def print_table(
+    rows: list[dict[str, Any]], columns: list[str] | None = None, title: str = ""
+) -> None:
     """Print ``rows`` as a Markdown table (floats to 3 significant digits)."""
     if not rows:
         return

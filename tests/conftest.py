@@ -22,7 +22,9 @@ def shared_path(*parts: str) -> Path:
     """Path under ../shared, or skip the test saying where it was looked for."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"{p} not found: set VISUALTOK_SHARED to the shared/ directory (fixtures, data)")
+        pytest.skip(
+            f"{p} not found: set VISUALTOK_SHARED to the shared/ directory (fixtures, data)"
+        )
     return p
 
 
@@ -50,5 +52,7 @@ def real_photos() -> torch.Tensor:
         s = min(h, w)
         a = a[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
         t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()[None] / 255.0
-        imgs.append(torch.nn.functional.interpolate(t, size=(128, 128), mode="bilinear", antialias=True))
+        imgs.append(
+            torch.nn.functional.interpolate(t, size=(128, 128), mode="bilinear", antialias=True)
+        )
     return torch.cat(imgs).clamp(0, 1)

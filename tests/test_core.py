@@ -66,7 +66,8 @@ def test_quantizer_config_rejects_options_of_another_family():
 
 # ----------------------------------------------------------------------------- CodeLayout
 @pytest.mark.parametrize(
-    "radices,kind", [((4096,), "vq"), ((1024,) * 8, "rvq"), ((8, 8, 8, 5, 5, 5), "fsq"), ((64,) * 16, "ptq")]
+    "radices,kind",
+    [((4096,), "vq"), ((1024,) * 8, "rvq"), ((8, 8, 8, 5, 5, 5), "fsq"), ((64,) * 16, "ptq")],
 )
 def test_layout_ids_round_trip(radices, kind):
     layout = CodeLayout(radices, kind=kind)
@@ -119,7 +120,9 @@ class _TinyNet(nn.Module, PretrainedMixin):
         self.register_buffer("stat", torch.arange(config.width).float())
 
 
-@register_model(task="test", pretrained=PretrainedRecord(hub_id="nobody/not-a-repo", sha256="0" * 64))
+@register_model(
+    task="test", pretrained=PretrainedRecord(hub_id="nobody/not-a-repo", sha256="0" * 64)
+)
 def _tiny_test_net(**overrides) -> _TinyNet:
     return _TinyNet(config_from_dict(_TinyConfig, overrides))
 
@@ -149,9 +152,14 @@ def test_corrupt_or_mismatched_checkpoint_lists_keys(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_state_dict_strict(other, net.state_dict())
     msg = str(e.value)
-    assert "missing keys: 0.bias, 0.weight" in msg and "unexpected keys: lin.bias, lin.weight, stat" in msg
+    assert (
+        "missing keys: 0.bias, 0.weight" in msg
+        and "unexpected keys: lin.bias, lin.weight, stat" in msg
+    )
     wide = create_model("_tiny_test_net", width=5)
-    with pytest.raises(CheckpointError, match=r"shape mismatches: lin.bias: checkpoint \(4,\) vs model \(5,\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatches: lin.bias: checkpoint \(4,\) vs model \(5,\)"
+    ):
         load_state_dict_strict(wide, net.state_dict())
     # truncated safetensors without a recorded hash
     d2 = net.save_pretrained(tmp_path / "ckpt2")

@@ -31,8 +31,15 @@ def _rgb(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
-def make_patches(src: Path, out: Path, size: int, scales: list[float], stride: int,
-                 exclude: list[str], min_std: float = 8.0) -> int:
+def make_patches(
+    src: Path,
+    out: Path,
+    size: int,
+    scales: list[float],
+    stride: int,
+    exclude: list[str],
+    min_std: float = 8.0,
+) -> int:
     """Write the crops of every photo under ``src`` to ``out``; returns how many were written."""
     files = [f for f in list_images(src) if not set(f.relative_to(src).parts[:-1]) & set(exclude)]
     if not files:

@@ -28,8 +28,10 @@ def _load_tokenizer(name: str, allow_untrained: bool = False):
         if not allow_untrained:
             raise
         preset = "titok_tiny" if name == DEFAULT_TOKENIZER else name
-        print(f"note: {e}\nnote: running a self-check with an UNTRAINED {preset!r} instead",
-              file=sys.stderr)
+        print(
+            f"note: {e}\nnote: running a self-check with an UNTRAINED {preset!r} instead",
+            file=sys.stderr,
+        )
         return visualtok.create_model(preset).eval()
 
 
@@ -60,8 +62,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     model = _load_tokenizer(args.model) if not args.random_init else _create(args.model)
-    info = {"class": type(model).__name__, "name": getattr(model, "model_name", None),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "class": type(model).__name__,
+        "name": getattr(model, "model_name", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     layout = getattr(model, "code_layout", None)
     if layout is not None:
         info["code_layout"] = layout.to_dict()
@@ -95,12 +100,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
     images = _read_image_for(model, Path(args.image))
     with torch.no_grad():
         codes = model.encode(images)
-    meta = {"model": str(args.model), "code_layout": json.dumps(model.code_layout.to_dict()),
-            "source": str(args.image)}
+    meta = {
+        "model": str(args.model),
+        "code_layout": json.dumps(model.code_layout.to_dict()),
+        "source": str(args.image),
+    }
     save_file({"codes": codes.contiguous()}, args.out, metadata=meta)
     bits = model.bits_per_image
-    print(f"{args.image}: {codes.shape[1:-1].numel()} tokens x {codes.shape[-1]} factor(s), "
-          f"{bits:.0f} bits -> {args.out}")
+    print(
+        f"{args.image}: {codes.shape[1:-1].numel()} tokens x {codes.shape[-1]} factor(s), "
+        f"{bits:.0f} bits -> {args.out}"
+    )
     return 0
 
 
@@ -141,8 +151,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     print(f"image       : {path} -> {tuple(images.shape[-2:])}")
     radices = model.code_layout.radices
     print(f"tokens      : {n_tokens} x {codes.shape[-1]} factor(s) (radices {radices})")
-    print(f"bits        : {model.bits_per_image:.0f} per image "
-          f"({model.code_layout.bits_per_token:.2f} per token)")
+    print(
+        f"bits        : {model.bits_per_image:.0f} per image "
+        f"({model.code_layout.bits_per_token:.2f} per token)"
+    )
     print(f"PSNR        : {_psnr(recon, images):.2f} dB")
     print(f"side by side: {grid}")
     return 0
@@ -171,9 +183,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     labels = torch.tensor([int(x) for x in args.labels.split(",")]) if args.labels else None
     g = torch.Generator().manual_seed(args.seed)
     images = generate_images(
-        gpt, tokenizer, labels=labels, num_samples=None if labels is not None else args.num,
-        num_tokens=args.num_tokens, generator=g, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, cfg_scale=args.cfg_scale,
+        gpt,
+        tokenizer,
+        labels=labels,
+        num_samples=None if labels is not None else args.num,
+        num_tokens=args.num_tokens,
+        generator=g,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        cfg_scale=args.cfg_scale,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train from a YAML config (tokenizer or generator)")
     s.add_argument("config")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config entry, e.g. --set trainer.max_steps=100")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config entry, e.g. --set trainer.max_steps=100",
+    )
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("generate", help="sample tokens with a GPT and decode them")
@@ -249,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.fn(args)
     except (ValueError, TypeError, FileNotFoundError) as e:

@@ -39,7 +39,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if dataclasses.is_dataclass(value):
             return value
         if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+            raise TypeError(
+                f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}"
+            )
         return config_from_dict(tp, value, where=where)
     origin = typing.get_origin(tp)
     if origin is tuple and isinstance(value, (list, tuple)):
@@ -76,6 +78,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str | None = Non
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Dataclass -> JSON-able dict (tuples become lists)."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}

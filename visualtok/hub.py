@@ -80,7 +80,9 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "") -> None:
+def load_state_dict_strict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = ""
+) -> None:
     """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
@@ -91,8 +93,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         if tuple(own[k].shape) != tuple(state_dict[k].shape)
     )
     if missing or unexpected or mismatched:
+
         def fmt(items: list[str]) -> str:
-            return ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+            return ", ".join(items[:20]) + (
+                f", ... ({len(items)} in all)" if len(items) > 20 else ""
+            )
 
         parts = []
         if missing:
@@ -161,7 +166,9 @@ class PretrainedMixin:
         return cls(config)  # type: ignore[call-arg]
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu"
+    ) -> nn.Module:
         """Load a visualtok checkpoint directory; ``cls`` may be a base class of the stored class."""
         model = _load_directory(Path(directory), map_location)
         if not isinstance(model, cls):
@@ -183,7 +190,9 @@ def _load_directory(directory: Path, map_location: str | torch.device = "cpu") -
             )
     meta = _read_json(cfg_path)
     if meta.get("format") != "visualtok" or "model_class" not in meta or "config" not in meta:
-        raise CheckpointError(f"{cfg_path} is not a visualtok config.json (needs format, model_class, config)")
+        raise CheckpointError(
+            f"{cfg_path} is not a visualtok config.json (needs format, model_class, config)"
+        )
     expected_sha = meta.get("files", {}).get(WEIGHTS_NAME, {}).get("sha256")
     if expected_sha and sha256_file(w_path) != expected_sha:
         raise CheckpointError(
@@ -260,9 +269,18 @@ def load(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> 
         return _load_directory(path.parent, map_location)
     name = str(name_or_path)
     local = weights_dir() / name
+    from .registry import get_model_entry, list_models
+
     if (local / CONFIG_NAME).is_file():
+        if name in list_models():  # shipped weights: check the sha256 the registry records
+            rec = get_model_entry(name).pretrained
+            if rec is not None and rec.sha256 and rec.format == "visualtok":
+                if sha256_file(local / rec.filename) != rec.sha256:
+                    raise CheckpointError(
+                        f"{local / rec.filename} does not have the sha256 recorded for {name!r} "
+                        f"in the registry ({rec.sha256[:12]}...): re-fetch or retrain it"
+                    )
         return _load_directory(local, map_location)
-    from .registry import get_model_entry
 
     entry = get_model_entry(name)  # raises for unknown names
     rec = entry.pretrained

@@ -15,7 +15,12 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["register_converter", "convert_checkpoint", "list_converters", "read_official_state_dict"]
+__all__ = [
+    "register_converter",
+    "convert_checkpoint",
+    "list_converters",
+    "read_official_state_dict",
+]
 
 _CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
 _CONVERTER_MODULES = {"titok": "visualtok.convert.titok"}
@@ -65,7 +70,9 @@ def read_official_state_dict(path: str | Path) -> dict:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path} could not be read as a weights-only torch checkpoint: {e}") from None
+            raise ValueError(
+                f"{path} could not be read as a weights-only torch checkpoint: {e}"
+            ) from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

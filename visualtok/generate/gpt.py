@@ -27,7 +27,7 @@ from ..config import config_from_dict
 from ..hub import PretrainedMixin
 from ..nn.attention import KVCache, rotary_tables
 from ..quantize.layout import CodeLayout
-from ..registry import register_model, register_model_class
+from ..registry import PretrainedRecord, register_model, register_model_class
 from .blocks import Block, RMSNorm, ffn_hidden_dim
 from .heads import CodeEmbedding, build_head, resolve_head, resolve_input
 
@@ -373,4 +373,26 @@ def gpt_l(**overrides: Any) -> GPT:
     """LlamaGen GPT-L: 24 x 1024, 16 heads (~343M)."""
     return _build(
         dict(radices=(16384,), num_tokens=256, num_layers=24, dim=1024, num_heads=16), overrides
+    )
+
+
+# ---------------------------------------------------------------------- weights shipped in weights/
+_PHOTO128_SHA256: str | None = None  # filled in when weights/ are (re)trained
+
+
+@register_model(
+    task="generator",
+    pretrained=PretrainedRecord(
+        filename="model.safetensors", format="visualtok", num_tokens=128,
+        vocab="4096 (codes of titok_photo128)", license="Apache-2.0", sha256=_PHOTO128_SHA256,
+        notes="trained by us on titok_photo128 tokens of real photos; 4 classes = photo "
+        "collections (0 debian_wallpapers, 1 gcompris, 2 mdn_cc0, 3 pypi_samples)",
+    ),
+)
+def gpt_photo128(**overrides: Any) -> GPT:
+    """Shipped generator over ``titok_photo128`` codes: 5 x 256, 4 classes (6.1M parameters)."""
+    return _build(
+        dict(radices=(4096,), num_tokens=128, num_layers=5, dim=256, num_heads=4,
+             ffn_multiple_of=64, num_classes=4),
+        overrides,
     )

@@ -429,3 +429,36 @@ def titok_tiny(**overrides: Any) -> TiTok:
                 decoder_width=128, decoder_depth=2, decoder_heads=4, num_latent_tokens=32,
                 token_size=12, quantizer=dict(type="vq", codebook_size=1024, l2_normalize=True))
     return _preset(base, overrides)
+
+
+# ---------------------------------------------------------------------- weights shipped in weights/
+def _photo128(nested: bool) -> PretrainedRecord:
+    return PretrainedRecord(
+        filename="model.safetensors", format="visualtok", input_size=(128, 128),
+        input_range="[0, 1]", num_tokens=128, vocab=_VQ4K, license="Apache-2.0", paper=_PAPER,
+        sha256=_PHOTO128_SHA256[nested],
+        notes="trained by us on real photos (../shared/data/images, Kodak held out); "
+        + ("nested dropout: decodes any prefix of its tokens" if nested else "default tokenizer"),
+    )
+
+
+_PHOTO128_SHA256 = {False: None, True: None}  # filled in when weights/ are (re)trained
+
+
+def _photo128_base() -> dict[str, Any]:
+    return dict(image_size=128, patch_size=8, encoder_width=256, encoder_depth=3, encoder_heads=4,
+                decoder_width=256, decoder_depth=4, decoder_heads=4, num_latent_tokens=128,
+                token_size=12, quantizer=dict(type="vq", codebook_size=4096, l2_normalize=True,
+                                              kmeans_init=True, dead_code_threshold=0.1))
+
+
+@register_model(pretrained=_photo128(False))
+def titok_photo128(**overrides: Any) -> TiTok:
+    """Shipped default: 128x128, patch 8, 256-wide 3+4 layers, 128 tokens, VQ 4096x12 (5.9M)."""
+    return _preset(_photo128_base(), overrides)
+
+
+@register_model(pretrained=_photo128(True))
+def titok_photo128_nested(**overrides: Any) -> TiTok:
+    """``titok_photo128`` trained with nested dropout: any prefix of the 128 tokens decodes."""
+    return _preset(_photo128_base(), overrides)

@@ -20,23 +20,37 @@ __all__ = ["Attention", "KVCache", "apply_rotary", "rotary_tables"]
 class KVCache(nn.Module):
     """Static key/value buffers ``[B, H, max_len, head_dim]`` written in place (compile-friendly)."""
 
-    def __init__(self, batch_size: int, num_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         shape = (batch_size, num_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``k, v: [B, H, L, hd]`` at ``positions: [L]``; return the full buffers."""
         self.k.index_copy_(2, positions, k.to(self.k.dtype))
         self.v.index_copy_(2, positions, v.to(self.v.dtype))
         return self.k, self.v
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    positions: torch.Tensor, head_dim: int, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``[L, head_dim/2]`` for rotary embeddings at integer ``positions``."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
+    inv_freq = 1.0 / (
+        base
+        ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    )
     angles = positions.float()[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
 
@@ -68,8 +82,12 @@ class Attention(nn.Module):
         self.scale = scale  # None -> SDPA default 1/sqrt(head_dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
+        self.q_norm = (
+            nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
+        )
+        self.k_norm = (
+            nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
+        )
 
     def forward(
         self,
@@ -90,5 +108,7 @@ class Attention(nn.Module):
                 raise ValueError("cache_positions are required with a kv_cache")
             k, v = kv_cache.update(cache_positions, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale
+        )
         return self.proj(out.transpose(1, 2).reshape(B, L, D))

@@ -56,9 +56,13 @@ def check_latents(z: object, dim: int, name: str = "z") -> torch.Tensor:
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, *S, {dim}]; got {type(z).__name__}")
     if not z.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor [B, *S, {dim}]; got dtype {z.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor [B, *S, {dim}]; got dtype {z.dtype}"
+        )
     if z.ndim < 2:
-        raise ValueError(f"{name} must be [B, *S, {dim}] (channels last, rank >= 2); got shape {tuple(z.shape)}")
+        raise ValueError(
+            f"{name} must be [B, *S, {dim}] (channels last, rank >= 2); got shape {tuple(z.shape)}"
+        )
     if z.shape[-1] != dim:
         raise ValueError(
             f"{name} must have {dim} channels in its last dim ([B, *S, {dim}], channels last); "
@@ -174,12 +178,16 @@ class Quantizer(nn.Module):
             "factors": per_factor,
             "usage": sum(f["usage"] for f in per_factor) / len(per_factor),
             "entropy_bits": sum(f["entropy_bits"] for f in per_factor),
-            "perplexity": float(torch.tensor([f["perplexity"] for f in per_factor]).double().prod()),
+            "perplexity": float(
+                torch.tensor([f["perplexity"] for f in per_factor]).double().prod()
+            ),
             "bits_per_token": self.layout.bits_per_token,
         }
 
     # ------------------------------------------------------------------ helpers
-    def _complete_losses(self, losses: dict[str, torch.Tensor], z: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _complete_losses(
+        self, losses: dict[str, torch.Tensor], z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Ensure every key of ``loss_keys`` is present (zeros where absent) and ``total`` sums them."""
         zero = z.new_zeros((), dtype=torch.float32)
         out = {k: losses.get(k, zero) for k in self.loss_keys if k != "total"}

@@ -24,13 +24,42 @@ QUANTIZER_TYPES: dict[str, tuple[str, str]] = {
 
 # Fields each family reads (beyond the common ``type`` and ``dim``).
 _FAMILY_FIELDS: dict[str, set[str]] = {
-    "vq": {"codebook_size", "l2_normalize", "beta", "ema", "ema_decay", "rotation_trick", "kmeans_init",
-           "kmeans_iters", "dead_code_threshold", "chunk_size", "codebook_dim"},
-    "rvq": {"codebook_size", "l2_normalize", "beta", "ema", "ema_decay", "rotation_trick", "kmeans_init",
-            "kmeans_iters", "dead_code_threshold", "chunk_size", "codebook_dim", "num_quantizers",
-            "quantizer_dropout"},
-    "lfq": {"group_size", "entropy_weight", "diversity_gamma", "beta", "bit_scale",
-            "entropy_temperature"},
+    "vq": {
+        "codebook_size",
+        "l2_normalize",
+        "beta",
+        "ema",
+        "ema_decay",
+        "rotation_trick",
+        "kmeans_init",
+        "kmeans_iters",
+        "dead_code_threshold",
+        "chunk_size",
+        "codebook_dim",
+    },
+    "rvq": {
+        "codebook_size",
+        "l2_normalize",
+        "beta",
+        "ema",
+        "ema_decay",
+        "rotation_trick",
+        "kmeans_init",
+        "kmeans_iters",
+        "dead_code_threshold",
+        "chunk_size",
+        "codebook_dim",
+        "num_quantizers",
+        "quantizer_dropout",
+    },
+    "lfq": {
+        "group_size",
+        "entropy_weight",
+        "diversity_gamma",
+        "beta",
+        "bit_scale",
+        "entropy_temperature",
+    },
     "fsq": {"levels"},
     "ptq": {"bins", "value_range", "per_channel", "latent_scale"},
 }
@@ -44,7 +73,9 @@ class QuantizerConfig:
     dim: int = 12  # channels D of the latents [B, *S, D] fed to the quantizer
     # --- VQ / RVQ
     codebook_size: int = 4096  # K entries per codebook
-    codebook_dim: int | None = None  # factorized codes: project D -> codebook_dim -> D (DAC); None = D
+    codebook_dim: int | None = (
+        None  # factorized codes: project D -> codebook_dim -> D (DAC); None = D
+    )
     l2_normalize: bool = False  # cosine codebook: l2-normalise z and codebook before lookup
     beta: float = 0.25  # commitment weight (VQ, RVQ, LFQ)
     ema: bool = False  # EMA codebook updates instead of a codebook loss
@@ -72,13 +103,18 @@ class QuantizerConfig:
 
     def validate(self) -> QuantizerConfig:
         if self.type not in QUANTIZER_TYPES:
-            raise ValueError(f"quantizer type must be one of {sorted(QUANTIZER_TYPES)}; got {self.type!r}")
+            raise ValueError(
+                f"quantizer type must be one of {sorted(QUANTIZER_TYPES)}; got {self.type!r}"
+            )
         if self.dim < 1:
             raise ValueError(f"quantizer dim must be >= 1; got {self.dim}")
         allowed = _FAMILY_FIELDS[self.type] | {"type", "dim"}
         default = QuantizerConfig()
-        stray = [f.name for f in fields(self)
-                 if f.name not in allowed and getattr(self, f.name) != getattr(default, f.name)]
+        stray = [
+            f.name
+            for f in fields(self)
+            if f.name not in allowed and getattr(self, f.name) != getattr(default, f.name)
+        ]
         if stray:
             raise ValueError(
                 f"quantizer type {self.type!r} does not use option(s) {stray}; "

@@ -46,7 +46,9 @@ class CodeLayout:
     def __post_init__(self) -> None:
         radices = tuple(int(r) for r in self.radices)
         if not radices or any(r < 2 for r in radices):
-            raise ValueError(f"CodeLayout radices must be a non-empty tuple of ints >= 2; got {self.radices}")
+            raise ValueError(
+                f"CodeLayout radices must be a non-empty tuple of ints >= 2; got {self.radices}"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"CodeLayout kind must be one of {KINDS}; got {self.kind!r}")
         object.__setattr__(self, "radices", radices)
@@ -82,8 +84,10 @@ class CodeLayout:
     def validate(self, codes: Any, name: str = "codes") -> torch.Tensor:
         """Check ``codes`` is an integer tensor ``[..., F]`` with every digit in range."""
         if not isinstance(codes, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of integer codes [B, *S, {self.num_factors}]; "
-                            f"got {type(codes).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor of integer codes [B, *S, {self.num_factors}]; "
+                f"got {type(codes).__name__}"
+            )
         if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
             raise TypeError(f"{name} must have an integer dtype; got {codes.dtype}")
         if codes.ndim < 2 or codes.shape[-1] != self.num_factors:
@@ -122,7 +126,11 @@ class CodeLayout:
             raise ValueError(
                 f"this code layout has {self.bits_per_token:.0f} bits per token: it has no flat ids"
             )
-        if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        if (
+            not isinstance(ids, torch.Tensor)
+            or ids.dtype.is_floating_point
+            or ids.dtype == torch.bool
+        ):
             raise TypeError("ids must be an integer torch.Tensor")
         ids = ids.long()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
@@ -145,4 +153,6 @@ class CodeLayout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodeLayout:
-        return cls(radices=tuple(d["radices"]), kind=d.get("kind", "vq"), residual=d.get("residual", False))
+        return cls(
+            radices=tuple(d["radices"]), kind=d.get("kind", "vq"), residual=d.get("residual", False)
+        )
