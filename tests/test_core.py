@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -191,8 +192,17 @@ def test_offline_load_names_file_and_place(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "model.safetensors" in msg and str(tmp_path / "w" / "_tiny_test_net") in msg
     assert "nobody/not-a-repo" in msg
-    # once the files are placed there, the same call works offline
-    create_model("_tiny_test_net").save_pretrained(tmp_path / "w" / "_tiny_test_net")
+    # placed there, the files are checked against the sha256 the registry records ...
+    placed = create_model("_tiny_test_net").save_pretrained(tmp_path / "w" / "_tiny_test_net")
+    with pytest.raises(CheckpointError, match="sha256 recorded"):
+        load("_tiny_test_net")
+    # ... and load offline once they match it
+    from visualtok import registry
+    from visualtok.hub import sha256_file
+
+    entry = registry._MODELS["_tiny_test_net"]
+    good = dataclasses.replace(entry.pretrained, sha256=sha256_file(placed / "model.safetensors"))
+    monkeypatch.setitem(registry._MODELS, "_tiny_test_net", dataclasses.replace(entry, pretrained=good))
     assert isinstance(load("_tiny_test_net"), _TinyNet)
 
 
