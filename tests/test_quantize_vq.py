@@ -99,6 +99,24 @@ def test_dead_code_restart_revives_collapsed_codebook(ema):
     assert used(q, z) >= 30
 
 
+@pytest.mark.parametrize("kw", [dict(l2_normalize=True), dict(rotation_trick=True)])
+def test_dead_code_restart_with_backward_and_optimizer(kw):
+    """Restarts must not modify the codebook after the step's graph used it (autograd error)."""
+    z = clustered()
+    q = vq(dim=8, codebook_size=64, dead_code_threshold=0.5, ema_decay=0.5, kmeans_init=True, **kw)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    collapsed(q)
+    q.train()
+    for _ in range(4):
+        zz = z.clone().requires_grad_(True)
+        out = q(zz)
+        (out.z_q.square().mean() + out.losses["total"]).backward()
+        opt.step()
+        opt.zero_grad()
+        assert zz.grad is not None and torch.isfinite(zz.grad).all()
+    assert used(q, z) >= 30
+
+
 def test_ema_codebook_converges_to_cluster_means():
     centers = torch.randn(16, 8) * 3
     z = (centers.repeat(32, 1) + 0.05 * torch.randn(512, 8)).reshape(4, 128, 8)

@@ -111,6 +111,9 @@ class VectorQuantizer(Quantizer):
         x = self._to_codebook_space(z)  # [N, c]
         if self.training and cfg.kmeans_init and not bool(self.initted):
             self._init_from(x.detach())
+        if self.training and cfg.dead_code_threshold > 0:
+            # before the lookup: the codebook must not change after this step's graph used it
+            self._restart_dead_codes(x.detach())
         codebook = self.codebook()
         idx = nearest_code(x.detach(), codebook.detach(), cfg.chunk_size)  # [N]
         e = F.embedding(idx, codebook)  # [N, c]; grads reach the codebook unless EMA
@@ -144,7 +147,7 @@ class VectorQuantizer(Quantizer):
     # ------------------------------------------------------------------ state updates (training)
     @torch.no_grad()
     def _update_state(self, x: torch.Tensor, idx: torch.Tensor) -> None:
-        """EMA codebook + usage statistics (all-reduced), then dead-code restart."""
+        """EMA codebook + usage statistics (all-reduced); dead codes restart at the next step."""
         cfg = self.config
         if not hasattr(self, "cluster_size"):
             return
@@ -162,8 +165,6 @@ class VectorQuantizer(Quantizer):
         else:
             all_reduce_sum_(counts)
             self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-        if cfg.dead_code_threshold > 0:
-            self._restart_dead_codes(x)
 
     @torch.no_grad()
     def _restart_dead_codes(self, x: torch.Tensor) -> None:
