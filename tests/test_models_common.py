@@ -22,6 +22,8 @@ TINY_OVERRIDES: dict[str, dict] = {
                               quantizer=dict(type="vq", codebook_size=64, l2_normalize=True)),
     "titok_*_vq8k": dict(_TITOK_TINY, quantizer=dict(type="vq", codebook_size=64, dim=16)),
     "titok_*_vae_c16": dict(_TITOK_TINY, token_size=4, quantizer=dict(type="ptq", bins=8, dim=4)),
+    "titok_photo128*": dict(_TITOK_TINY, patch_size=8, quantizer=dict(
+        type="vq", codebook_size=16, l2_normalize=True, kmeans_init=True, dead_code_threshold=0.1)),
 }
 
 
