@@ -127,3 +127,21 @@ def test_video_frames_folder(tmp_path):
     assert torch.allclose(steps[1:] - steps[:-1], torch.full((3,), 40.0), atol=1.0)  # stride 2
     with pytest.raises(ValueError, match="empty dataset"):
         VideoClipDataset(tmp_path, 32, num_frames=20)
+
+
+def test_random_resized_crop_scale_range():
+    from visualtok.data.images import random_crop_resize
+    from visualtok.data.sampler import item_generator
+
+    img = torch.rand(3, 200, 300)
+    outs = [random_crop_resize(img, 64, item_generator(s), flip=True, scale_range=(0.4, 1.0))
+            for s in range(4)]
+    assert all(o.shape == (3, 64, 64) for o in outs)
+    assert not torch.equal(outs[0], outs[1])  # a different crop per seed ...
+    again = random_crop_resize(img, 64, item_generator(0), flip=True, scale_range=(0.4, 1.0))
+    assert torch.equal(outs[0], again)  # ... and the same one for the same seed (exact resume)
+    # eval (no generator) ignores the augmentation: centre crop
+    assert torch.equal(random_crop_resize(img, 64, None, resize_short=64, scale_range=(0.4, 1.0)),
+                       random_crop_resize(img, 64, None, resize_short=64))
+    with pytest.raises(ValueError, match="scale_range"):
+        random_crop_resize(img, 64, item_generator(0), scale_range=(0.0, 1.0))

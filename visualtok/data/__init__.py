@@ -30,6 +30,7 @@ def build_dataset(config: DataConfig, train: bool = True) -> Dataset:
             random_flip=config.random_flip,
             resize_short=config.resize_short,
             recursive=config.recursive,
+            scale_range=config.scale_range,
         )
     if config.type == "shards":
         from .shards import ImageShardDataset
@@ -40,6 +41,7 @@ def build_dataset(config: DataConfig, train: bool = True) -> Dataset:
             train=crop,
             random_flip=config.random_flip,
             resize_short=config.resize_short,
+            scale_range=config.scale_range,
         )
     if config.type == "video":
         from .video import VideoClipDataset

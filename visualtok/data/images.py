@@ -64,9 +64,17 @@ def random_crop_resize(
     generator: torch.Generator | None,
     resize_short: int | None = None,
     flip: bool = False,
+    scale_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """``[3, H, W]`` -> ``[3, size, size]``: resize the short side to ``resize_short or size``, then
-    crop (random with ``generator``, centre without) and optionally flip horizontally."""
+    crop (random with ``generator``, centre without) and optionally flip horizontally.
+
+    With ``scale_range=(lo, hi)`` and a generator (training), the crop is instead a random square
+    whose side is a uniform fraction in [lo, hi] of the image's short side (never smaller than
+    ``size``: no upsampling), resized to ``size``: random-resized-crop scale augmentation.
+    """
+    if scale_range is not None and generator is not None:
+        return _random_resized_crop(img, size, generator, scale_range, flip)
     _, h, w = img.shape
     short = resize_short or size
     if short < size:
@@ -87,6 +95,28 @@ def random_crop_resize(
     return out.clamp(0, 1).contiguous()
 
 
+def _random_resized_crop(
+    img: torch.Tensor, size: int, generator: torch.Generator, scale_range: tuple[float, float],
+    flip: bool,
+) -> torch.Tensor:
+    lo, hi = scale_range
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"scale_range must satisfy 0 < lo <= hi <= 1; got {scale_range}")
+    _, h, w = img.shape
+    short = min(h, w)
+    u = float(torch.rand((), generator=generator))
+    side = min(short, max(size, round(short * (lo + (hi - lo) * u))))
+    top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+    out = img[None, :, top : top + side, left : left + side]
+    if side != size:
+        out = F.interpolate(out, size=(size, size), mode="bicubic", antialias=True)
+    out = out[0]
+    if flip and bool(torch.rand((), generator=generator) < 0.5):
+        out = out.flip(-1)
+    return out.clamp(0, 1).contiguous()
+
+
 class ImageFolderDataset(Dataset):
     """Images under a folder; ``train=True`` gives seeded random crops, else centre crops."""
 
@@ -98,6 +128,7 @@ class ImageFolderDataset(Dataset):
         random_flip: bool = True,
         resize_short: int | None = None,
         recursive: bool = True,
+        scale_range: tuple[float, float] | None = None,
     ) -> None:
         if isinstance(root, (str, Path)):
             self.files = find_images(root, recursive=recursive)
@@ -109,6 +140,7 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f"image_size must be >= 1; got {image_size}")
         self.image_size, self.train = image_size, train
         self.random_flip, self.resize_short = random_flip, resize_short
+        self.scale_range = scale_range
 
     def __len__(self) -> int:
         return len(self.files)
@@ -117,5 +149,7 @@ class ImageFolderDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         img = _load(self.files[index])
         gen = item_generator(seed) if (self.train and seed is not None) else None
-        img = random_crop_resize(img, self.image_size, gen, self.resize_short, self.random_flip)
+        img = random_crop_resize(
+            img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range
+        )
         return {"image": img, "index": index}

@@ -98,6 +98,7 @@ class ImageShardDataset(Dataset):
         train: bool = True,
         random_flip: bool = True,
         resize_short: int | None = None,
+        scale_range: tuple[float, float] | None = None,
     ) -> None:
         self.shards = expand_shards(pattern)
         self.samples: list[tuple[int, tarfile.TarInfo, tarfile.TarInfo | None]] = []
@@ -117,6 +118,7 @@ class ImageShardDataset(Dataset):
             raise ValueError(f"empty dataset: no images in the shards {self.shards[:3]}")
         self.image_size, self.train = image_size, train
         self.random_flip, self.resize_short = random_flip, resize_short
+        self.scale_range = scale_range
         self._open: dict[int, tarfile.TarFile] = {}  # per worker process, opened lazily
 
     def __len__(self) -> int:
@@ -142,6 +144,8 @@ class ImageShardDataset(Dataset):
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
         img = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
         gen = item_generator(seed) if (self.train and seed is not None) else None
-        img = random_crop_resize(img, self.image_size, gen, self.resize_short, self.random_flip)
+        img = random_crop_resize(
+            img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range
+        )
         label = int(self._read(shard, cls_m).decode().strip()) if cls_m is not None else -1
         return {"image": img, "label": label, "index": index}

@@ -377,7 +377,8 @@ def gpt_l(**overrides: Any) -> GPT:
 
 
 # ---------------------------------------------------------------------- weights shipped in weights/
-_PHOTO128_SHA256: str | None = None  # filled in when weights/ are (re)trained
+# sha256 of weights/gpt_photo128/model.safetensors
+_PHOTO128_SHA256 = "7039391975c96e72e7f84a59ab6d49d8d1148f791685dc4c9d0f5c3a83b52049"
 
 
 @register_model(

@@ -442,7 +442,10 @@ def _photo128(nested: bool) -> PretrainedRecord:
     )
 
 
-_PHOTO128_SHA256 = {False: None, True: None}  # filled in when weights/ are (re)trained
+_PHOTO128_SHA256 = {  # sha256 of weights/titok_photo128[_nested]/model.safetensors
+    False: "613b6bcbeeaa0827bf02e045a89d7e502ece1a197442c78bba1ffbf0851cd7c7",
+    True: "fc8a67c6e9c44a67d584276edd3ec2b132a84e57abfb19d17defdb6e8bad3c77",
+}
 
 
 def _photo128_base() -> dict[str, Any]:

@@ -53,6 +53,8 @@ class DataConfig:
     random_flip: bool = True
     # resize the short side to this before cropping (None = crop size)
     resize_short: int | None = None
+    # train: random-resized crop whose side is a uniform fraction [lo, hi] of the short side
+    scale_range: tuple[float, float] | None = None
     recursive: bool = True
     num_workers: int = 0
     # video / audio
