@@ -1,8 +1,8 @@
 """Shared benchmark helpers: machine description, matmul peak, timing, peak memory, tables, JSON.
 
-Every benchmark script imports these so that all figures in ``RESULTS.md`` are measured the same way:
-median wall time over repeats after warm-up, CUDA synchronised, peak memory from the CUDA allocator
-or (on CPU) from a sampling RSS thread relative to the pre-call baseline.
+Every benchmark script imports these so that all figures in ``RESULTS.md`` are measured the same
+way: median wall time over repeats after warm-up, CUDA synchronised, peak memory from the CUDA
+allocator or (on CPU) from a sampling RSS thread relative to the pre-call baseline.
 """
 
 from __future__ import annotations

@@ -42,7 +42,10 @@ def _seed_everything():
 
 @pytest.fixture(scope="session")
 def real_photos() -> torch.Tensor:
-    """Four real photos from scikit-image, centre-cropped to 128x128, float [0, 1], [4, 3, 128, 128]."""
+    """Four real photos from scikit-image, centre-cropped to 128x128.
+
+    Float in [0, 1], shape ``[4, 3, 128, 128]``.
+    """
     from skimage import data
 
     imgs = []

@@ -1,4 +1,5 @@
-"""Core contracts: strict configs, CodeLayout, checkpoint format, offline-first loading, registry."""
+"""Core contracts: strict configs, CodeLayout, checkpoint format, offline-first loading,
+registry."""
 
 from __future__ import annotations
 
@@ -202,7 +203,9 @@ def test_offline_load_names_file_and_place(tmp_path, monkeypatch):
 
     entry = registry._MODELS["_tiny_test_net"]
     good = dataclasses.replace(entry.pretrained, sha256=sha256_file(placed / "model.safetensors"))
-    monkeypatch.setitem(registry._MODELS, "_tiny_test_net", dataclasses.replace(entry, pretrained=good))
+    monkeypatch.setitem(
+        registry._MODELS, "_tiny_test_net", dataclasses.replace(entry, pretrained=good)
+    )
     assert isinstance(load("_tiny_test_net"), _TinyNet)
 
 

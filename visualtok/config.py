@@ -1,9 +1,9 @@
 """Strict dataclass configs: dict/YAML <-> dataclass with unknown keys rejected.
 
-Every model, quantizer and training recipe is configured by a ``@dataclass``. Configs travel as plain
-dicts (``config.json`` inside checkpoints, YAML files under ``configs/``). ``config_from_dict`` maps a
-dict onto a dataclass one to one: an unknown key is a ``ValueError`` that names it and lists the valid
-keys, so a typo never silently falls back to a default.
+Every model, quantizer and training recipe is configured by a ``@dataclass``. Configs travel as
+plain dicts (``config.json`` inside checkpoints, YAML files under ``configs/``).
+``config_from_dict`` maps a dict onto a dataclass one to one: an unknown key is a ``ValueError``
+that names it and lists the valid keys, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations

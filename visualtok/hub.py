@@ -3,8 +3,9 @@
 A visualtok checkpoint is a directory holding
 
 * ``model.safetensors``: the state dict;
-* ``config.json``: ``model_class`` (a name from the registry, never an import path), ``model_name``,
-  the constructor ``config``, the library version, the ``code_layout`` and the sha256 of the weights.
+* ``config.json``: ``model_class`` (a name from the registry, never an import path),
+  ``model_name``, the constructor ``config``, the library version, the ``code_layout`` and the
+  sha256 of the weights.
 
 ``visualtok.load(name_or_path)`` resolves, in order: a local directory, ``weights/<name>`` (or
 ``$VISUALTOK_WEIGHTS/<name>``), then a registry record with a hub id, fetched through
@@ -169,7 +170,10 @@ class PretrainedMixin:
     def from_pretrained(
         cls, directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> nn.Module:
-        """Load a visualtok checkpoint directory; ``cls`` may be a base class of the stored class."""
+        """Load a visualtok checkpoint directory.
+
+        ``cls`` may be a base class of the stored class.
+        """
         model = _load_directory(Path(directory), map_location)
         if not isinstance(model, cls):
             raise CheckpointError(
@@ -210,7 +214,7 @@ def _load_directory(directory: Path, map_location: str | torch.device = "cpu") -
 
 
 def _fetch_from_hub(name: str) -> Path:
-    """Resolve a registry preset's pretrained files through the HF cache, online only when allowed."""
+    """Resolve a preset's pretrained files through the HF cache, online only when allowed."""
     from .registry import get_model_entry
 
     entry = get_model_entry(name)
@@ -218,7 +222,8 @@ def _fetch_from_hub(name: str) -> Path:
     local_dir = weights_dir() / name
     if rec is None or rec.hub_id is None:
         raise FileNotFoundError(
-            f"no weights for {name!r}: no local checkpoint at {local_dir} and the preset has no hub record"
+            f"no weights for {name!r}: no local checkpoint at {local_dir} "
+            "and the preset has no hub record"
         )
     files = [rec.filename] + ([rec.config_filename] if rec.config_filename else [])
     paths: list[Path] = []
@@ -238,7 +243,8 @@ def _fetch_from_hub(name: str) -> Path:
         want = ", ".join(files)
         raise FileNotFoundError(
             f"weights for {name!r} are not available offline. Download {want} from the hub repo "
-            f"{rec.hub_id!r} and put them in {local_dir}/ (sha256 of {rec.filename}: {rec.sha256 or 'not recorded'}). "
+            f"{rec.hub_id!r} and put them in {local_dir}/ "
+            f"(sha256 of {rec.filename}: {rec.sha256 or 'not recorded'}). "
             f"({type(e).__name__}: {e})"
         ) from None
     if rec.sha256 and sha256_file(paths[0]) != rec.sha256:
@@ -247,7 +253,8 @@ def _fetch_from_hub(name: str) -> Path:
 
 
 def _load_official(name: str, directory: Path) -> nn.Module:
-    """An official-format checkpoint (weights + official config) in ``directory``, converted on load."""
+    """An official-format checkpoint (weights + official config) in ``directory``, converted
+    on load."""
     from .convert import convert_checkpoint
     from .registry import get_model_entry
 

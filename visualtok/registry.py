@@ -1,4 +1,5 @@
-"""Model registry: ``@register_model`` presets, ``list_models``, ``create_model``, pretrained records.
+"""Model registry: ``@register_model`` presets, ``list_models``, ``create_model``, pretrained
+records.
 
 Two tables, both keyed by short names and never by import paths:
 
@@ -99,7 +100,8 @@ def get_model_class(name: str) -> type[nn.Module]:
     _ensure_loaded()
     if name not in _MODEL_CLASSES:
         raise ValueError(
-            f"unknown model class {name!r} in checkpoint config; known classes: {sorted(_MODEL_CLASSES)}"
+            f"unknown model class {name!r} in checkpoint config; "
+            f"known classes: {sorted(_MODEL_CLASSES)}"
         )
     return _MODEL_CLASSES[name]
 

@@ -2,8 +2,9 @@
 
 Each converter module registers ``fn(weights, config=None, preset=None) -> model`` under its family
 name with ``@register_converter``. ``convert_checkpoint(family, ...)`` dispatches; the CLI's
-``visualtok convert <family> <checkpoint> --config <cfg> --out <dir>`` calls it and saves the result.
-Converters consume every official key: an unmapped or missing key is an error, never ``strict=False``.
+``visualtok convert <family> <checkpoint> --config <cfg> --out <dir>`` calls it and saves the
+result. Converters consume every official key: an unmapped or missing key is an error, never
+``strict=False``.
 """
 
 from __future__ import annotations

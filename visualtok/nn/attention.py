@@ -18,7 +18,10 @@ __all__ = ["Attention", "KVCache", "apply_rotary", "rotary_tables"]
 
 
 class KVCache(nn.Module):
-    """Static key/value buffers ``[B, H, max_len, head_dim]`` written in place (compile-friendly)."""
+    """Static key/value buffers ``[B, H, max_len, head_dim]`` written in place.
+
+    In-place writes keep the shapes static (``torch.compile``-friendly).
+    """
 
     def __init__(
         self,
@@ -56,7 +59,10 @@ def rotary_tables(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of ``x: [B, H, L, hd]`` by ``cos/sin: [L, hd/2]`` (fp32 math)."""
+    """Rotate interleaved channel pairs of ``x: [B, H, L, hd]`` by ``cos/sin: [L, hd/2]``.
+
+    The math runs in fp32.
+    """
     xf = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)

@@ -4,14 +4,16 @@ Contract (DESIGN.md §3-4):
 
 * input latents are **channels-last** ``z: [B, *S, D]`` (S = token layout, D = ``quantizer.dim``);
 * ``forward(z) -> QuantOutput(z_q, codes, losses, stats)`` with integer ``codes: [B, *S, F]``;
-* ``encode(z) -> codes`` and ``decode(codes) -> z_q``; in eval ``decode(encode(z)) == forward(z).z_q``
-  exactly;
+* ``encode(z) -> codes`` and ``decode(codes) -> z_q``; in eval
+  ``decode(encode(z)) == forward(z).z_q`` exactly;
 * ``losses`` always has the same keys for a given config (zeros in eval) and a ``total`` that the
   trainer adds to its loss;
-* quantization math runs in fp32 with autocast disabled for the input's device type, then casts back.
+* quantization math runs in fp32 with autocast disabled for the input's device type, then casts
+  back.
 
-Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` and ``_dequantize(codes)``,
-both on fp32 tensors of shape ``[N, D]`` / ``[N, F]`` (tokens flattened), and set ``self.layout``.
+Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` and
+``_dequantize(codes)``, both on fp32 tensors of shape ``[N, D]`` / ``[N, F]`` (tokens flattened),
+and set ``self.layout``.
 Public entry points validate inputs here, once.
 """
 
@@ -84,7 +86,10 @@ class Quantizer(nn.Module):
     def _quantize(
         self, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """fp32 ``[N, D]`` -> (z_q ``[N, D]`` with straight-through grads, codes ``[N, F]``, losses, stats)."""
+        """fp32 ``[N, D]`` -> (z_q, codes, losses, stats).
+
+        ``z_q: [N, D]`` carries straight-through gradients; ``codes: [N, F]``.
+        """
         raise NotImplementedError
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
@@ -140,17 +145,26 @@ class Quantizer(nn.Module):
         strength: int = 1,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Replace each token's code with a nearby one with probability ``rate`` (pFID, RobusTok)."""
+        """Replace each token's code with a nearby one with probability ``rate``.
+
+        Used by pFID and RobusTok-style training.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement perturb")
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> Quantizer:
-        """Fit data-dependent state (k-means init, post-training ranges). Default: nothing to fit."""
+        """Fit data-dependent state (k-means init, post-training ranges).
+
+        Default: nothing to fit.
+        """
         return self
 
     @torch.no_grad()
     def usage(self, codes: torch.Tensor) -> dict[str, object]:
-        """Codebook usage of ``codes`` per factor: histogram, used fraction, perplexity, entropy (bits)."""
+        """Codebook usage of ``codes`` per factor.
+
+        Per factor: histogram, used fraction, perplexity and entropy (bits).
+        """
         codes = self.layout.validate(codes).reshape(-1, self.layout.num_factors)
         per_factor = []
         for f, radix in enumerate(self.layout.radices):
@@ -188,7 +202,10 @@ class Quantizer(nn.Module):
     def _complete_losses(
         self, losses: dict[str, torch.Tensor], z: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Ensure every key of ``loss_keys`` is present (zeros where absent) and ``total`` sums them."""
+        """Ensure every key of ``loss_keys`` is present and ``total`` sums them.
+
+        Absent keys are filled with zeros.
+        """
         zero = z.new_zeros((), dtype=torch.float32)
         out = {k: losses.get(k, zero) for k in self.loss_keys if k != "total"}
         out["total"] = losses["total"] if "total" in losses else sum(out.values(), zero)

@@ -16,7 +16,8 @@ post-training, ``C`` ch.    ``(B,) * C``
 
 Flat ids are a derived view, little-endian: factor 0 is the least significant digit,
 ``id = sum_f code_f * prod_{j<f} radix_j``. They exist only while the product of radices fits in
-``2**62`` (``flat_vocab`` is ``None`` otherwise); a 2**128 binary codebook works on factor codes alone.
+``2**62`` (``flat_vocab`` is ``None`` otherwise); a 2**128 binary codebook works on factor codes
+alone.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class CodeLayout:
             raise TypeError(f"{name} must have an integer dtype; got {codes.dtype}")
         if codes.ndim < 2 or codes.shape[-1] != self.num_factors:
             raise ValueError(
-                f"{name} must be [B, *S, F] with F={self.num_factors} factors (radices {self.radices}); "
+                f"{name} must be [B, *S, F] with F={self.num_factors} factors "
+                f"(radices {self.radices}); "
                 f"got shape {tuple(codes.shape)}"
             )
         if codes.numel():
@@ -112,7 +114,8 @@ class CodeLayout:
         """``[..., F]`` factor codes -> ``[...]`` flat int64 ids (little-endian)."""
         if self.flat_vocab is None:
             raise ValueError(
-                f"this code layout has {self.bits_per_token:.0f} bits per token: flat ids do not fit in "
+                f"this code layout has {self.bits_per_token:.0f} bits per token: "
+                "flat ids do not fit in "
                 f"int64 (limit 2**62); use the factor codes [..., {self.num_factors}] directly"
             )
         codes = self.validate(codes)
