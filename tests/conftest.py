@@ -33,6 +33,19 @@ def fixtures_dir() -> Path:
     return shared_path("fixtures")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole module (opt in: ``pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models and matmuls: on a shared, loaded CPU two OpenMP threads spin-wait far slower
+    than one. The previous thread count is restored when the module finishes.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

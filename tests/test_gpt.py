@@ -10,14 +10,7 @@ from visualtok import create_model
 from visualtok.generate.gpt import GPT
 from visualtok.quantize.layout import CodeLayout
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on a shared, loaded CPU two OpenMP threads spin-wait far slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize_heads(model: GPT) -> GPT:
