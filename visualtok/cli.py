@@ -12,27 +12,17 @@ import logging
 import sys
 from pathlib import Path
 
-DEFAULT_TOKENIZER = "titok_tiny_photos"
-DEFAULT_GENERATOR = "gpt_tiny_photos"
+DEFAULT_TOKENIZER = "titok_photo128"
+DEFAULT_GENERATOR = "gpt_photo128"
 BUNDLED_PHOTO = Path(__file__).resolve().parent / "assets" / "astronaut.png"
 
 
 # ----------------------------------------------------------------------------- helpers
-def _load_tokenizer(name: str, allow_untrained: bool = False):
-    """Load ``name`` (dir, shipped weights or hub); optionally fall back to an untrained preset."""
+def _load_tokenizer(name: str):
+    """Load ``name``: a checkpoint dir, shipped weights in weights/, or the hub (offline first)."""
     import visualtok
 
-    try:
-        return visualtok.load(name)
-    except FileNotFoundError as e:
-        if not allow_untrained:
-            raise
-        preset = "titok_tiny" if name == DEFAULT_TOKENIZER else name
-        print(
-            f"note: {e}\nnote: running a self-check with an UNTRAINED {preset!r} instead",
-            file=sys.stderr,
-        )
-        return visualtok.create_model(preset).eval()
+    return visualtok.load(name)
 
 
 def _read_image_for(model, path: Path):
@@ -136,7 +126,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .data.image_io import save_grid
 
-    model = _load_tokenizer(args.model, allow_untrained=args.model == DEFAULT_TOKENIZER)
+    model = _load_tokenizer(args.model)
     path = Path(args.image) if args.image else BUNDLED_PHOTO
     images = _read_image_for(model, path)
     with torch.no_grad():
