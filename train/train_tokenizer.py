@@ -8,33 +8,11 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
-from visualtok.train import run_training
-from visualtok.train.config import parse_overrides
+from visualtok.train import cli_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML training recipe (configs/*.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, dotted (repeatable)",
-    )
-    p.add_argument("--output-dir", help="shortcut for --set trainer.output_dir=...")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="cpu forces CPU; cuda = accelerate")
-    args = p.parse_args(argv)
-    overrides = parse_overrides(args.set)
-    if args.output_dir:
-        overrides["trainer.output_dir"] = args.output_dir
-    if args.device == "cpu":
-        overrides["trainer.device"] = "cpu"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    out = run_training(args.config, overrides)
+    out = cli_main(argv, __doc__)
     print(f"done: {out}")
 
 
