@@ -33,6 +33,7 @@ from .config import config_from_dict, config_to_dict
 __all__ = [
     "CheckpointError",
     "PretrainedMixin",
+    "describe_state_dict_mismatch",
     "load",
     "load_state_dict_strict",
     "sha256_file",
@@ -81,35 +82,49 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
 
 
-def load_state_dict_strict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = ""
-) -> None:
-    """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error."""
-    own = model.state_dict()
+def describe_state_dict_mismatch(
+    own: dict[str, torch.Tensor],
+    state_dict: dict[str, torch.Tensor],
+    unexpected: list[str] | None = None,
+) -> str:
+    """List how ``state_dict`` fails to match ``own`` (a model's state dict); ``""`` if it matches.
+
+    Names every unexpected, missing and mis-shaped key (the first 20 of each, then the count).
+    ``unexpected`` replaces the computed unexpected keys, for callers that report them under
+    other names (a converter lists the official keys it could not map). Only names and shapes
+    are compared, so meta tensors work.
+    """
+    if unexpected is None:
+        unexpected = [k for k in state_dict if k not in own]
     missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
     mismatched = sorted(
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state_dict)
         if tuple(own[k].shape) != tuple(state_dict[k].shape)
     )
-    if missing or unexpected or mismatched:
 
-        def fmt(items: list[str]) -> str:
-            return ", ".join(items[:20]) + (
-                f", ... ({len(items)} in all)" if len(items) > 20 else ""
-            )
+    def fmt(items: list[str]) -> str:
+        return ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
 
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {fmt(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {fmt(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {fmt(mismatched)}")
+    parts = []
+    if unexpected:
+        parts.append(f"unexpected keys: {fmt(sorted(unexpected))}")
+    if missing:
+        parts.append(f"missing keys: {fmt(missing)}")
+    if mismatched:
+        parts.append(f"shape mismatches: {fmt(mismatched)}")
+    return "; ".join(parts)
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = ""
+) -> None:
+    """``load_state_dict`` that lists every missing, unexpected and mis-shaped key in one error."""
+    problems = describe_state_dict_mismatch(model.state_dict(), state_dict)
+    if problems:
         where = f" ({source})" if source else ""
         raise CheckpointError(
-            f"checkpoint does not match {type(model).__name__}{where}: " + "; ".join(parts)
+            f"checkpoint does not match {type(model).__name__}{where}: {problems}"
         )
     model.load_state_dict(state_dict, strict=True)
 

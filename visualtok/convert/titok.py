@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..config import load_yaml
-from ..hub import CheckpointError, load_state_dict_strict
+from ..hub import CheckpointError, describe_state_dict_mismatch, load_state_dict_strict
 from ..image.titok import VIT_SIZES, TiTok, TiTokConfig, titok_config
 from . import read_official_state_dict, register_converter
 
@@ -136,22 +136,11 @@ def convert_titok_state_dict(
         out[k] = own[k]
     if filled:
         log.info("TiTok conversion: kept configured quantizer buffers %s", filled)
-    missing = sorted(k for k in own if k not in out)
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in out if tuple(out[k].shape) != tuple(own[k].shape)
-    )
-    if unknown or missing or shapes:
-        parts = []
-        if unknown:
-            parts.append(f"unexpected official keys: {sorted(unknown)[:20]} ({len(unknown)})")
-        if missing:
-            parts.append(f"missing keys: {missing[:20]} ({len(missing)})")
-        if shapes:
-            parts.append(f"shape mismatches: {shapes[:20]} ({len(shapes)})")
+    problems = describe_state_dict_mismatch(own, out, unexpected=unknown)
+    if problems:
         raise CheckpointError(
             "official TiTok checkpoint does not match the configured model (wrong config for these "
-            "weights?): " + "; ".join(parts)
+            f"weights?): {problems} (unexpected keys carry their official names)"
         )
     return out
 
