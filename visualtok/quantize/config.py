@@ -22,36 +22,24 @@ QUANTIZER_TYPES: dict[str, tuple[str, str]] = {
     "ptq": ("visualtok.quantize.ptq", "DimensionwiseQuantizer"),
 }
 
-# Fields each family reads (beyond the common ``type`` and ``dim``).
+# Fields each family reads (beyond the common ``type`` and ``dim``). RVQ stacks VQ codebooks, so it
+# reads every VQ field plus its own.
+_VQ_FIELDS = {
+    "codebook_size",
+    "l2_normalize",
+    "beta",
+    "ema",
+    "ema_decay",
+    "rotation_trick",
+    "kmeans_init",
+    "kmeans_iters",
+    "dead_code_threshold",
+    "chunk_size",
+    "codebook_dim",
+}
 _FAMILY_FIELDS: dict[str, set[str]] = {
-    "vq": {
-        "codebook_size",
-        "l2_normalize",
-        "beta",
-        "ema",
-        "ema_decay",
-        "rotation_trick",
-        "kmeans_init",
-        "kmeans_iters",
-        "dead_code_threshold",
-        "chunk_size",
-        "codebook_dim",
-    },
-    "rvq": {
-        "codebook_size",
-        "l2_normalize",
-        "beta",
-        "ema",
-        "ema_decay",
-        "rotation_trick",
-        "kmeans_init",
-        "kmeans_iters",
-        "dead_code_threshold",
-        "chunk_size",
-        "codebook_dim",
-        "num_quantizers",
-        "quantizer_dropout",
-    },
+    "vq": _VQ_FIELDS,
+    "rvq": _VQ_FIELDS | {"num_quantizers", "quantizer_dropout"},
     "lfq": {
         "group_size",
         "entropy_weight",
