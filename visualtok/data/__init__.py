@@ -20,29 +20,23 @@ def build_dataset(config: DataConfig, train: bool = True) -> Dataset:
     if config.path is None:
         raise ValueError("data.path is not set: give a folder (or shard pattern) in the config")
     crop = train and config.random_crop
+    # the two still-image datasets share one transform (crop, flip, resize, scale augmentation)
+    image_options = dict(
+        train=crop,
+        random_flip=config.random_flip,
+        resize_short=config.resize_short,
+        scale_range=config.scale_range,
+    )
     if config.type == "images":
         from .images import ImageFolderDataset
 
         return ImageFolderDataset(
-            config.path,
-            config.image_size,
-            train=crop,
-            random_flip=config.random_flip,
-            resize_short=config.resize_short,
-            recursive=config.recursive,
-            scale_range=config.scale_range,
+            config.path, config.image_size, recursive=config.recursive, **image_options
         )
     if config.type == "shards":
         from .shards import ImageShardDataset
 
-        return ImageShardDataset(
-            config.path,
-            config.image_size,
-            train=crop,
-            random_flip=config.random_flip,
-            resize_short=config.resize_short,
-            scale_range=config.scale_range,
-        )
+        return ImageShardDataset(config.path, config.image_size, **image_options)
     if config.type == "video":
         from .video import VideoClipDataset
 
