@@ -35,6 +35,18 @@ def add_tokenizer_args(ap: argparse.ArgumentParser) -> None:
                     help='JSON config overrides for --random-init, e.g. \'{"image_size": 64}\'')
 
 
+def tokenizer_eval_parser(doc: str) -> argparse.ArgumentParser:
+    """Parser of a tokenizer evaluation over an image folder: ``model images`` + common options.
+
+    ``doc`` is the script's docstring; its first paragraph becomes the description.
+    """
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_tokenizer_args(ap)
+    ap.add_argument("images", type=Path, help="image folder (searched recursively)")
+    add_common_args(ap)
+    return ap
+
+
 def load_tokenizer(args: argparse.Namespace) -> torch.nn.Module:
     """The tokenizer named by ``args.model`` on ``args.device``, in eval mode."""
     overrides = json.loads(args.overrides)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, add_tokenizer_args, environment, load_tokenizer, write_results
+from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
 
 from visualtok.data.image_io import iter_image_batches, list_images
 from visualtok.metrics.fid import (
@@ -34,10 +34,7 @@ from visualtok.metrics.image import psnr, ssim
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_tokenizer_args(ap)
-    ap.add_argument("images", type=Path, help="image folder (searched recursively)")
-    add_common_args(ap)
+    ap = tokenizer_eval_parser(__doc__)
     ap.add_argument("--tokens", default=None,
                     help="comma-separated token counts (default: 1, 2, 4, ... and all tokens)")
     ap.add_argument("--no-fid", action="store_true", help="PSNR/SSIM only")

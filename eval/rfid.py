@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, add_tokenizer_args, environment, load_tokenizer, write_results
+from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
 
 from visualtok.data.image_io import iter_image_batches, list_images, save_grid
 from visualtok.metrics.fid import (
@@ -34,10 +34,7 @@ from visualtok.metrics.pfid import DEFAULT_RATE, default_strength, perturb_codes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_tokenizer_args(ap)
-    ap.add_argument("images", type=Path, help="image folder (searched recursively)")
-    add_common_args(ap)
+    ap = tokenizer_eval_parser(__doc__)
     ap.add_argument("--reference", type=Path, default=None,
                     help="reference statistics .npz (default: the evaluated images themselves)")
     ap.add_argument("--pfid-rate", type=float, default=DEFAULT_RATE, help="α: share of tokens")
