@@ -8,7 +8,6 @@ pixels. Eval mode takes the centre crop. Items are ``{"image": [3, S, S] float i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,13 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .image_io import IMAGE_EXTENSIONS, list_images, load_image
 from .sampler import item_generator
 
-__all__ = ["ImageFolderDataset", "random_crop_resize", "IMAGE_EXTENSIONS", "find_images"]
-
-log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+__all__ = ["ImageFolderDataset", "random_crop_resize", "find_images"]
 
 
 def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -32,30 +28,10 @@ def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
         raise FileNotFoundError(
             f"data path {folder} does not exist (set data.path in the config, or $VISUALTOK_DATA)"
         )
-    try:  # the evaluation engineer's lister, when present, is the one mechanism
-        from .image_io import list_images
-
-        files = [Path(p) for p in list_images(folder, recursive=recursive)]
-    except ImportError:
-        it = folder.rglob("*") if recursive else folder.glob("*")
-        files = sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_images(folder, recursive=recursive)
     if not files:
         raise ValueError(f"empty dataset: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return files
-
-
-def _load(path: Path) -> torch.Tensor:
-    try:
-        from .image_io import load_image
-
-        return load_image(path)
-    except ImportError:
-        import numpy as np
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
 
 
 def random_crop_resize(
@@ -147,7 +123,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        img = _load(self.files[index])
+        img = load_image(self.files[index])
         gen = item_generator(seed) if (self.train and seed is not None) else None
         img = random_crop_resize(
             img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range

@@ -13,16 +13,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .images import IMAGE_EXTENSIONS, _load, random_crop_resize
+from .image_io import list_images, load_image
+from .images import random_crop_resize
 from .sampler import item_generator
 
 __all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
-
-
-def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _read_video(path: Path, start: int, count: int, stride: int) -> list[torch.Tensor]:
@@ -62,7 +59,7 @@ class VideoClipDataset(Dataset):
         self.sources: list[tuple[Path, int]] = []  # (frames folder or file, frame count)
         folders = [root] + sorted(d for d in root.rglob("*") if d.is_dir())
         for d in folders:
-            n = len(_frame_files(d))
+            n = len(list_images(d, recursive=False))
             if n >= span:
                 self.sources.append((d, n))
         for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS):
@@ -91,8 +88,8 @@ class VideoClipDataset(Dataset):
         if self.train and seed is not None:
             start = int(torch.randint(0, n - span + 1, (1,), generator=item_generator(seed)))
         if src.is_dir():
-            files = _frame_files(src)[start : start + span : self.stride]
-            frames = [_load(f) for f in files]
+            files = list_images(src, recursive=False)[start : start + span : self.stride]
+            frames = [load_image(f) for f in files]
         else:
             frames = _read_video(src, start, self.num_frames, self.stride)
         if len(frames) < self.num_frames:
