@@ -9,6 +9,7 @@ same conversion the FID protocol uses.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,12 +26,68 @@ __all__ = [
     "center_crop_resize",
     "save_grid",
     "to_uint8",
+    "to_float",
+    "validate_images",
     "iter_image_batches",
 ]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
+
+# Float images may overshoot [0, 1] by resampling noise; anything beyond this is a range error
+# (e.g. images in [-1, 1] or [0, 255] passed by mistake).
+RANGE_SLACK = 1e-3
+
+
+def validate_images(
+    images: object,
+    name: str = "images",
+    *,
+    batched: bool = True,
+    image_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Check RGB images: float in [0, 1] or uint8, ``[B, 3, H, W]``; return them unchanged.
+
+    With ``batched=False`` a single image ``[3, H, W]`` is accepted too. ``image_size`` (H, W),
+    when given, must match exactly. Every error names what was expected and what came in.
+    """
+    shapes = "[B, 3, H, W]" if batched else "[3, H, W] or [B, 3, H, W]"
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor {shapes} in [0, 1]; got {type(images).__name__}"
+        )
+    shape = tuple(images.shape)
+    if images.ndim not in ((4,) if batched else (3, 4)):
+        raise ValueError(f"{name} must be {shapes} RGB in [0, 1] or uint8; got shape {shape}")
+    channels = shape[-3]
+    if channels != 3:
+        hint = " (convert grayscale/RGBA to RGB explicitly)" if channels in (1, 2, 4) else ""
+        raise ValueError(
+            f"{name} must be RGB {shapes}; got {channels} channels, shape {shape}{hint}"
+        )
+    if image_size is not None and tuple(shape[-2:]) != tuple(image_size):
+        raise ValueError(
+            f"{name} must be {image_size[0]}x{image_size[1]} for this tokenizer "
+            f"([B, 3, {image_size[0]}, {image_size[1]}]); got shape {shape}"
+        )
+    if images.dtype == torch.uint8:
+        return images
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {images.dtype}")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        finite = math.isfinite(lo) and math.isfinite(hi)
+        if not finite or lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
+            raise ValueError(
+                f"{name} must be float in [0, 1] or uint8; got values in [{lo:.4g}, {hi:.4g}]"
+            )
+    return images
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1] (``x / 255``); float images pass through unchanged."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -74,33 +131,12 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _check_image_tensor(t: object, name: str = "image") -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor [3, H, W] or [B, 3, H, W]; got {type(t).__name__}"
-        )
-    if t.ndim not in (3, 4) or t.shape[-3] != 3:
-        raise ValueError(
-            f"{name} must be [3, H, W] or [B, 3, H, W] RGB; got shape {tuple(t.shape)}"
-        )
-    if t.dtype != torch.uint8:
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {t.dtype}")
-        bad = not bool(torch.isfinite(t).all()) or t.min() < -1e-3 or t.max() > 1 + 1e-3
-        if t.numel() and bad:
-            raise ValueError(
-                f"{name} must be float in [0, 1]; got values in "
-                f"[{float(t.min()):.3g}, {float(t.max()):.3g}]"
-            )
-    return t
-
-
 def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
     """Write ``[3, H, W]`` (or ``[B, 3, H, W]``, tiled in a row) float [0, 1] / uint8 to ``path``.
 
     The format follows the suffix (PNG recommended: lossless).
     """
-    t = _check_image_tensor(tensor)
+    t = validate_images(tensor, "image", batched=False)
     if t.ndim == 4:
         t = torch.cat(list(t), dim=-1)  # [3, H, B*W]
     arr = to_uint8(t.cpu()).permute(1, 2, 0).numpy()
@@ -142,12 +178,12 @@ def center_crop_resize(img: torch.Tensor, size: int | Sequence[int]) -> torch.Te
 
     ``size`` is an int (square) or ``(H, W)``. Returns float in [0, 1] (uint8 is converted).
     """
-    t = _check_image_tensor(img, "img")
+    t = validate_images(img, "img", batched=False)
     th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if th < 1 or tw < 1:
         raise ValueError(f"size must be positive; got {size}")
     single = t.ndim == 3
-    x = (t.float() / 255.0 if t.dtype == torch.uint8 else t.float())
+    x = to_float(t).float()
     x = x[None] if single else x
     h, w = x.shape[-2:]
     # largest crop with the target aspect ratio, centred
@@ -176,7 +212,7 @@ def save_grid(
     """
     if not rows:
         raise ValueError("save_grid needs at least one row [B, 3, H, W]")
-    rows = [_check_image_tensor(r, f"rows[{i}]") for i, r in enumerate(rows)]
+    rows = [validate_images(r, f"rows[{i}]", batched=False) for i, r in enumerate(rows)]
     if any(r.ndim != 4 for r in rows):
         raise ValueError("each row must be a batch [B, 3, H, W]")
     b = rows[0].shape[0]
@@ -189,7 +225,7 @@ def save_grid(
     cells = []
     for r in rows:
         r = r.detach().cpu()
-        r = r.float() / 255.0 if r.dtype == torch.uint8 else r.float().clamp(0, 1)
+        r = to_float(r).float().clamp(0, 1)
         if r.shape[-2:] != (h, w):
             r = F.interpolate(r, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         cells.append(r)

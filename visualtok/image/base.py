@@ -20,52 +20,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..data.image_io import to_float, validate_images
 from ..hub import PretrainedMixin
 from ..quantize.base import Quantizer, QuantOutput
 from ..quantize.layout import CodeLayout
 
 __all__ = ["ImageTokenizer", "TokenizerOutput", "check_images"]
 
-# Float images may overshoot [0, 1] by resampling noise; anything beyond this is a range error
-# (e.g. images in [-1, 1] or [0, 255] passed by mistake).
-_RANGE_SLACK = 1e-3
-
-
-def check_images(images: object, image_size: tuple[int, int] | None = None,
-                 name: str = "images") -> torch.Tensor:
+def check_images(
+    images: object, image_size: tuple[int, int] | None = None, name: str = "images"
+) -> torch.Tensor:
     """Validate ``[B, 3, H, W]`` images in [0, 1] (float) or uint8; return float images in [0, 1].
 
     ``image_size`` (H, W), when given, must match exactly: tokenizers with learned position tables
-    have a fixed input size.
+    have a fixed input size. The checks are ``visualtok.data.image_io.validate_images``.
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor [B, 3, H, W] in [0, 1]; got {type(images).__name__}"
-        )
-    shape = tuple(images.shape)
-    if images.ndim != 4:
-        raise ValueError(f"{name} must be [B, 3, H, W] in [0, 1]; got shape {shape}")
-    if shape[1] != 3:
-        hint = " (convert grayscale/RGBA to RGB explicitly)" if shape[1] in (1, 2, 4) else ""
-        raise ValueError(
-            f"{name} must be RGB [B, 3, H, W]; got {shape[1]} channels, shape {shape}{hint}"
-        )
-    if image_size is not None and tuple(shape[2:]) != tuple(image_size):
-        raise ValueError(
-            f"{name} must be {image_size[0]}x{image_size[1]} for this tokenizer "
-            f"([B, 3, {image_size[0]}, {image_size[1]}]); got shape {shape}"
-        )
-    if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    if not images.dtype.is_floating_point:
-        raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {images.dtype}")
-    if images.numel():
-        lo, hi = float(images.min()), float(images.max())
-        if not (lo == lo and hi == hi) or lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
-            raise ValueError(
-                f"{name} must be in [0, 1] (float) or uint8; got values in [{lo:.4g}, {hi:.4g}]"
-            )
-    return images
+    return to_float(validate_images(images, name, image_size=image_size))
 
 
 @dataclass

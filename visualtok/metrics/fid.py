@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.image_io import to_uint8
+from ..data.image_io import to_uint8, validate_images
 from .inception import (
     FeatureExtractor,
     InceptionFeatures,
@@ -56,21 +56,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- images -> features
 def prepare_images(images: object, name: str = "images") -> torch.Tensor:
     """Validate ``[B, 3, H, W]`` float in [0, 1] or uint8; return uint8 (rounded, not floored)."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, 3, H, W]; got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must be [B, 3, H, W] RGB in [0, 1] or uint8; "
-                         f"got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        return images
-    if not images.dtype.is_floating_point:
-        raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {images.dtype}")
-    if images.numel():
-        lo, hi = float(images.min()), float(images.max())
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(f"{name} must be float in [0, 1] (or uint8); got values in "
-                             f"[{lo:.4g}, {hi:.4g}]")
-    return to_uint8(images)
+    return to_uint8(validate_images(images, name))
 
 
 def _batches(

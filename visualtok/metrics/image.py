@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.image_io import to_float, validate_images
 from ..quantize.base import Quantizer
 
 __all__ = ["psnr", "ssim", "lpips", "LPIPS", "MetricUnavailable", "code_statistics"]
@@ -31,27 +32,13 @@ class MetricUnavailable(RuntimeError):
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out = []
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor [B, 3, H, W]; got {type(t).__name__}")
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise ValueError(
-                f"{name} must be [B, 3, H, W] RGB in [0, 1]; got shape {tuple(t.shape)}"
-            )
-        if t.dtype == torch.uint8:
-            t = t.float() / 255.0
-        elif not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be float in [0, 1] or uint8; got dtype {t.dtype}")
-        elif t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
-            raise ValueError(f"{name} must be in [0, 1]; got values in "
-                             f"[{float(t.min()):.3g}, {float(t.max()):.3g}]")
-        out.append(t.float())
-    if out[0].shape != out[1].shape:
+    """Two validated image batches as float32 in [0, 1], of the same shape."""
+    a32, b32 = (to_float(validate_images(t, name)).float() for name, t in (("a", a), ("b", b)))
+    if a32.shape != b32.shape:
         raise ValueError(
             f"a and b must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    return out[0], out[1]
+    return a32, b32
 
 
 @torch.no_grad()
