@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import visualtok
-from visualtok.data.image_io import save_image
+from visualtok.data.image_io import save_image, to_uint8
 from visualtok.generate.pipeline import class_balanced_labels, generate_images
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> Path:
             gen,
             **sampling,
         )
-        u8 = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        u8 = to_uint8(imgs).cpu()
         arrays.append(u8.permute(0, 2, 3, 1).numpy())
         if not args.no_png:
             for i, img in enumerate(u8):
