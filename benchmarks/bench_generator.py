@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import machine_info, print_table, sync, write_json  # noqa: E402
+from benchmarks._common import machine_info, print_table, time_call, write_json  # noqa: E402
 from visualtok import create_model  # noqa: E402
 
 # LlamaGen GPT-B reference on the project CPU (tok/s), keyed by (batch, cfg)
@@ -54,11 +53,7 @@ def time_generate(
     if compile:
         kwargs["compile"] = True
     model.generate(labels, **{**kwargs, "num_tokens": min(tokens, 4)})  # warm-up (and compile)
-    sync(device)
-    t0 = time.perf_counter()
-    model.generate(labels, **kwargs)
-    sync(device)
-    return time.perf_counter() - t0
+    return time_call(lambda: model.generate(labels, **kwargs), device, warmup=0, repeats=1)
 
 
 @torch.no_grad()
@@ -69,12 +64,7 @@ def time_uncached_last_step(model, batch: int, tokens: int, device: str) -> floa
     def run() -> None:
         model.head.logits(model.trunk(x)[:, -1])
 
-    run()
-    sync(device)
-    t0 = time.perf_counter()
-    run()
-    sync(device)
-    return time.perf_counter() - t0
+    return time_call(run, device, warmup=1, repeats=1)
 
 
 def main(argv: list[str] | None = None) -> dict:
