@@ -81,6 +81,32 @@ def test_lpips_loads_a_weights_file(tmp_path, real_photos):
         LPIPS(tmp_path / "bad.pt")
 
 
+
+def test_perceptual_loss_is_the_lpips_metric_with_gradients(tmp_path, real_photos):
+    """The training loss shares the metric's network: batch mean of ``LPIPS``, differentiable,
+    reading the official ``lin{k}.model.1.weight`` names too."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from visualtok.train.losses import PerceptualLoss
+
+    torch.manual_seed(0)
+    sd = {f"features.{k}": v for k, v in make_layers(cfgs["D"])[:30].state_dict().items()}
+    official = dict(sd)
+    for k, c in enumerate((64, 128, 256, 512, 512)):
+        sd[f"lin{k}.weight"] = torch.rand(1, c, 1, 1)
+        official[f"lin{k}.model.1.weight"] = sd[f"lin{k}.weight"]
+    torch.save(sd, tmp_path / "lpips_vgg.pt")
+    torch.save(official, tmp_path / "lpips_official.pt")
+    x = torch.nn.functional.interpolate(real_photos[:2], size=32)
+    recon = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)  # unclamped, as in training
+    loss = PerceptualLoss(tmp_path / "lpips_official.pt")(recon, x)
+    loss.backward()
+    metric = LPIPS(tmp_path / "lpips_vgg.pt")(recon.detach().clamp(0, 1), x)
+    assert recon.grad is not None and recon.grad.abs().sum() > 0
+    assert loss.item() > 0 and metric.shape == (2,)
+    clamped = PerceptualLoss(tmp_path / "lpips_vgg.pt")(recon.detach().clamp(0, 1), x)
+    assert torch.allclose(clamped, metric.mean(), rtol=1e-5, atol=1e-7)
+
 def test_code_statistics():
     q = build_quantizer(QuantizerConfig(type="fsq", dim=4, levels=(8, 5, 5, 5))).eval()
     codes = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(5), indexing="ij"), -1)

@@ -83,11 +83,15 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 class LPIPS(nn.Module):
     """LPIPS-VGG (Zhang et al. 2018): VGG-16 features, unit-normalised, linear-weighted distances.
 
+    The one LPIPS network of the library: ``forward`` is the metric (validated inputs, no
+    gradients, ``[B]``), ``distance`` the differentiable form the training loss
+    (``visualtok.train.losses.PerceptualLoss``) uses.
+
     Weights come from one file (safetensors, or a ``torch.save`` dict read with weights_only=True)
-    holding torchvision's ``vgg16().features`` keys prefixed ``features.`` and the five linear
-    layers as ``lin{0..4}.weight`` ``[1, C, 1, 1]`` (the layout of the ``lpips`` package's
-    ``vgg.pth`` after renaming ``linK.model.1.weight``). Inputs in [0, 1] are mapped to [-1, 1] and
-    shifted/scaled by the LPIPS constants.
+    holding torchvision's ``vgg16().features`` keys (prefixed ``features.``, ``vgg.`` or ``net.``,
+    or bare) and the five linear layers as ``lin{0..4}.weight`` ``[1, C, 1, 1]`` (the layout of
+    the ``lpips`` package's ``vgg.pth``, whose ``linK.model.1.weight`` names are accepted too).
+    Inputs in [0, 1] are mapped to [-1, 1] and shifted/scaled by the LPIPS constants.
     """
 
     _taps = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
@@ -107,39 +111,50 @@ class LPIPS(nn.Module):
         self.eval().requires_grad_(False)
 
     def _load(self, path: Path) -> None:
+        from ..convert import read_official_state_dict
+
         if not path.is_file():
             raise FileNotFoundError(f"LPIPS weights not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        lin = {f"lins.{k}": sd.pop(f"lin{k}.weight", None) for k in range(5)}
-        missing = [k for k, v in lin.items() if v is None]
+        feats, lin = {}, {}
+        for k, v in read_official_state_dict(path).items():
+            if k.startswith("lin"):  # lin{k}.weight, or the official lin{k}.model.1.weight
+                lin[f"lins.{k[3]}"] = v
+                continue
+            k = k.removeprefix("net.").removeprefix("vgg.").removeprefix("features.")
+            if k.split(".")[0].isdigit():
+                feats[k] = v
+        missing = [f"lins.{k}" for k in range(len(self._channels)) if f"lins.{k}" not in lin]
         if missing:
             raise ValueError(
                 f"{path}: LPIPS weights lack linear layers {missing} (keys lin0..lin4.weight)"
             )
-        feats = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
         self.features.load_state_dict(feats, strict=True)
-        for k in range(5):
+        for k in range(len(self._channels)):
             self.lins[k].data.copy_(lin[f"lins.{k}"].reshape(1, -1, 1, 1))
 
-    @torch.no_grad()
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, b = _pair(a, b)
-        xa, xb = (a * 2 - 1 - self.shift) / self.scale, (b * 2 - 1 - self.shift) / self.scale
-        total = a.new_zeros(a.shape[0])
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS per image ``[B]`` of ``[B, 3, H, W]`` pairs on the [0, 1] scale, differentiable.
+
+        No input checks: the training loss feeds unclamped reconstructions.
+        """
+        x = (torch.cat([a, b]).float() * 2 - 1 - self.shift) / self.scale
+        total = x.new_zeros(a.shape[0])
         k = 0
         for i, layer in enumerate(self.features):
-            xa, xb = layer(xa), layer(xb)
+            x = layer(x)
             if i == self._taps[k]:
-                na = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                nb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                fa, fb = x.chunk(2)
+                na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
                 total = total + ((na - nb).pow(2) * self.lins[k]).sum(1).mean((-2, -1))
                 k += 1
         return total
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS per image: ``[B, 3, H, W]`` x2 in [0, 1] (or uint8) -> ``[B]``."""
+        a, b = _pair(a, b)
+        return self.distance(a, b)
 
 
 def lpips(a: torch.Tensor, b: torch.Tensor, weights: str | Path | None = None) -> torch.Tensor:

@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..metrics.image import LPIPS
 
 __all__ = [
     "reconstruction_loss",
@@ -44,79 +45,15 @@ def reconstruction_loss(
 
 
 # ---------------------------------------------------------------------------- LPIPS
-_VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-_TAPS = (3, 8, 15, 22, 29)  # indices (in torchvision's vgg16.features) of relu1_2 ... relu5_3
-_CHANNELS = (64, 128, 256, 512, 512)
+class PerceptualLoss(LPIPS):
+    """LPIPS-VGG distance averaged over the batch. Images ``[B, 3, H, W]`` on the [0, 1] scale.
 
-
-def _vgg16_features() -> nn.Sequential:
-    """torchvision's ``vgg16().features`` layout (same indices, so its state dict keys load)."""
-    layers: list[nn.Module] = []
-    c_in = 3
-    for v in _VGG_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=False)]
-            c_in = v
-    return nn.Sequential(*layers)
-
-
-class PerceptualLoss(nn.Module):
-    """LPIPS-VGG distance, averaged over the batch. Images ``[B, 3, H, W]`` in [0, 1].
-
-    ``weights``: a safetensors / weights-only torch file holding torchvision VGG16 ``features.*``
-    keys (or bare ``<idx>.weight``) and the five LPIPS heads as ``lin{k}.weight`` ``[1, C, 1, 1]``
-    (official ``lin{k}.model.1.weight`` names are accepted).
+    The metric's network (``visualtok.metrics.image.LPIPS``, same weights file layout) with
+    gradients flowing to ``recon`` and no range check (reconstructions are not clamped).
     """
 
-    shift = (-0.030, -0.088, -0.188)  # LPIPS input normalisation for images in [-1, 1]
-    scale = (0.458, 0.448, 0.450)
-
-    def __init__(self, weights: str | Path) -> None:
-        super().__init__()
-        self.features = _vgg16_features()
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS)
-        self.register_buffer("_shift", torch.tensor(self.shift).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_scale", torch.tensor(self.scale).view(1, 3, 1, 1), persistent=False)
-        self._load(Path(weights))
-        self.requires_grad_(False).eval()
-
-    def _load(self, path: Path) -> None:
-        from ..convert import read_official_state_dict
-
-        if not path.is_file():
-            raise FileNotFoundError(f"perceptual loss weights not found: {path}")
-        sd = read_official_state_dict(path)
-        feats, lins = {}, {}
-        for k, v in sd.items():
-            k2 = k.removeprefix("net.").removeprefix("vgg.").removeprefix("features.")
-            if k.startswith("lin"):
-                idx = int(k[3])
-                lins[f"{idx}.weight"] = v
-            elif k2.split(".")[0].isdigit():
-                feats[k2] = v
-        self.features.load_state_dict(feats, strict=True)
-        self.lins.load_state_dict(lins, strict=True)
-
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([recon, target]).float() * 2 - 1
-        x = (x - self._shift) / self._scale
-        total = x.new_zeros(())
-        taps = iter(zip(_TAPS, self.lins))
-        tap, lin = next(taps)
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i == tap:
-                a, b = x.chunk(2)
-                a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                total = total + lin((a - b) ** 2).mean()
-                nxt = next(taps, None)
-                if nxt is None:
-                    break
-                tap, lin = nxt
-        return total
+        return self.distance(recon, target).mean()
 
 
 # ---------------------------------------------------------------------------- GAN
