@@ -53,17 +53,18 @@ def _is_pow2(r: int) -> bool:
     return r & (r - 1) == 0
 
 
+def _fits_flat(layout: CodeLayout) -> bool:
+    """Whether a flat softmax / embedding table over ``layout.flat_vocab`` is affordable."""
+    return layout.flat_vocab is not None and layout.flat_vocab <= MAX_FLAT_VOCAB
+
+
 def resolve_head(head: str, layout: CodeLayout) -> str:
     """``auto`` -> ``flat`` for small flat vocabularies, else ``factor``; validate the choice."""
     if head == "auto":
-        return (
-            "flat"
-            if layout.flat_vocab is not None and layout.flat_vocab <= MAX_FLAT_VOCAB
-            else "factor"
-        )
+        return "flat" if _fits_flat(layout) else "factor"
     if head not in HEAD_TYPES:
         raise ValueError(f"head must be 'auto' or one of {HEAD_TYPES}; got {head!r}")
-    if head == "flat" and (layout.flat_vocab is None or layout.flat_vocab > MAX_FLAT_VOCAB):
+    if head == "flat" and not _fits_flat(layout):
         raise ValueError(
             f"the flat head does not support code layout {layout.radices} "
             f"({layout.bits_per_token:.0f} bits "
@@ -84,7 +85,7 @@ def resolve_input(kind: str, head: str, layout: CodeLayout) -> str:
         return "embedding" if head == "flat" else "factor_embedding"
     if kind not in INPUT_TYPES:
         raise ValueError(f"input must be 'auto' or one of {INPUT_TYPES}; got {kind!r}")
-    if kind == "embedding" and (layout.flat_vocab is None or layout.flat_vocab > MAX_FLAT_VOCAB):
+    if kind == "embedding" and not _fits_flat(layout):
         raise ValueError(
             f"a flat input embedding does not support code layout {layout.radices}; "
             f"use input='factor_embedding' or 'features'"
