@@ -70,7 +70,9 @@ def check_latents(z: object, dim: int, name: str = "z") -> torch.Tensor:
             f"{name} must have {dim} channels in its last dim ([B, *S, {dim}], channels last); "
             f"got shape {tuple(z.shape)}"
         )
-    if not bool(torch.isfinite(z).all()):
+    # One reduction first (NaN/inf propagate through a sum); the exact check only if it is not
+    # finite, which also covers finite values whose sum overflows.
+    if not bool(torch.isfinite(z.sum(dtype=torch.float32))) and not bool(torch.isfinite(z).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return z
 
