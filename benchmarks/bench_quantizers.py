@@ -136,11 +136,11 @@ def infer(q, z: torch.Tensor) -> Callable[[], None]:
 def measure(q, z: torch.Tensor, step_fn, device: str, repeats: int) -> dict:
     q.train()
     step = step_fn(q, z)
-    train_s = time_call(step, device, warmup=1, repeats=repeats)
+    train_s = time_call(step, device, warmup=1, repeats=repeats, min_time=0.3)
     gc.collect()
     mem = peak_memory_bytes(step, device)
     q.eval()
-    infer_s = time_call(infer(q, z.detach()), device, warmup=1, repeats=repeats)
+    infer_s = time_call(infer(q, z.detach()), device, warmup=3, repeats=repeats, min_time=0.3)
     n = z.shape[0] * z.shape[1]
     return {"train_ktok_s": n / train_s / 1e3, "infer_ktok_s": n / infer_s / 1e3,
             "peak_mib": mem / 2**20, "train_s": train_s, "tokens": n}
