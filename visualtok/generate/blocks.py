@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import Attention, KVCache
+from ..nn.linear import Linear
 
 __all__ = ["RMSNorm", "FeedForward", "Block", "ffn_hidden_dim"]
 
@@ -41,9 +42,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w1 = Linear(dim, hidden, bias=False)
+        self.w3 = Linear(dim, hidden, bias=False)
+        self.w2 = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

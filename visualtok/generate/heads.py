@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import rotary_tables
+from ..nn.linear import Linear
 from ..quantize.layout import CodeLayout
 from .blocks import Block, RMSNorm, ffn_hidden_dim
 from .sampling import SamplingConfig, apply_cfg, sample_from_logits
@@ -114,7 +115,7 @@ class CodeEmbedding(nn.Module):
                 raise ValueError(
                     "input='features' needs feature_dim (the width of quantizer.features)"
                 )
-            self.proj = nn.Linear(feature_dim, dim)
+            self.proj = Linear(feature_dim, dim)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if self.kind == "embedding":
@@ -134,7 +135,7 @@ class FlatHead(nn.Module):
     def __init__(self, dim: int, layout: CodeLayout) -> None:
         super().__init__()
         self.layout = layout
-        self.output = nn.Linear(dim, layout.flat_vocab, bias=False)
+        self.output = Linear(dim, layout.flat_vocab, bias=False)
         nn.init.zeros_(self.output.weight)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,7 @@ class FactorHead(nn.Module):
         super().__init__()
         self.layout, self.autoregressive = layout, autoregressive
         nf, rmax = layout.num_factors, layout.max_radix
-        self.in_proj = nn.Linear(dim, width)
+        self.in_proj = Linear(dim, width)
         self.factor_pos = nn.Parameter(torch.randn(nf, width) * 0.02)
         if autoregressive:
             self.code_embedding = nn.Embedding(sum(layout.radices), width)
@@ -230,7 +231,7 @@ class BitHead(nn.Module):
             persistent=False,
         )
         self.register_buffer("shift", torch.cat([torch.arange(b) for b in bits]), persistent=False)
-        self.output = nn.Linear(dim, self.num_bits)
+        self.output = Linear(dim, self.num_bits)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import config_from_dict
+from ..nn.linear import Linear, linear
 from ..nn.vit import Transformer
 from ..quantize.base import QuantOutput
 from ..quantize.config import QuantizerConfig, build_quantizer
@@ -115,7 +115,7 @@ class TiTokConfig:
 
 def _linear_1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Apply a 1x1 ``Conv2d`` to channels-last ``x: [..., C_in]`` as a matmul (same weights)."""
-    return F.linear(x, conv.weight.flatten(1), conv.bias)
+    return linear(x, conv.weight.flatten(1), conv.bias)
 
 
 class TiTokEncoder(nn.Module):
@@ -163,7 +163,7 @@ class TiTokDecoder(nn.Module):
         self.width, self.patch_size, self.head = w, cfg.patch_size, cfg.decoder_head
         self.grid_size = cfg.image_size // cfg.patch_size
         scale = w**-0.5
-        self.decoder_embed = nn.Linear(cfg.token_size, w)
+        self.decoder_embed = Linear(cfg.token_size, w)
         self.class_embedding = nn.Parameter(scale * torch.randn(1, w))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size**2 + 1, w))
         self.mask_token = nn.Parameter(scale * torch.randn(1, 1, w))

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
+
 __all__ = ["Attention", "KVCache", "apply_rotary", "rotary_tables"]
 
 
@@ -86,8 +88,8 @@ class Attention(nn.Module):
             raise ValueError(f"attention dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = scale  # None -> SDPA default 1/sqrt(head_dim)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self.q_norm = (
             nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
         )

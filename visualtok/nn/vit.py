@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .attention import Attention
+from .linear import Linear
 
 __all__ = ["MLP", "ResidualAttentionBlock", "Transformer"]
 
@@ -22,9 +23,9 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(dim, hidden)
+        self.c_fc = Linear(dim, hidden)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(hidden, dim)
+        self.c_proj = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.linear import Linear
 from .base import Quantizer, check_latents
 from .config import QuantizerConfig
 from .distributed import all_reduce_sum_, broadcast_
@@ -71,8 +72,8 @@ class VectorQuantizer(Quantizer):
         cdim = config.codebook_dim or config.dim
         self.codebook_dim = cdim
         factorized = cdim != config.dim
-        self.project_in = nn.Linear(config.dim, cdim) if factorized else nn.Identity()
-        self.project_out = nn.Linear(cdim, config.dim) if factorized else nn.Identity()
+        self.project_in = Linear(config.dim, cdim) if factorized else nn.Identity()
+        self.project_out = Linear(cdim, config.dim) if factorized else nn.Identity()
         self.embedding = nn.Embedding(k, cdim)
         self.embedding.weight.data.uniform_(-1.0 / k, 1.0 / k)  # TiTok / taming init
         if config.ema:

@@ -1,0 +1,128 @@
+"""The CPU inference fast paths: oneDNN linears (``visualtok.nn.linear``) and the channels-last
+MaskGIT pixel decoder. Both must be drop-in: same numbers (to float rounding), same state dicts,
+same gradients, and the stock path wherever the fast one does not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visualtok import create_model
+from visualtok.image.maskgit_vqgan import MaskGITPixelDecoder
+from visualtok.nn import linear as linear_mod
+from visualtok.nn.linear import (
+    Linear,
+    cpu_linear_backend,
+    cpu_linear_backend_as,
+    linear,
+    set_cpu_linear_backend,
+)
+
+needs_onednn = pytest.mark.skipif(
+    cpu_linear_backend() != "onednn", reason="oneDNN linear backend not selected on this machine"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (2, 3, 4, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_stock(shape, bias):
+    torch.manual_seed(0)
+    x, w = torch.randn(shape), torch.randn(40, 48)
+    b = torch.randn(40) if bias else None
+    with torch.no_grad():
+        assert linear_mod._use_onednn(x, w, b)
+        out = linear(x, w, b)
+        ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert out.shape == (*shape[:-1], 40) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # non-contiguous input (a transposed view) gives the same result
+    xt = x.transpose(0, -2) if x.dim() > 2 else x
+    with torch.no_grad():
+        torch.testing.assert_close(linear(xt, w, b), F.linear(xt, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_stock_path_where_onednn_does_not_apply():
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    lin = Linear(8, 6)
+    assert not linear_mod._use_onednn(x.bfloat16(), w.bfloat16(), None)  # not fp32
+    assert not linear_mod._use_onednn(x, w.t().contiguous().t(), None)  # weight not contiguous
+    assert not linear_mod._use_onednn(x[:0], w, None)  # empty
+    assert not linear_mod._use_onednn(x, lin.weight, lin.bias)  # autograd graph being built
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear_mod._use_onednn(x, w, None)
+        assert lin(x).dtype == torch.bfloat16  # autocast still runs its bf16 GEMM
+    with cpu_linear_backend_as("aten"), torch.no_grad():
+        assert not linear_mod._use_onednn(x, w, None)
+
+
+def test_linear_module_is_nn_linear_with_same_gradients():
+    torch.manual_seed(0)
+    ours, ref = Linear(12, 5), nn.Linear(12, 5)
+    ref.load_state_dict(ours.state_dict())
+    assert isinstance(ours, nn.Linear) and list(ours.state_dict()) == ["weight", "bias"]
+    x = torch.randn(3, 12)
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    assert torch.equal(ours.weight.grad, ref.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_backend_selection_errors_and_restore(monkeypatch):
+    before = cpu_linear_backend()
+    with pytest.raises(ValueError, match="must be one of"):
+        set_cpu_linear_backend("mkl")
+    with cpu_linear_backend_as("aten"):
+        assert cpu_linear_backend() == "aten"
+    assert cpu_linear_backend() == before
+    monkeypatch.setenv("VISUALTOK_CPU_LINEAR", "fast")
+    with pytest.raises(ValueError, match="VISUALTOK_CPU_LINEAR"):
+        linear_mod._default_backend()
+    monkeypatch.setenv("VISUALTOK_CPU_LINEAR", "aten")
+    assert linear_mod._default_backend() == "aten"
+
+
+def test_model_outputs_equal_on_both_backends():
+    """A whole TiTok encode/decode gives the same codes and (to rounding) pixels either way."""
+    torch.manual_seed(0)
+    model = create_model("titok_tiny").eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        codes, pixels = model.encode(x), model.decode(model.encode(x))
+        with cpu_linear_backend_as("aten"):
+            codes_ref, pixels_ref = model.encode(x), model.decode(codes)
+    assert torch.equal(codes, codes_ref)
+    torch.testing.assert_close(pixels, pixels_ref, rtol=0, atol=1e-5)
+
+
+def test_pixel_decoder_channels_last_is_exact_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    dec = MaskGITPixelDecoder(z_channels=16, hidden_channels=32, channel_mult=(1, 2, 4),
+                              num_res_blocks=1).eval()
+    assert dec.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    ref = MaskGITPixelDecoder(16, 32, (1, 2, 4), 1).eval().to(memory_format=torch.contiguous_format)
+    ref.load_state_dict(dec.state_dict())
+    assert ref.conv_in.weight.is_contiguous()
+    z = torch.randn(2, 16, 4, 4)
+    with torch.no_grad():
+        out = dec(z)
+        # the NCHW computation of the same weights, op by op
+        x = ref.conv_in(z)
+        for block in ref.mid:
+            x = block(x)
+        for block in reversed(ref.up):
+            x = block(x)
+        expected = ref.conv_out(F.silu(ref.norm_out(x)))
+    assert out.shape == (2, 3, 16, 16) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # state dicts save as plain contiguous tensors and load back into the NHWC parameters
+    path = tmp_path / "dec.pt"
+    torch.save({k: v.contiguous() for k, v in dec.state_dict().items()}, path)
+    again = MaskGITPixelDecoder(16, 32, (1, 2, 4), 1).eval()
+    again.load_state_dict(torch.load(path, weights_only=True))
+    assert again.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(again(z), out)
