@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import machine_info, print_table, time_call, write_json  # noqa: E402
 from visualtok import create_model  # noqa: E402
+from visualtok.nn.linear import cpu_linear_backend, set_cpu_linear_backend  # noqa: E402
 
 # LlamaGen GPT-B reference on the project CPU (tok/s), keyed by (batch, cfg)
 REFERENCE_TOK_S = {(1, None): 30.7, (8, None): 115.0, (1, 2.0): 16.9, (8, 2.0): 83.0}
@@ -85,10 +86,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     ap.add_argument("--bandwidth", type=float, default=3.35e12, help="memory bandwidth B/s (H100)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--cpu-linear",
+        choices=["onednn", "aten"],
+        default=None,
+        help="CPU fp32 GEMM backend (visualtok.nn.linear); default: the library's choice",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_linear:
+        set_cpu_linear_backend(args.cpu_linear)
 
     torch.manual_seed(0)
     model = create_model("gpt_b").to(args.device).eval()
@@ -98,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bound_ms = weight_bytes / args.bandwidth * 1e3
     info = machine_info(args.device)
+    info["cpu_linear"] = cpu_linear_backend()
     info["load_average_1m"] = os.getloadavg()[0]  # the project CPU is shared: say how busy it was
     print(f"# GPT-B sampling, {n_params / 1e6:.1f}M params fp32 on {info}")
 
