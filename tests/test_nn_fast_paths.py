@@ -126,3 +126,14 @@ def test_pixel_decoder_channels_last_is_exact_and_round_trips(tmp_path):
     assert again.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.equal(again(z), out)
+
+
+def test_traced_and_exported_graphs_use_the_portable_op():
+    """``torch.jit.trace``/``torch.export`` must record ``aten::linear``, never the oneDNN op."""
+    lin = Linear(8, 4).eval()
+    x = torch.randn(3, 8)
+    traced = torch.jit.trace(lin, x, check_trace=False)
+    assert "mkldnn" not in str(traced.inlined_graph) and "linear" in str(traced.inlined_graph)
+    exported = torch.export.export(lin, (x,))
+    assert "mkldnn" not in str(exported.graph)
+    torch.testing.assert_close(exported.module()(x), lin(x))

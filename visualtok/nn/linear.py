@@ -14,7 +14,8 @@ The oneDNN path is taken only where it is a drop-in replacement:
 * no autograd graph is being built (inference, ``torch.no_grad``/``inference_mode`` or no
   ``requires_grad`` anywhere), because the oneDNN op has no backward;
 * CPU autocast off (under autocast ``F.linear`` runs the bf16 path it is meant to run);
-* not inside ``torch.compile`` tracing (Inductor packs weights for oneDNN itself).
+* not inside ``torch.compile``/``torch.export``/``torch.jit.trace`` tracing (Inductor packs weights
+  for oneDNN itself, and traced graphs must stay portable).
 
 ``set_cpu_linear_backend("aten")`` (or ``VISUALTOK_CPU_LINEAR=aten`` in the environment) turns it
 off, e.g. to compare against the stock path.
@@ -85,7 +86,9 @@ def cpu_linear_backend_as(name: str) -> Iterator[None]:
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if _backend != "onednn" or x.device.type != "cpu":
+    if _backend != "onednn" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if x.device.type != "cpu":
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous():
         return False
@@ -97,7 +100,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if torch.is_autocast_enabled("cpu"):
         return False
     return True
 
