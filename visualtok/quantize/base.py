@@ -19,12 +19,14 @@ Public entry points validate inputs here, once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .codepaths import exact_checks
 from .layout import CodeLayout
 
 __all__ = ["QuantOutput", "Quantizer", "fp32_no_autocast", "check_latents"]
@@ -41,16 +43,25 @@ class QuantOutput:
 
 
 class fp32_no_autocast:
-    """Context manager: disable autocast for ``device_type`` so quantizer math stays in fp32."""
+    """Context manager: disable autocast for ``device_type`` so quantizer math stays in fp32.
+
+    A no-op (no autocast state change) when autocast is not enabled for that device type.
+    """
 
     def __init__(self, device_type: str) -> None:
-        self._ctx = torch.autocast(device_type=device_type, enabled=False)
+        try:
+            enabled = torch.is_autocast_enabled(device_type)
+        except RuntimeError:  # a device type autocast does not know: let autocast decide
+            enabled = True
+        self._ctx = torch.autocast(device_type=device_type, enabled=False) if enabled else None
 
     def __enter__(self) -> None:
-        self._ctx.__enter__()
+        if self._ctx is not None:
+            self._ctx.__enter__()
 
     def __exit__(self, *exc) -> None:
-        self._ctx.__exit__(*exc)
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
 
 
 def check_latents(z: object, dim: int, name: str = "z") -> torch.Tensor:
@@ -70,6 +81,13 @@ def check_latents(z: object, dim: int, name: str = "z") -> torch.Tensor:
             f"{name} must have {dim} channels in its last dim ([B, *S, {dim}], channels last); "
             f"got shape {tuple(z.shape)}"
         )
+    if not exact_checks(z.device):
+        # No host sync: max |z| (one reduction, no overflow, NaN propagates) is < inf exactly
+        # when every value is finite.
+        if z.numel():
+            torch._assert_async(torch.linalg.vector_norm(z, math.inf) < math.inf,
+                                f"{name} contains NaN or inf values")
+        return z
     # One reduction first (NaN/inf propagate through a sum); the exact check only if it is not
     # finite, which also covers finite values whose sum overflows.
     if not bool(torch.isfinite(z.sum(dtype=torch.float32))) and not bool(torch.isfinite(z).all()):
@@ -208,7 +226,14 @@ class Quantizer(nn.Module):
 
         Absent keys are filled with zeros.
         """
+        keys = [k for k in self.loss_keys if k != "total"]
+        if "total" in losses and all(k in losses for k in keys):
+            return {**{k: losses[k] for k in keys}, "total": losses["total"]}
         zero = z.new_zeros((), dtype=torch.float32)
-        out = {k: losses.get(k, zero) for k in self.loss_keys if k != "total"}
-        out["total"] = losses["total"] if "total" in losses else sum(out.values(), zero)
+        out = {k: losses.get(k, zero) for k in keys}
+        if "total" in losses:
+            out["total"] = losses["total"]
+        else:  # sum of the given parts only (absent ones are zero): eval costs one zero tensor
+            given = [losses[k] for k in keys if k in losses]
+            out["total"] = sum(given[1:], given[0]) if given else zero
         return out

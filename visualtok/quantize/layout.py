@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .codepaths import exact_checks
+
 __all__ = ["CodeLayout", "FLAT_VOCAB_LIMIT"]
 
 FLAT_VOCAB_LIMIT = 2**62
@@ -43,6 +45,7 @@ class CodeLayout:
     kind: str = "vq"  # one of KINDS; tells generator heads what the factors mean
     residual: bool = False  # True when factors are coarse-to-fine residual levels (RVQ)
     _strides: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _cache: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         radices = tuple(int(r) for r in self.radices)
@@ -81,6 +84,13 @@ class CodeLayout:
     def radix_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         return torch.tensor(self.radices, dtype=torch.long, device=device)
 
+    def _device_radices(self, device: torch.device) -> torch.Tensor:
+        """``radix_tensor(device)``, made once per device (no host-to-device copy per call)."""
+        t = self._cache.get(device)
+        if t is None:
+            t = self._cache[device] = self.radix_tensor(device)
+        return t
+
     # ----------------------------------------------------------------- validation
     def validate(self, codes: Any, name: str = "codes") -> torch.Tensor:
         """Check ``codes`` is an integer tensor ``[..., F]`` with every digit in range."""
@@ -98,7 +108,14 @@ class CodeLayout:
                 f"got shape {tuple(codes.shape)}"
             )
         if codes.numel():
-            radix = self.radix_tensor(codes.device)
+            uniform = len(set(self.radices)) == 1  # a Python scalar radix: no tensor at all
+            radix = self.radices[0] if uniform else self._device_radices(codes.device)
+            if not exact_checks(codes.device):  # no host sync: checked on the device
+                in_range = torch.logical_and(codes >= 0, codes < radix).all()
+                torch._assert_async(
+                    in_range, f"{name} out of range: each factor must be in [0, radix) for "
+                    f"radices {self.radices}")
+                return codes.long()
             bad = (codes < 0) | (codes >= radix)
             if bool(bad.any()):
                 f = int(bad.reshape(-1, self.num_factors).any(0).nonzero()[0])
