@@ -72,7 +72,7 @@ class QuantizerConfig:
     kmeans_init: bool = False  # initialise the codebook by k-means on the first batch / calibrate()
     kmeans_iters: int = 10
     dead_code_threshold: float = 0.0  # restart codes whose EMA usage falls below this (0 = off)
-    chunk_size: int = 8192  # rows per chunk in the nearest-neighbour search
+    chunk_size: int = 8192  # rows per chunk when the nearest-neighbour scores are chunked
     num_quantizers: int = 8  # RVQ levels Q
     quantizer_dropout: float = 0.0  # RVQ: probability of training on a random prefix of levels
     # --- LFQ / binary

@@ -1,28 +1,37 @@
-"""Tiled nearest-neighbour search over a codebook, and the random token mask used by ``perturb``.
+"""Nearest-neighbour search over a codebook, and the random token mask used by ``perturb``.
 
-The search never materialises the full ``[N, K]`` distance matrix (nor a one-hot). The nearest row
-of ``e`` minimises ``|e|^2 - 2 z.e`` (``|z|^2`` is constant per token), i.e. maximises the score
-``z.e - |e|^2 / 2``, which one matmul of augmented matrices ``[z, 1] @ [e, -|e|^2/2]^T`` gives with
-no bias copy. On CPU the scores are computed in cache-sized tiles (``rows x cols``) with a running
-max over codebook tiles, which keeps small-``d`` codebooks (TiTok 4096 x 12) compute- rather than
-memory-bound; on GPU in row chunks of at most ``max_elements`` scores.
+The nearest row of ``e`` minimises ``|e|^2 - 2 z.e`` (``|z|^2`` is constant per token), i.e.
+maximises the score ``z.e - |e|^2 / 2``: one linear layer ``z @ e^T + b`` with the bias
+``b = -|e|^2 / 2`` and the codebook itself as the (contiguous ``[K, d]``) weight, through
+``visualtok.nn.linear.linear`` (oneDNN for CPU fp32, ``F.linear`` elsewhere). No one-hot is built.
+
+* CPU (``codepaths.tiled_search``): scores in cache-sized tiles (``rows x cols``) with a running max
+  over codebook tiles, which keeps small-``d`` codebooks (TiTok 4096 x 12) compute- rather than
+  memory-bound; a single call when ``K <= 1024`` and the tokens fit in one row tile.
+* Accelerators (a step there is bound by kernel launches): one ``linear`` + ``argmax``, no Python
+  loop, when the ``N x K`` scores fit in ``max_elements`` (``2**26``: 256 MiB of fp32, e.g. 16,384
+  tokens x 4,096 codes); otherwise row chunks of ``min(chunk_size, max_elements // K)`` rows, each
+  chunk's argmax written in place.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..nn.linear import linear
+from .codepaths import tiled_search
+
 __all__ = ["nearest_code", "topk_nearest", "token_mask", "check_strength", "MAX_CHUNK_ELEMENTS"]
 
-MAX_CHUNK_ELEMENTS = 2**24  # scores per chunk on GPU (64 MiB fp32) and for top-k
+MAX_CHUNK_ELEMENTS = 2**26  # scores per pass on accelerators (256 MiB fp32)
+TOPK_MAX_ELEMENTS = 2**24  # scores per chunk of the top-k search (perturb)
 CPU_TILE_ROWS, CPU_TILE_COLS = 256, 1024  # 1 MiB of fp32 scores per tile: stays in L2
 
 
-def _augment(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[z, 1]`` ``[N, d + 1]`` and ``[e, -|e|^2 / 2]^T`` ``[d + 1, K]``."""
-    x_aug = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-    e_aug = torch.cat([codebook, -0.5 * codebook.pow(2).sum(1, keepdim=True)], dim=1)
-    return x_aug, e_aug.t().contiguous()
+def _weight_and_bias(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codebook as a contiguous ``[K, d]`` weight and its score bias ``-|e|^2 / 2`` ``[K]``."""
+    e = codebook.contiguous()
+    return e, e.square().sum(1).mul_(-0.5)
 
 
 @torch.no_grad()
@@ -37,23 +46,34 @@ def nearest_code(
     x: ``[N, d]``, codebook: ``[K, d]`` -> ``[N]`` int64 (the first index on exact ties).
     """
     n, k = x.shape[0], codebook.shape[0]
-    out = torch.empty(n, dtype=torch.long, device=x.device)
-    x_aug, e_t = _augment(x, codebook)
-    if x.device.type != "cpu" or k <= CPU_TILE_COLS:
-        rows = max(1, min(chunk_size, max_elements // max(k, 1)))
-        if x.device.type == "cpu":
-            rows = min(rows, max(CPU_TILE_ROWS, CPU_TILE_ROWS * CPU_TILE_COLS // k))
+    e, b = _weight_and_bias(codebook)
+    if not tiled_search(x.device):
+        if n * k <= max_elements:  # one pass: no Python loop, no copies
+            return linear(x, e, b).argmax(1)
+        rows = max(1, min(chunk_size, max_elements // k))
+        out = torch.empty(n, dtype=torch.long, device=x.device)
         for s in range(0, n, rows):
-            out[s : s + rows] = (x_aug[s : s + rows] @ e_t).argmax(1)
+            torch.argmax(linear(x[s : s + rows], e, b), 1, out=out[s : s + rows])
         return out
+    if k <= CPU_TILE_COLS:
+        rows = max(1, min(chunk_size, max_elements // k, max(CPU_TILE_ROWS,
+                                                             CPU_TILE_ROWS * CPU_TILE_COLS // k)))
+        if n <= rows:
+            return linear(x, e, b).argmax(1)
+        out = torch.empty(n, dtype=torch.long, device=x.device)
+        for s in range(0, n, rows):
+            torch.argmax(linear(x[s : s + rows], e, b), 1, out=out[s : s + rows])
+        return out
+    out = torch.empty(n, dtype=torch.long, device=x.device)
+    tiles = [(c, e[c : c + CPU_TILE_COLS], b[c : c + CPU_TILE_COLS])
+             for c in range(0, k, CPU_TILE_COLS)]
     rows = min(chunk_size, CPU_TILE_ROWS)
     for s in range(0, n, rows):
-        xs = x_aug[s : s + rows]
-        best = torch.full((xs.shape[0],), float("-inf"), device=x.device)
-        idx = torch.zeros(xs.shape[0], dtype=torch.long, device=x.device)
-        for c in range(0, k, CPU_TILE_COLS):
-            val, i = (xs @ e_t[:, c : c + CPU_TILE_COLS]).max(1)
-            better = val > best
+        xs = x[s : s + rows]
+        best, idx = linear(xs, tiles[0][1], tiles[0][2]).max(1)
+        for c, et, bt in tiles[1:]:
+            val, i = linear(xs, et, bt).max(1)
+            better = val > best  # strict: the earlier tile keeps exact ties
             best = torch.where(better, val, best)
             idx = torch.where(better, i + c, idx)
         out[s : s + rows] = idx
@@ -66,15 +86,17 @@ def topk_nearest(
     codebook: torch.Tensor,
     k: int,
     chunk_size: int = 8192,
-    max_elements: int = MAX_CHUNK_ELEMENTS,
+    max_elements: int = TOPK_MAX_ELEMENTS,
 ) -> torch.Tensor:
     """Indices of the ``k`` nearest codebook rows, nearest first: ``[N, d]`` -> ``[N, k]`` int64."""
     n, num_codes = x.shape[0], codebook.shape[0]
-    out = torch.empty(n, k, dtype=torch.long, device=x.device)
-    x_aug, e_t = _augment(x, codebook)
+    e, b = _weight_and_bias(codebook)
     rows = max(1, min(chunk_size, max_elements // max(num_codes, 1)))
+    if n <= rows:
+        return linear(x, e, b).topk(k, dim=1).indices
+    out = torch.empty(n, k, dtype=torch.long, device=x.device)
     for s in range(0, n, rows):
-        out[s : s + rows] = (x_aug[s : s + rows] @ e_t).topk(k, dim=1).indices
+        out[s : s + rows] = linear(x[s : s + rows], e, b).topk(k, dim=1).indices
     return out
 
 
