@@ -68,6 +68,7 @@ class FiniteScalarQuantizer(Quantizer):
         self.register_buffer("_offset", offset, persistent=False)
         self.register_buffer("_shift", (offset / half_l).atanh(), persistent=False)
         self.register_buffer("_half_width", (lv.long() // 2).float(), persistent=False)
+        self.register_buffer("_half_width_long", lv.long() // 2, persistent=False)
         self.layout = CodeLayout(levels, kind="fsq")
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
@@ -77,15 +78,16 @@ class FiniteScalarQuantizer(Quantizer):
     def _quantize(self, z: torch.Tensor):
         b = self.bound(z)
         r = b.round()
-        codes = r.long() + self._half_width.long()
+        codes = r.long() + self._half_width_long
         if self.training:
             z_q = (b + (r - b).detach()) / self._half_width  # straight-through round
         else:
-            z_q = self._dequantize(codes)
+            # == _dequantize(codes): r holds small integers, so codes - L // 2 == r exactly
+            z_q = r / self._half_width
         return z_q, codes, {}, {}
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        return (codes - self._half_width.long()).float() / self._half_width
+        return (codes - self._half_width_long).float() / self._half_width
 
     @torch.no_grad()
     def perturb(self, codes: torch.Tensor, rate: float, strength: int = 1,

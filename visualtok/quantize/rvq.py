@@ -56,23 +56,35 @@ class ResidualVectorQuantizer(Quantizer):
             if float(torch.rand(())) < self.config.quantizer_dropout:
                 active = int(torch.randint(1, q_total + 1, ()))
         residual = z
-        z_q = torch.zeros_like(z)
-        codes, losses, stats = [], {}, {}
+        z_q = None
+        codes, stats = [], {}
+        level_losses: dict[str, list[torch.Tensor]] = {}
         for i, level in enumerate(self.levels):
             if i < active:
-                out, c, level_losses, level_stats = level._quantize(residual)
-                for k, v in level_losses.items():
-                    losses[k] = losses[k] + v if k in losses else v
+                out, c, losses_i, level_stats = level._quantize(residual)
+                for k, v in losses_i.items():
+                    level_losses.setdefault(k, []).append(v)
                 stats.update({f"{k}_{i}": v for k, v in level_stats.items()})
                 if i > 0:  # only level 0 carries the gradient to z (see module docstring)
                     out = out.detach()
-                z_q = z_q + out
-                residual = residual - out.detach()
+                z_q = out if z_q is None else z_q + out
+                if i + 1 < q_total:
+                    residual = residual - out.detach()
             else:  # dropped level: codes only, no state update, no loss
                 with torch.no_grad():
                     c = level.nearest(residual).unsqueeze(-1)
-                    residual = residual - level._dequantize(c)
+                    if i + 1 < q_total:
+                        residual = residual - level._dequantize(c)
             codes.append(c)
+        # summed over levels: one stack + sum per loss instead of a chain of adds, done once for
+        # keys whose level tensors are the same objects (EMA levels: total is commitment)
+        losses: dict[str, torch.Tensor] = {}
+        summed: dict[tuple[int, ...], torch.Tensor] = {}  # by the ids of the level tensors
+        for k, v in level_losses.items():
+            ids = tuple(id(t) for t in v)
+            if ids not in summed:
+                summed[ids] = v[0] if len(v) == 1 else torch.stack(v).sum()
+            losses[k] = summed[ids]
         stats["active_levels"] = torch.tensor(float(active))
         return z_q, torch.cat(codes, dim=-1), losses, stats
 

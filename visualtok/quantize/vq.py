@@ -10,7 +10,11 @@
 * dead-code restart: codes whose EMA usage falls below ``dead_code_threshold`` are replaced by
   random vectors of the current batch;
 * the rotation trick (Fifer et al. 2024) instead of the straight-through gradient;
-* chunked nearest-neighbour search (``search.nearest_code``), never an ``[N, K]`` matrix or one-hot.
+* bounded nearest-neighbour search (``search.nearest_code``): cache-sized tiles on CPU, at most
+  ``2**26`` scores at once on accelerators, never a one-hot;
+* no host syncs in a steady-state train or inference step on CUDA (code counts by ``index_add_``,
+  statistics as tensors, asynchronous input checks; see ``codepaths``), except that dead-code
+  restart reads the number of dead codes once per training step.
 
 In eval mode the output is the codebook row itself, so ``forward(z).z_q == decode(encode(z))``
 exactly. In distributed training the EMA statistics are all-reduced and the k-means / restart
@@ -84,6 +88,8 @@ class VectorQuantizer(Quantizer):
             self.register_buffer("cluster_size", torch.ones(k))
         if config.kmeans_init:
             self.register_buffer("initted", torch.tensor(False))
+        self._initted_seen = False  # host copy of `initted` once True: no device read per step
+        self.register_buffer("_one", torch.ones(()), persistent=False)  # for _code_counts
         self.layout = CodeLayout((k,), kind="vq")
 
     # ------------------------------------------------------------------ codebook access
@@ -110,7 +116,7 @@ class VectorQuantizer(Quantizer):
     def _quantize(self, z: torch.Tensor):
         cfg = self.config
         x = self._to_codebook_space(z)  # [N, c]
-        if self.training and cfg.kmeans_init and not bool(self.initted):
+        if self.training and cfg.kmeans_init and not self._is_initted():
             self._init_from(x.detach())
         if self.training and cfg.dead_code_threshold > 0:
             # before the lookup: the codebook must not change after this step's graph used it
@@ -118,54 +124,75 @@ class VectorQuantizer(Quantizer):
         codebook = self.codebook()
         idx = nearest_code(x.detach(), codebook.detach(), cfg.chunk_size)  # [N]
         e = F.embedding(idx, codebook)  # [N, c]; grads reach the codebook unless EMA
+        counts = self._code_counts(idx)  # this process's counts (stats are local)
+        stats = self._batch_stats(counts, idx.shape[0])
         losses: dict[str, torch.Tensor] = {}
         if self.training:
             commitment = cfg.beta * F.mse_loss(x, e.detach())
-            codebook_loss = F.mse_loss(e, x.detach()) if not cfg.ema else x.new_zeros(())
-            losses = {"commitment": commitment, "codebook": codebook_loss,
-                      "total": commitment + codebook_loss}
+            if cfg.ema:  # no codebook loss: "codebook" is filled with zeros by the caller
+                losses = {"commitment": commitment, "total": commitment}
+            else:
+                codebook_loss = F.mse_loss(e, x.detach())
+                losses = {"commitment": commitment, "codebook": codebook_loss,
+                          "total": commitment + codebook_loss}
             x_q = rotate_to(x, e) if cfg.rotation_trick else x + (e - x).detach()
-            self._update_state(x.detach(), idx)
+            self._update_state(x.detach(), idx, counts)
         else:
             x_q = e  # the codebook rows themselves: decode(encode(z)) == forward(z).z_q
-        stats = self._batch_stats(idx)
+        if hasattr(self, "cluster_size") and cfg.dead_code_threshold > 0:  # after the update
+            stats["dead_codes"] = (self.cluster_size < cfg.dead_code_threshold).sum().float()
         return self.project_out(x_q), idx.unsqueeze(-1), losses, stats
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return self.project_out(F.embedding(codes[:, 0], self.codebook()))
 
+    def _is_initted(self) -> bool:
+        """``bool(self.initted)``, read from the device only until it has been seen True."""
+        if not self._initted_seen:
+            self._initted_seen = bool(self.initted)
+        return self._initted_seen
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self._initted_seen = False  # a loaded `initted` may be False again: read it next time
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
-    def _batch_stats(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        counts = torch.bincount(idx, minlength=self.codebook_size).float()
-        p = counts / counts.sum().clamp(min=1)
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        stats = {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
-        if hasattr(self, "cluster_size") and self.config.dead_code_threshold > 0:
-            dead = self.cluster_size < self.config.dead_code_threshold
-            stats["dead_codes"] = dead.sum().float()
-        return stats
+    def _code_counts(self, idx: torch.Tensor) -> torch.Tensor:
+        """float32 ``[K]`` histogram of ``idx``: one ``index_add_``, which (unlike ``bincount``)
+        does not read the index range back to the host on CUDA."""
+        ones = self._one.float().expand(idx.shape[0])  # a stored scalar: no fill per call
+        return torch.zeros(self.codebook_size, device=idx.device).index_add_(0, idx, ones)
+
+    @torch.no_grad()
+    def _batch_stats(self, counts: torch.Tensor, num_tokens: int) -> dict[str, torch.Tensor]:
+        """Perplexity and usage of this batch's codes from their ``counts``; tensors, no host
+        reads."""
+        p = counts / max(num_tokens, 1)
+        entropy = torch.special.entr(p).sum()  # -sum p ln p, with 0 ln 0 = 0
+        return {"perplexity": entropy.exp(), "usage": counts.count_nonzero() / counts.numel()}
 
     # ------------------------------------------------------------------ state updates (training)
     @torch.no_grad()
-    def _update_state(self, x: torch.Tensor, idx: torch.Tensor) -> None:
-        """EMA codebook + usage statistics (all-reduced); dead codes restart at the next step."""
+    def _update_state(self, x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        """EMA codebook + usage statistics (all-reduced); dead codes restart at the next step.
+
+        ``counts`` (this process's, ``_code_counts(idx)``) is all-reduced in place.
+        """
         cfg = self.config
         if not hasattr(self, "cluster_size"):
             return
         k, decay = self.codebook_size, cfg.ema_decay
-        counts = torch.bincount(idx, minlength=k).float()
+        all_reduce_sum_(counts)
         if cfg.ema:
             sums = torch.zeros(k, self.codebook_dim, device=x.device).index_add_(0, idx, x)
-            all_reduce_sum_(counts)
             all_reduce_sum_(sums)
-            self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
-            self.embed_avg.mul_(decay).add_(sums, alpha=1 - decay)
+            # v <- decay v + (1 - decay) new, both buffers in one fused update
+            torch._foreach_lerp_([self.cluster_size, self.embed_avg], [counts, sums], 1 - decay)
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + _EMA_EPS) / (n + k * _EMA_EPS) * n  # Laplace smoothing
-            self.embedding.weight.copy_(self.embed_avg / smoothed.unsqueeze(1))
+            torch.div(self.embed_avg, smoothed.unsqueeze(1), out=self.embedding.weight)
         else:
-            all_reduce_sum_(counts)
-            self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+            self.cluster_size.lerp_(counts, 1 - decay)
 
     @torch.no_grad()
     def _restart_dead_codes(self, x: torch.Tensor) -> None:
@@ -198,6 +225,7 @@ class VectorQuantizer(Quantizer):
             self.embed_avg.copy_(centroids * self.cluster_size.unsqueeze(1))
         if hasattr(self, "initted"):
             self.initted.fill_(True)
+            self._initted_seen = True
 
     @torch.no_grad()
     def calibrate(
