@@ -77,3 +77,73 @@ def test_trainer_bf16_on_gpu(tmp_path, real_photos):
     out = run_training(path)
     model = visualtok.load(out / "model")
     assert model.encode(real_photos[:, :, :32, :32]).shape[0] == 4
+
+
+# the issue-#2 settings of benchmarks/bench_quantizers.py (smaller codebooks where it does not
+# change the code path)
+NO_SYNC = {
+    "vq_cosine_ema": QuantizerConfig(type="vq", dim=12, codebook_size=4096, l2_normalize=True,
+                                     ema=True),
+    "fsq": QuantizerConfig(type="fsq", dim=6, levels=(8, 8, 8, 5, 5, 5)),
+    "rvq_ema": QuantizerConfig(type="rvq", dim=128, codebook_size=1024, num_quantizers=8,
+                               ema=True),
+    "lfq": QuantizerConfig(type="lfq", dim=14, group_size=7),
+}
+
+
+@pytest.mark.parametrize("family", sorted(NO_SYNC))
+def test_quantizer_steady_state_steps_never_sync_on_cuda(family):
+    """Train step (forward + backward) and inference read nothing back to the host."""
+    q = build_quantizer(NO_SYNC[family]).cuda()
+    z = torch.randn(4, 4096, q.dim, device="cuda", requires_grad=True)
+
+    def train_step():
+        out = q.train()(z)
+        (out.z_q.square().mean() + out.losses["total"]).backward()
+
+    def infer():
+        with torch.no_grad():
+            q.eval()(z.detach())
+
+    train_step()  # warm-up: first-call work (cuBLAS handles, allocator) is not measured
+    infer()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        train_step()
+        infer()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+def test_nan_latents_assert_on_cuda_and_exact_checks_raise_value_error():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import torch\n"
+        "from visualtok.quantize import QuantizerConfig, build_quantizer\n"
+        "q = build_quantizer(QuantizerConfig(type='fsq', dim=6, levels=(8, 8, 8, 5, 5, 5)))\n"
+        "z = torch.randn(2, 3, 6, device='cuda')\n"
+        "z[0, 1, 2] = float('nan')\n"
+        "q.cuda()(z)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo,
+                       timeout=300)
+    assert r.returncode != 0 and "device-side assert" in r.stderr.lower(), r.stderr[-2000:]
+
+    from visualtok.quantize import codepaths
+
+    q = build_quantizer(NO_SYNC["fsq"]).cuda()
+    z = torch.randn(2, 3, 6, device="cuda")
+    z[0, 1, 2] = float("inf")
+    previous = codepaths.set_exact_checks(True)
+    try:
+        with pytest.raises(ValueError, match="NaN or inf"):
+            q(z)
+    finally:
+        codepaths.set_exact_checks(previous)
