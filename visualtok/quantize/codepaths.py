@@ -4,12 +4,15 @@
   eagerly (a ``ValueError`` naming the problem), and the nearest-code search runs in cache-sized
   tiles.
 * **Accelerator** (CUDA): a host read waits for every queued kernel, and a step of a few hundred
-  microseconds is bound by kernel launches, so a steady-state train or inference step reads
-  nothing back: checks are queued on the device with ``torch._assert_async`` (a failed check is a
-  device-side assert, reported at the next synchronisation, after which the CUDA context is
-  unusable, as with any device assert) and the search is one matmul + argmax when the ``[N, K]``
-  scores fit the memory budget. ``set_exact_checks(True)`` (or ``VISUALTOK_EXACT_CHECKS=1``) gives
-  the CPU's exact, recoverable ``ValueError`` on every device, at one host sync per check.
+  microseconds is bound by kernel launches. The nearest-code search is one matmul + argmax when
+  the ``[N, K]`` scores fit the memory budget. Inputs of the public API (``encode``, ``decode``,
+  ``from_ids``, an inference ``forward``) are still validated exactly, at one host read, because a
+  user's bad input must get a ``ValueError``. Only a *training* step, where the latents come from
+  the model and carry autograd history (grad mode on and ``z.requires_grad``), reads nothing back:
+  its NaN/inf check is queued on the device with ``torch._assert_async`` (a failure is a
+  device-side assert at the next synchronisation; the trainer's non-finite-loss check is the
+  friendly report for a diverging run). ``set_exact_checks(True)`` (or
+  ``VISUALTOK_EXACT_CHECKS=1``) makes training steps exact too.
 
 Other devices (e.g. MPS) take the accelerator search and the exact checks.
 ``accelerator_paths_on_cpu()`` runs the accelerator paths on CPU tensors: for tests and for
@@ -42,18 +45,22 @@ def tiled_search(device: torch.device) -> bool:
     return device.type == "cpu" and not _ACCELERATOR_ON_CPU
 
 
-def exact_checks(device: torch.device) -> bool:
-    """True: validate with host reads (exact ``ValueError``); False: ``torch._assert_async``."""
+def exact_checks(t: torch.Tensor) -> bool:
+    """True: validate ``t`` with host reads (exact ``ValueError``); False: ``torch._assert_async``.
+
+    False only for a CUDA training step (grad mode on, ``t.requires_grad``), see the module doc.
+    """
     if _EXACT_EVERYWHERE:
         return True
+    training_step = torch.is_grad_enabled() and t.requires_grad
     if _ACCELERATOR_ON_CPU:
-        return False
-    return device.type != "cuda"
+        return not training_step
+    return t.device.type != "cuda" or not training_step
 
 
 def set_exact_checks(enabled: bool) -> bool:
-    """Exact, host-side input checks on every device (``True``) or only off CUDA (``False``, the
-    default); returns the previous setting."""
+    """Exact, host-side input checks in CUDA training steps too (``True``), or only elsewhere
+    (``False``, the default); returns the previous setting."""
     global _EXACT_EVERYWHERE
     previous, _EXACT_EVERYWHERE = _EXACT_EVERYWHERE, bool(enabled)
     return previous

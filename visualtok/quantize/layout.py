@@ -110,7 +110,7 @@ class CodeLayout:
         if codes.numel():
             uniform = len(set(self.radices)) == 1  # a Python scalar radix: no tensor at all
             radix = self.radices[0] if uniform else self._device_radices(codes.device)
-            if not exact_checks(codes.device):  # no host sync: checked on the device
+            if not exact_checks(codes):  # a training step: checked on the device, no host sync
                 in_range = torch.logical_and(codes >= 0, codes < radix).all()
                 torch._assert_async(
                     in_range, f"{name} out of range: each factor must be in [0, radix) for "
