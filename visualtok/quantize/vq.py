@@ -12,9 +12,10 @@
 * the rotation trick (Fifer et al. 2024) instead of the straight-through gradient;
 * bounded nearest-neighbour search (``search.nearest_code``): cache-sized tiles on CPU, at most
   ``2**26`` scores at once on accelerators, never a one-hot;
-* no host syncs in a steady-state train or inference step on CUDA (code counts by ``index_add_``,
-  statistics as tensors, asynchronous input checks; see ``codepaths``), except that dead-code
-  restart reads the number of dead codes once per training step.
+* no host syncs in a steady-state training step on CUDA (code counts by ``index_add_``, statistics
+  as tensors, the input check queued on the device; see ``codepaths``), except that dead-code
+  restart reads the number of dead codes once per step; inference calls read one value back (the
+  exact input check that turns bad latents into a ``ValueError``).
 
 In eval mode the output is the codebook row itself, so ``forward(z).z_q == decode(encode(z))``
 exactly. In distributed training the EMA statistics are all-reduced and the k-means / restart
