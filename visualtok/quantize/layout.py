@@ -28,8 +28,6 @@ from typing import Any
 
 import torch
 
-from .codepaths import exact_checks
-
 __all__ = ["CodeLayout", "FLAT_VOCAB_LIMIT"]
 
 FLAT_VOCAB_LIMIT = 2**62
@@ -110,12 +108,8 @@ class CodeLayout:
         if codes.numel():
             uniform = len(set(self.radices)) == 1  # a Python scalar radix: no tensor at all
             radix = self.radices[0] if uniform else self._device_radices(codes.device)
-            if not exact_checks(codes):  # a training step: checked on the device, no host sync
-                in_range = torch.logical_and(codes >= 0, codes < radix).all()
-                torch._assert_async(
-                    in_range, f"{name} out of range: each factor must be in [0, radix) for "
-                    f"radices {self.radices}")
-                return codes.long()
+            # codes come from users (decode, from_ids, a generator's inputs): always the exact
+            # check, one host read (see codepaths)
             bad = (codes < 0) | (codes >= radix)
             if bool(bad.any()):
                 f = int(bad.reshape(-1, self.num_factors).any(0).nonzero()[0])
