@@ -103,6 +103,8 @@ class GPT(nn.Module, PretrainedMixin):
         cos, sin = rotary_tables(torch.arange(self.max_len), c.dim // c.num_heads, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # key positions of the static KV buffers, for the causal mask of a cached step
+        self.register_buffer("cache_keys", torch.arange(self.max_len), persistent=False)
         self._caches: list[KVCache] | None = None  # static decode buffers, see setup_cache
         self._compiled_step = None  # torch.compile(self.step), made on first compiled generate
         self.apply(self._init_weights)
@@ -252,8 +254,7 @@ class GPT(nn.Module, PretrainedMixin):
             raise ValueError(
                 "call setup_cache(batch_size) before step(); the batch size must match"
             )
-        keys = torch.arange(self.max_len, device=x.device)
-        mask = keys[None, :] <= positions[:, None]  # [L, max_len]: causal over the static buffer
+        mask = self.cache_keys[None, :] <= positions[:, None]  # [L, max_len]: causal, static buffer
         rot = (self.rope_cos[positions], self.rope_sin[positions])
         for layer, cache in zip(self.layers, self._caches):
             x = layer(x, rotary=rot, attn_mask=mask, kv_cache=cache, cache_positions=positions)
