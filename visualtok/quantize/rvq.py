@@ -76,15 +76,8 @@ class ResidualVectorQuantizer(Quantizer):
                     if i + 1 < q_total:
                         residual = residual - level._dequantize(c)
             codes.append(c)
-        # summed over levels: one stack + sum per loss instead of a chain of adds, done once for
-        # keys whose level tensors are the same objects (EMA levels: total is commitment)
-        losses: dict[str, torch.Tensor] = {}
-        summed: dict[tuple[int, ...], torch.Tensor] = {}  # by the ids of the level tensors
-        for k, v in level_losses.items():
-            ids = tuple(id(t) for t in v)
-            if ids not in summed:
-                summed[ids] = v[0] if len(v) == 1 else torch.stack(v).sum()
-            losses[k] = summed[ids]
+        # summed over levels: one stack + sum per loss instead of a chain of adds
+        losses = {k: v[0] if len(v) == 1 else torch.stack(v).sum() for k, v in level_losses.items()}
         stats["active_levels"] = torch.tensor(float(active))
         return z_q, torch.cat(codes, dim=-1), losses, stats
 

@@ -34,6 +34,19 @@ def _weight_and_bias(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return e, e.square().sum(1).mul_(-0.5)
 
 
+def _argmax_in_row_chunks(
+    x: torch.Tensor, e: torch.Tensor, b: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``argmax(linear(x, e, b), 1)`` computed ``rows`` tokens at a time (one call if they fit)."""
+    n = x.shape[0]
+    if n <= rows:
+        return linear(x, e, b).argmax(1)
+    out = torch.empty(n, dtype=torch.long, device=x.device)
+    for s in range(0, n, rows):
+        torch.argmax(linear(x[s : s + rows], e, b), 1, out=out[s : s + rows])
+    return out
+
+
 @torch.no_grad()
 def nearest_code(
     x: torch.Tensor,
@@ -47,23 +60,13 @@ def nearest_code(
     """
     n, k = x.shape[0], codebook.shape[0]
     e, b = _weight_and_bias(codebook)
-    if not tiled_search(x.device):
-        if n * k <= max_elements:  # one pass: no Python loop, no copies
-            return linear(x, e, b).argmax(1)
-        rows = max(1, min(chunk_size, max_elements // k))
-        out = torch.empty(n, dtype=torch.long, device=x.device)
-        for s in range(0, n, rows):
-            torch.argmax(linear(x[s : s + rows], e, b), 1, out=out[s : s + rows])
-        return out
+    if not tiled_search(x.device):  # one pass when the scores fit, else row chunks
+        rows = n if n * k <= max_elements else max(1, min(chunk_size, max_elements // k))
+        return _argmax_in_row_chunks(x, e, b, rows)
     if k <= CPU_TILE_COLS:
         rows = max(1, min(chunk_size, max_elements // k, max(CPU_TILE_ROWS,
                                                              CPU_TILE_ROWS * CPU_TILE_COLS // k)))
-        if n <= rows:
-            return linear(x, e, b).argmax(1)
-        out = torch.empty(n, dtype=torch.long, device=x.device)
-        for s in range(0, n, rows):
-            torch.argmax(linear(x[s : s + rows], e, b), 1, out=out[s : s + rows])
-        return out
+        return _argmax_in_row_chunks(x, e, b, rows)
     out = torch.empty(n, dtype=torch.long, device=x.device)
     tiles = [(c, e[c : c + CPU_TILE_COLS], b[c : c + CPU_TILE_COLS])
              for c in range(0, k, CPU_TILE_COLS)]
