@@ -15,7 +15,11 @@ call, under a ``TorchDispatchMode`` and counts:
   (``_local_scalar_dense``, i.e. ``.item()``, ``bool(t)``, ``int(t)``), outputs whose shape depends
   on the data (``nonzero``, ``unique``, ``masked_select``, boolean-mask indexing), ops whose CUDA
   kernel reads its input's range on the host (``bincount``, ``histc``, ``repeat_interleave``
-  without ``output_size``), ``equal``, and ``Tensor.tolist``/``numpy``/``cpu``.
+  without ``output_size``), ``equal``, and ``Tensor.tolist``/``numpy``/``cpu``;
+* **deferred reads**: visualtok's end-of-call read of its queued input check
+  (``codepaths.DeferredCheck``: an asynchronous copy to pinned memory behind an event). The host
+  waits for that one early kernel, not for the work queued after it, so the queue never drains;
+  counted apart from the syncs.
 
 The work runs on CPU tensors. visualtok picks a code path per device (exact eager validation and
 cache-sized search tiles on CPU; asynchronous checks and one large matmul elsewhere):
@@ -49,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import machine_info, print_table, write_json  # noqa: E402
 from benchmarks.bench_quantizers import SETTINGS, ours_step, ref_step  # noqa: E402
 from visualtok.quantize import QuantizerConfig, build_quantizer  # noqa: E402
+from visualtok.quantize.codepaths import reading_deferred_check  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -98,6 +103,7 @@ class OpCounter(TorchDispatchMode):
         self.ops: Counter[str] = Counter()
         self.syncs: Counter[str] = Counter()
         self.cpu_only: Counter[str] = Counter()  # left out with as_cuda
+        self.deferred: Counter[str] = Counter()  # reads of a DeferredCheck: no pipeline stall
         self.inside: list[str] = []  # composite ops being run (set by HostReads)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -110,7 +116,7 @@ class OpCounter(TorchDispatchMode):
         if not (func.is_view or func in _FREE):
             self.ops[name] += 1
         if _is_sync(func, args, kwargs):
-            self.syncs[name] += 1
+            (self.deferred if reading_deferred_check() else self.syncs)[name] += 1
         return func(*args, **kwargs)
 
 
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "setting": name, "step": phase,
                 "ours ops": sum(o.ops.values()), "ref ops": sum(r.ops.values()),
                 "ours syncs": sum(o.syncs.values()), "ref syncs": sum(r.syncs.values()),
+                "ours deferred reads": sum(o.deferred.values()),
                 "note": f"{tokens} tokens" if tokens != args.tokens else "",
             })
             details[f"{name} / {phase}"] = {

@@ -133,9 +133,15 @@ def test_nan_latents_on_cuda_training_asserts_inference_raises_value_error():
                        timeout=300)
     assert r.returncode != 0 and "device-side assert" in r.stderr.lower(), r.stderr[-2000:]
 
-    q = build_quantizer(NO_SYNC["fsq"]).cuda()
-    z = torch.randn(2, 3, 6, device="cuda")
+    q = build_quantizer(NO_SYNC["vq_cosine_ema"]).cuda()
+    z = torch.randn(2, 3, 12, device="cuda")
     z[0, 1, 2] = float("inf")
+    # a training-mode call without autograd history (eager check) and an inference call (the
+    # check read at the end of the call): the exact error, and the CUDA context stays usable
+    for training in (True, False):
+        q.train(training)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            q(z)
+        assert torch.isfinite(q(torch.randn(2, 3, 12, device="cuda")).z_q).all()
     with pytest.raises(ValueError, match="NaN or inf"):
-        q(z)  # a user's inference call: exact error, CUDA context stays usable
-    assert torch.isfinite(q(torch.randn(2, 3, 6, device="cuda")).z_q).all()
+        q.encode(z)

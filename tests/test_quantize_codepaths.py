@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import count_quantizer_ops as cqo
-from visualtok.quantize import QuantizerConfig, build_quantizer, codepaths
+from visualtok.quantize import LazyStats, QuantizerConfig, build_quantizer, codepaths
 from visualtok.quantize.search import nearest_code, topk_nearest
 from visualtok.quantize.vq import VectorQuantizer
 
@@ -201,9 +201,11 @@ def _step_counts(name_or_cfg, train: bool):
                                      "RVQ EMA 8x1024x128", "LFQ 2^14 (g=7)"])
 @pytest.mark.parametrize("train", [True, False])
 def test_bench_settings_host_syncs_on_the_accelerator_path(setting, train):
-    """A training step reads nothing back; an inference call reads one value (its input check)."""
+    """A training step reads nothing back; an inference call never stalls the queue either: it
+    reads one value at its end, the deferred input check."""
     counter = _step_counts(cqo.SETTINGS[setting][0], train)
-    assert sum(counter.syncs.values()) == (0 if train else 1), dict(counter.syncs)
+    assert sum(counter.syncs.values()) == 0, dict(counter.syncs)
+    assert sum(counter.deferred.values()) == (0 if train else 1), dict(counter.deferred)
     assert sum(counter.ops.values()) > 0
 
 
@@ -230,10 +232,86 @@ def test_count_quantizer_ops_script_runs_on_a_tiny_setting(tmp_path, capsys):
     rows = cqo.main(["--tokens", "256", "--only", "VQ cosine", "--json", str(out)])
     assert [r["step"] for r in rows] == ["train", "infer"]
     for r in rows:
-        assert r["ours syncs"] == (0 if r["step"] == "train" else 1)
+        assert r["ours syncs"] == 0
+        assert r["ours deferred reads"] == (0 if r["step"] == "train" else 1)
         assert r["ref syncs"] >= 1 and r["ours ops"] > 0
     payload = json.loads(out.read_text())
     assert payload["path"] == "accelerator" and payload["rows"] == rows
     assert "| VQ cosine EMA 4096x12 | train |" in capsys.readouterr().out
     cpu_rows = cqo.main(["--tokens", "256", "--only", "FSQ", "--path", "cpu"])
     assert cpu_rows[0]["ours syncs"] == 1  # the exact CPU check reads one value
+
+
+def test_deferred_check_raises_at_the_end_of_an_inference_call_before_results_leave():
+    """Eval on the accelerator path: the NaN check is queued first and read last; the work in
+    between runs, but the caller only ever sees the ValueError, and no state changes."""
+    q = make("vq_cosine_ema").eval()
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    z = torch.randn(2, 5, 12)
+    z[1, 4, 7] = float("nan")
+    seen = []
+    hook = q.register_forward_hook(lambda *_: seen.append("returned"))
+    with codepaths.accelerator_paths_on_cpu():
+        with pytest.raises(ValueError, match="z contains NaN or inf values"):
+            q(z)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            q.encode(z)
+        counter = cqo.count(lambda: q.encode(torch.randn(2, 5, 12)), as_cuda=True)
+    hook.remove()
+    assert seen == []  # raised inside forward, not after it returned
+    assert sum(counter.syncs.values()) == 0 and sum(counter.deferred.values()) == 1
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_training_mode_calls_without_autograd_check_eagerly_before_state_changes():
+    """A training-mode call with no autograd history updates EMA state, so its check is eager on
+    the accelerator path too: bad latents never reach the codebook."""
+    q = make("vq_cosine_ema").train()
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    z = torch.randn(2, 5, 12)
+    z[0, 0, 0] = float("inf")
+    with codepaths.accelerator_paths_on_cpu(), torch.no_grad():
+        assert codepaths.check_mode(z, stateless=False) == "eager"
+        with pytest.raises(ValueError, match="NaN or inf"):
+            q(z)
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_check_modes_per_device_and_call():
+    z = torch.randn(2, 3)
+    assert codepaths.check_mode(z, stateless=True) == "eager"  # CPU: always eager
+    with codepaths.accelerator_paths_on_cpu():
+        assert codepaths.check_mode(z, stateless=True) == "deferred"
+        assert codepaths.check_mode(z, stateless=False) == "eager"
+        assert codepaths.check_mode(z.requires_grad_(), stateless=False) == "async"
+        with torch.no_grad():
+            assert codepaths.check_mode(z, stateless=False) == "eager"
+        previous = codepaths.set_exact_checks(True)
+        try:
+            assert codepaths.check_mode(z, stateless=True) == "eager"
+            assert codepaths.check_mode(z, stateless=False) == "eager"
+        finally:
+            codepaths.set_exact_checks(previous)
+
+
+def test_stats_are_computed_only_when_read_and_from_the_call_s_own_codes():
+    q = make("vq_cosine_ema").train()
+    z = torch.randn(3, 50, 12)
+    out = q(z)
+    assert isinstance(out.stats, LazyStats) and set(out.stats) == {"perplexity", "usage"}
+    assert not any(isinstance(v, torch.Tensor) for v in out.stats._entries.values())
+    q(torch.randn(3, 50, 12) * 5)  # a later step changes the codebook and its statistics
+    hist = torch.bincount(out.codes.reshape(-1), minlength=256).double()
+    p = hist[hist > 0] / hist.sum()
+    assert math.isclose(float(out.stats["perplexity"]), math.exp(float(-(p * p.log()).sum())),
+                        rel_tol=1e-5)
+    assert out.stats["usage"] is out.stats["usage"]  # computed once, kept
+    assert dict(out.stats).keys() == {"perplexity", "usage"}
+    # the counted ops of an inference call do not include the statistics
+    q.eval()
+    read = cqo.count(lambda: dict(q(z).stats))
+    unread = cqo.count(lambda: q(z))
+    assert sum(read.ops.values()) > sum(unread.ops.values())
+    assert "aten.index_add_.default" not in unread.ops

@@ -11,7 +11,8 @@ Contract (DESIGN.md §3-4):
 * quantization math runs in fp32 with autocast disabled for the input's device type, then casts
   back.
 
-Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` and
+Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` (statistics computed
+lazily, ``LazyStats``) and
 ``_dequantize(codes)``, both on fp32 tensors of shape ``[N, D]`` / ``[N, F]`` (tokens flattened),
 and set ``self.layout``.
 Public entry points validate inputs here, once.
@@ -20,16 +21,44 @@ Public entry points validate inputs here, once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .codepaths import exact_checks
+from .codepaths import DeferredCheck, check_mode
 from .layout import CodeLayout
 
-__all__ = ["QuantOutput", "Quantizer", "fp32_no_autocast", "check_latents"]
+__all__ = ["QuantOutput", "Quantizer", "LazyStats", "fp32_no_autocast", "check_latents"]
+
+
+class LazyStats(Mapping[str, torch.Tensor]):
+    """Batch statistics, each computed on first access and kept.
+
+    ``_quantize`` returns its statistics as a dict of tensors or zero-argument callables that
+    compute one from values captured during the call (code counts, not live buffers): a training
+    step that does not log them, or an inference call, launches none of their kernels. Keys are
+    known without computing anything.
+    """
+
+    def __init__(self, entries: Mapping[str, torch.Tensor | Callable[[], torch.Tensor]]) -> None:
+        self._entries = dict(entries)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        value = self._entries[key]
+        if callable(value):
+            value = self._entries[key] = value()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"LazyStats({sorted(self._entries)})"
 
 
 @dataclass
@@ -39,7 +68,8 @@ class QuantOutput:
     z_q: torch.Tensor  # [B, *S, D] quantized latents, input dtype, straight-through gradients
     codes: torch.Tensor  # [B, *S, F] int64 factor codes
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # always has "total"
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached diagnostics
+    # detached diagnostics (a LazyStats from forward: computed when read)
+    stats: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 class fp32_no_autocast:
@@ -64,8 +94,21 @@ class fp32_no_autocast:
             self._ctx.__exit__(*exc)
 
 
-def check_latents(z: object, dim: int, name: str = "z") -> torch.Tensor:
-    """Validate latents ``[B, *S, D]``: a finite floating tensor with ``D == dim``."""
+def _no_pending_check() -> None:
+    return None
+
+
+def check_latents(
+    z: object, dim: int, name: str = "z", *, stateless: bool = False
+) -> Callable[[], None]:
+    """Validate latents ``[B, *S, D]``: a finite floating tensor with ``D == dim``.
+
+    Type, rank and channel errors are raised at once. The NaN/inf check follows
+    ``codepaths.check_mode``: eager on CPU; on CUDA queued with ``torch._assert_async`` in a
+    training step, or, for a ``stateless`` call (eval mode), deferred: the returned ``finish()``
+    reads the queued result and raises the ``ValueError``. Call ``finish()`` before handing results
+    back; it is a no-op when the check already ran.
+    """
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, *S, {dim}]; got {type(z).__name__}")
     if not z.dtype.is_floating_point:
@@ -81,18 +124,27 @@ def check_latents(z: object, dim: int, name: str = "z") -> torch.Tensor:
             f"{name} must have {dim} channels in its last dim ([B, *S, {dim}], channels last); "
             f"got shape {tuple(z.shape)}"
         )
-    if not exact_checks(z):
+    if not z.numel():
+        return _no_pending_check
+    mode = check_mode(z, stateless)
+    if mode == "async":
         # No host sync: max |z| (one reduction, no overflow, NaN propagates) is < inf exactly
         # when every value is finite.
-        if z.numel():
-            torch._assert_async(torch.linalg.vector_norm(z, math.inf) < math.inf,
-                                f"{name} contains NaN or inf values")
-        return z
-    # One reduction first (NaN/inf propagate through a sum); the exact check only if it is not
-    # finite, which also covers finite values whose sum overflows.
-    if not bool(torch.isfinite(z.sum(dtype=torch.float32))) and not bool(torch.isfinite(z).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
-    return z
+        torch._assert_async(torch.linalg.vector_norm(z, math.inf) < math.inf,
+                            f"{name} contains NaN or inf values")
+        return _no_pending_check
+    # One reduction (NaN/inf propagate through a sum); the exact elementwise check only when it
+    # is not finite, which also covers finite values whose sum overflows.
+    total = z.sum(dtype=torch.float32)
+
+    def finish(read=DeferredCheck(total).read if mode == "deferred" else total.item) -> None:
+        if not math.isfinite(read()) and not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
+
+    if mode == "deferred":
+        return finish
+    finish()
+    return _no_pending_check
 
 
 class Quantizer(nn.Module):
@@ -105,10 +157,11 @@ class Quantizer(nn.Module):
     # ------------------------------------------------------------------ to implement
     def _quantize(
         self, z: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, object]]:
         """fp32 ``[N, D]`` -> (z_q, codes, losses, stats).
 
-        ``z_q: [N, D]`` carries straight-through gradients; ``codes: [N, F]``.
+        ``z_q: [N, D]`` carries straight-through gradients; ``codes: [N, F]``. ``stats`` values
+        are tensors or zero-argument callables that compute one (see ``LazyStats``).
         """
         raise NotImplementedError
 
@@ -118,17 +171,19 @@ class Quantizer(nn.Module):
 
     # ------------------------------------------------------------------ protocol
     def forward(self, z: torch.Tensor) -> QuantOutput:
-        check_latents(z, self.dim)
+        finish_check = check_latents(z, self.dim, stateless=not self.training)
         lead = z.shape[:-1]
         with fp32_no_autocast(z.device.type):
             z_q, codes, losses, stats = self._quantize(z.reshape(-1, self.dim).float())
         losses = self._complete_losses(losses, z)
-        return QuantOutput(
+        out = QuantOutput(
             z_q=z_q.reshape(*lead, self.dim).to(z.dtype),
             codes=codes.reshape(*lead, self.layout.num_factors),
             losses=losses,
-            stats=stats,
+            stats=LazyStats(stats),
         )
+        finish_check()  # a deferred check (eval on CUDA) raises here, before results leave
+        return out
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ class ResidualVectorQuantizer(Quantizer):
             codes.append(c)
         # summed over levels: one stack + sum per loss instead of a chain of adds
         losses = {k: v[0] if len(v) == 1 else torch.stack(v).sum() for k, v in level_losses.items()}
-        stats["active_levels"] = torch.tensor(float(active))
+        stats["active_levels"] = lambda: torch.tensor(float(active))
         return z_q, torch.cat(codes, dim=-1), losses, stats
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,10 @@
 * bounded nearest-neighbour search (``search.nearest_code``): cache-sized tiles on CPU, at most
   ``2**26`` scores at once on accelerators, never a one-hot;
 * no host syncs in a steady-state training step on CUDA (code counts by ``index_add_``, statistics
-  as tensors, the input check queued on the device; see ``codepaths``), except that dead-code
-  restart reads the number of dead codes once per step; inference calls read one value back (the
-  exact input check that turns bad latents into a ``ValueError``).
+  as tensors computed only when read, the input check queued on the device; see ``codepaths``),
+  except that dead-code restart reads the number of dead codes once per step; an inference call
+  reads one value at its end (the deferred input check that turns bad latents into a
+  ``ValueError``).
 
 In eval mode the output is the codebook row itself, so ``forward(z).z_q == decode(encode(z))``
 exactly. In distributed training the EMA statistics are all-reduced and the k-means / restart
@@ -33,7 +34,7 @@ from torch import nn
 from ..nn.linear import Linear
 from .base import Quantizer, check_latents
 from .config import QuantizerConfig
-from .distributed import all_reduce_sum_, broadcast_
+from .distributed import all_reduce_sum_, broadcast_, is_distributed
 from .kmeans import kmeans
 from .layout import CodeLayout
 from .search import check_strength, nearest_code, token_mask, topk_nearest
@@ -125,8 +126,9 @@ class VectorQuantizer(Quantizer):
         codebook = self.codebook()
         idx = nearest_code(x.detach(), codebook.detach(), cfg.chunk_size)  # [N]
         e = F.embedding(idx, codebook)  # [N, c]; grads reach the codebook unless EMA
-        counts = self._code_counts(idx)  # this process's counts (stats are local)
-        stats = self._batch_stats(counts, idx.shape[0])
+        # this process's code counts: needed now by a training step, else only if stats are read
+        counts = self._code_counts(idx) if self.training else None
+        stats: dict[str, object] = self._batch_stats(idx, counts)
         losses: dict[str, torch.Tensor] = {}
         if self.training:
             commitment = cfg.beta * F.mse_loss(x, e.detach())
@@ -141,6 +143,7 @@ class VectorQuantizer(Quantizer):
         else:
             x_q = e  # the codebook rows themselves: decode(encode(z)) == forward(z).z_q
         if hasattr(self, "cluster_size") and cfg.dead_code_threshold > 0:  # after the update
+            # now, not lazily: cluster_size changes at the next step
             stats["dead_codes"] = (self.cluster_size < cfg.dead_code_threshold).sum().float()
         return self.project_out(x_q), idx.unsqueeze(-1), losses, stats
 
@@ -164,26 +167,44 @@ class VectorQuantizer(Quantizer):
         ones = self._one.float().expand(idx.shape[0])  # a stored scalar: no fill per call
         return torch.zeros(self.codebook_size, device=idx.device).index_add_(0, idx, ones)
 
-    @torch.no_grad()
-    def _batch_stats(self, counts: torch.Tensor, num_tokens: int) -> dict[str, torch.Tensor]:
-        """Perplexity and usage of this batch's codes from their ``counts``; tensors, no host
-        reads."""
-        p = counts / max(num_tokens, 1)
-        entropy = torch.special.entr(p).sum()  # -sum p ln p, with 0 ln 0 = 0
-        return {"perplexity": entropy.exp(), "usage": counts.count_nonzero() / counts.numel()}
+    def _batch_stats(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, object]:
+        """Perplexity and usage of this batch's codes ``idx``, as ``LazyStats`` entries: computed
+        from ``counts`` (``_code_counts(idx)``, counted on first read when None) only when read;
+        tensors, no host reads."""
+        num_tokens = max(idx.shape[0], 1)
+        cache: list[torch.Tensor] = [] if counts is None else [counts]
+
+        def code_counts() -> torch.Tensor:
+            if not cache:
+                cache.append(self._code_counts(idx))
+            return cache[0]
+
+        @torch.no_grad()
+        def perplexity() -> torch.Tensor:
+            # exp of -sum p ln p, with 0 ln 0 = 0
+            return torch.special.entr(code_counts() / num_tokens).sum().exp()
+
+        @torch.no_grad()
+        def usage() -> torch.Tensor:
+            c = code_counts()
+            return c.count_nonzero() / c.numel()
+
+        return {"perplexity": perplexity, "usage": usage}
 
     # ------------------------------------------------------------------ state updates (training)
     @torch.no_grad()
     def _update_state(self, x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
         """EMA codebook + usage statistics (all-reduced); dead codes restart at the next step.
 
-        ``counts`` (this process's, ``_code_counts(idx)``) is all-reduced in place.
+        ``counts``: this process's ``_code_counts(idx)``, left as they are (the batch statistics
+        read them later); a copy is all-reduced.
         """
         cfg = self.config
         if not hasattr(self, "cluster_size"):
             return
         k, decay = self.codebook_size, cfg.ema_decay
-        all_reduce_sum_(counts)
+        if is_distributed():
+            counts = all_reduce_sum_(counts.clone())
         if cfg.ema:
             sums = torch.zeros(k, self.codebook_dim, device=x.device).index_add_(0, idx, x)
             all_reduce_sum_(sums)
