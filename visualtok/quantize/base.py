@@ -136,8 +136,9 @@ def check_latents(
     # One reduction (NaN/inf propagate through a sum); the exact elementwise check only when it
     # is not finite, which also covers finite values whose sum overflows.
     total = z.sum(dtype=torch.float32)
+    read = DeferredCheck(total).read if mode == "deferred" else total.item
 
-    def finish(read=DeferredCheck(total).read if mode == "deferred" else total.item) -> None:
+    def finish() -> None:
         if not math.isfinite(read()) and not bool(torch.isfinite(z).all()):
             raise ValueError(f"{name} contains NaN or inf values")
 
