@@ -271,3 +271,13 @@ def test_rvq_perturb_keeps_coarse_level():
     new = q.perturb(codes, 1.0, strength=4)
     assert torch.equal(new[..., 0], codes[..., 0])
     assert bool((new[..., 1:] != codes[..., 1:]).any())
+
+
+@pytest.mark.parametrize("shape", [(5, 12), (4096, 12), (3, 7, 256), (2, 0, 4)])
+def test_l2_normalize_is_bitwise_f_normalize(shape):
+    from visualtok.quantize.vq import l2_normalize
+
+    x = torch.randn(shape) * 3
+    if x.numel():
+        x[0, ...] = 0  # zero rows: divided by eps, as F.normalize does
+    assert torch.equal(l2_normalize(x), torch.nn.functional.normalize(x, dim=-1))

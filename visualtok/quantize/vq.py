@@ -25,6 +25,7 @@ decisions are broadcast from rank 0; whether a process group exists is checked a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -39,9 +40,15 @@ from .kmeans import kmeans
 from .layout import CodeLayout
 from .search import check_strength, nearest_code, token_mask, topk_nearest
 
-__all__ = ["VectorQuantizer", "rotate_to"]
+__all__ = ["VectorQuantizer", "l2_normalize", "rotate_to"]
 
 _EMA_EPS = 1e-5
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit l2 norm: the values of ``F.normalize(x, dim=-1)``, without its
+    Python wrappers (called twice per lookup)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
 
 
 def rotate_to(x: torch.Tensor, e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -61,6 +68,18 @@ def rotate_to(x: torch.Tensor, e: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     # R x = x - 2 w (w.x) + 2 q (u.x), with u, q, w, scale treated as constants.
     rx = x - 2 * w * (w * x).sum(-1, keepdim=True) + 2 * q * (u * x).sum(-1, keepdim=True)
     return scale * rx
+
+
+@torch.no_grad()
+def _perplexity(counts: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``exp(-sum p ln p)`` of code ``counts`` over ``num_tokens`` (with ``0 ln 0 = 0``)."""
+    return torch.special.entr(counts / num_tokens).sum().exp()
+
+
+@torch.no_grad()
+def _usage(counts: torch.Tensor) -> torch.Tensor:
+    """Fraction of codes with a nonzero count."""
+    return counts.count_nonzero() / counts.numel()
 
 
 class VectorQuantizer(Quantizer):
@@ -102,11 +121,11 @@ class VectorQuantizer(Quantizer):
     def codebook(self) -> torch.Tensor:
         """Lookup codebook ``[K, codebook_dim]`` (l2-normalised rows when ``l2_normalize``)."""
         w = self.embedding.weight
-        return F.normalize(w, dim=-1) if self.config.l2_normalize else w
+        return l2_normalize(w) if self.config.l2_normalize else w
 
     def _to_codebook_space(self, z: torch.Tensor) -> torch.Tensor:
         x = self.project_in(z)
-        return F.normalize(x, dim=-1) if self.config.l2_normalize else x
+        return l2_normalize(x) if self.config.l2_normalize else x
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """fp32 ``[N, D]`` -> nearest code ``[N]`` (no state update, no gradient)."""
@@ -171,25 +190,11 @@ class VectorQuantizer(Quantizer):
         """Perplexity and usage of this batch's codes ``idx``, as ``LazyStats`` entries: computed
         from ``counts`` (``_code_counts(idx)``, counted on first read when None) only when read;
         tensors, no host reads."""
+        count_codes = (lambda: counts) if counts is not None else functools.cache(
+            lambda: self._code_counts(idx))
         num_tokens = max(idx.shape[0], 1)
-        cache: list[torch.Tensor] = [] if counts is None else [counts]
-
-        def code_counts() -> torch.Tensor:
-            if not cache:
-                cache.append(self._code_counts(idx))
-            return cache[0]
-
-        @torch.no_grad()
-        def perplexity() -> torch.Tensor:
-            # exp of -sum p ln p, with 0 ln 0 = 0
-            return torch.special.entr(code_counts() / num_tokens).sum().exp()
-
-        @torch.no_grad()
-        def usage() -> torch.Tensor:
-            c = code_counts()
-            return c.count_nonzero() / c.numel()
-
-        return {"perplexity": perplexity, "usage": usage}
+        return {"perplexity": lambda: _perplexity(count_codes(), num_tokens),
+                "usage": lambda: _usage(count_codes())}
 
     # ------------------------------------------------------------------ state updates (training)
     @torch.no_grad()
