@@ -16,6 +16,9 @@ call, under a ``TorchDispatchMode`` and counts:
   on the data (``nonzero``, ``unique``, ``masked_select``, boolean-mask indexing), ops whose CUDA
   kernel reads its input's range on the host (``bincount``, ``histc``, ``repeat_interleave``
   without ``output_size``), ``equal``, and ``Tensor.tolist``/``numpy``/``cpu``;
+* **MiB moved**: the bytes of every counted op's tensor inputs and outputs, summed: a proxy for
+  the device-memory traffic that bounds a step once its tensors are large (an ``[N, K]`` score or
+  one-hot matrix dominates it); fused or cached reads are not modelled;
 * **deferred reads**: visualtok's end-of-call read of its queued input check
   (``codepaths.DeferredCheck``: an asynchronous copy to pinned memory behind an event). The host
   waits for that one early kernel, not for the work queued after it, so the queue never drains;
@@ -48,6 +51,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import machine_info, print_table, write_json  # noqa: E402
@@ -104,6 +108,7 @@ class OpCounter(TorchDispatchMode):
         self.syncs: Counter[str] = Counter()
         self.cpu_only: Counter[str] = Counter()  # left out with as_cuda
         self.deferred: Counter[str] = Counter()  # reads of a DeferredCheck: no pipeline stall
+        self.bytes_moved = 0  # sum over counted ops of their tensor inputs' and outputs' bytes
         self.inside: list[str] = []  # composite ops being run (set by HostReads)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -113,11 +118,16 @@ class OpCounter(TorchDispatchMode):
                 self.inside[-1], ()):
             self.cpu_only[name] += 1
             return func(*args, **kwargs)
-        if not (func.is_view or func in _FREE):
+        deferred = reading_deferred_check()  # a host tensor's value: no kernel, no stall
+        out = func(*args, **kwargs)
+        if not (func.is_view or func in _FREE or deferred):
             self.ops[name] += 1
+            self.bytes_moved += sum(t.numel() * t.element_size()
+                                    for t in tree_leaves((args, kwargs, out))
+                                    if isinstance(t, torch.Tensor))
         if _is_sync(func, args, kwargs):
-            (self.deferred if reading_deferred_check() else self.syncs)[name] += 1
-        return func(*args, **kwargs)
+            (self.deferred if deferred else self.syncs)[name] += 1
+        return out
 
 
 class HostReads(TorchFunctionMode):
@@ -221,6 +231,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "ours ops": sum(o.ops.values()), "ref ops": sum(r.ops.values()),
                 "ours syncs": sum(o.syncs.values()), "ref syncs": sum(r.syncs.values()),
                 "ours deferred reads": sum(o.deferred.values()),
+                "ours MiB moved": o.bytes_moved / 2**20, "ref MiB moved": r.bytes_moved / 2**20,
                 "note": f"{tokens} tokens" if tokens != args.tokens else "",
             })
             details[f"{name} / {phase}"] = {

@@ -225,6 +225,8 @@ def test_op_counter_sees_host_reads_and_views():
     assert "aten.view.default" not in c.ops and "aten.t.default" not in c.ops
     assert c.cpu_only["aten._local_scalar_dense.default"] == 2
     assert c.ops["aten.scatter_.value"] == 1
+    a, b = torch.randn(256), torch.randn(256)
+    assert cqo.count(lambda: torch.add(a, b)).bytes_moved == 3 * 256 * 4  # 2 inputs + 1 output
 
 
 def test_count_quantizer_ops_script_runs_on_a_tiny_setting(tmp_path, capsys):
@@ -235,6 +237,7 @@ def test_count_quantizer_ops_script_runs_on_a_tiny_setting(tmp_path, capsys):
         assert r["ours syncs"] == 0
         assert r["ours deferred reads"] == (0 if r["step"] == "train" else 1)
         assert r["ref syncs"] >= 1 and r["ours ops"] > 0
+        assert 0 < r["ours MiB moved"] < r["ref MiB moved"]  # no dense one-hot
     payload = json.loads(out.read_text())
     assert payload["path"] == "accelerator" and payload["rows"] == rows
     assert "| VQ cosine EMA 4096x12 | train |" in capsys.readouterr().out
