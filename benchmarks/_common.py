@@ -2,7 +2,7 @@
 
 Every benchmark script imports these so that all figures in ``RESULTS.md`` are measured the same
 way: median wall time over repeats after warm-up, CUDA synchronised, peak memory from the CUDA
-allocator or (on CPU) from a sampling RSS thread relative to the pre-call baseline.
+allocator or (on CPU) from the profiler's allocation records, relative to the pre-call level.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,13 +112,37 @@ def matmul_peak_gflops(
     return max(matmul_peaks(device, dtype, n).values())
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _cpu_peak_allocated_bytes(fn: Callable[[], Any]) -> int:
+    """Peak of the bytes that tensors allocate on CPU while ``fn`` runs, above the level before it.
+
+    Replays the allocation and free records of the PyTorch profiler (``profile_memory=True``) in
+    time order: every tensor allocation through the CPU allocator, including the temporaries
+    inside aten ops, exactly, however briefly they live. Buffers that a library allocates on its
+    own (BLAS / oneDNN scratch) are not seen.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # no "gpuGetDeviceCount failed" on CPU hosts
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records: list[tuple[int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            records.append((node.start_time_ns, node.extra_fields.alloc_size))
+        stack.extend(node.children)
+    level = peak = 0
+    for _, delta in sorted(records):
+        level += delta
+        peak = max(peak, level)
+    return peak
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int:
-    """Extra memory at peak while running ``fn`` once (CUDA allocator, or sampled RSS on CPU)."""
+    """Extra memory at peak while running ``fn`` once: the CUDA allocator's peak, or on CPU the
+    peak of tensor allocations replayed from the profiler (``_cpu_peak_allocated_bytes``)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -128,24 +151,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str | torch.device = "cpu")
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.0005)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        t.join()
-    peak[0] = max(peak[0], _rss_bytes())
-    return max(peak[0] - base, 0)
+    return _cpu_peak_allocated_bytes(fn)
 
 
 def print_table(
