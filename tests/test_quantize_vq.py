@@ -275,9 +275,11 @@ def test_rvq_perturb_keeps_coarse_level():
 
 @pytest.mark.parametrize("shape", [(5, 12), (4096, 12), (3, 7, 256), (2, 0, 4)])
 def test_l2_normalize_is_bitwise_f_normalize(shape):
-    from visualtok.quantize.vq import l2_normalize
+    from visualtok.quantize.search import l2_normalize
 
     x = torch.randn(shape) * 3
     if x.numel():
         x[0, ...] = 0  # zero rows: divided by eps, as F.normalize does
     assert torch.equal(l2_normalize(x), torch.nn.functional.normalize(x, dim=-1))
+    assert torch.equal(l2_normalize(x * 1e-7, eps=1e-6),  # rotate_to's eps
+                       torch.nn.functional.normalize(x * 1e-7, dim=-1, eps=1e-6))

@@ -133,19 +133,20 @@ def check_latents(
         torch._assert_async(torch.linalg.vector_norm(z, math.inf) < math.inf,
                             f"{name} contains NaN or inf values")
         return _no_pending_check
-    # One reduction (NaN/inf propagate through a sum); the exact elementwise check only when it
-    # is not finite, which also covers finite values whose sum overflows.
+    # One reduction (NaN/inf propagate through a sum), read now or at the end of the call.
     total = z.sum(dtype=torch.float32)
-    read = DeferredCheck(total).read if mode == "deferred" else total.item
+    if mode == "eager":
+        _raise_if_not_finite(total.item(), z, name)
+        return _no_pending_check
+    pending = DeferredCheck(total)
+    return lambda: _raise_if_not_finite(pending.read(), z, name)
 
-    def finish() -> None:
-        if not math.isfinite(read()) and not bool(torch.isfinite(z).all()):
-            raise ValueError(f"{name} contains NaN or inf values")
 
-    if mode == "deferred":
-        return finish
-    finish()
-    return _no_pending_check
+def _raise_if_not_finite(total: float, z: torch.Tensor, name: str) -> None:
+    """``ValueError`` unless ``z`` is finite, given its sum ``total``: the elementwise check runs
+    only when the sum is not finite (which also covers finite values whose sum overflows)."""
+    if not math.isfinite(total) and not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
 
 
 class Quantizer(nn.Module):

@@ -7,9 +7,8 @@ each update, as for l2-normalised (cosine) codebooks.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .search import nearest_code
+from .search import l2_normalize, nearest_code
 
 __all__ = ["kmeans"]
 
@@ -44,6 +43,6 @@ def kmeans(
         nonempty = counts > 0
         new = sums / counts.clamp(min=1).unsqueeze(1)
         if cosine:
-            new = F.normalize(new, dim=-1)
+            new = l2_normalize(new)
         centroids = torch.where(nonempty.unsqueeze(1), new, centroids)
     return centroids, counts

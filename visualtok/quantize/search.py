@@ -21,11 +21,20 @@ import torch
 from ..nn.linear import linear
 from .codepaths import tiled_search
 
-__all__ = ["nearest_code", "topk_nearest", "token_mask", "check_strength", "MAX_CHUNK_ELEMENTS"]
+__all__ = [
+    "nearest_code", "topk_nearest", "l2_normalize", "token_mask", "check_strength",
+    "MAX_CHUNK_ELEMENTS",
+]
 
 MAX_CHUNK_ELEMENTS = 2**26  # scores per pass on accelerators (256 MiB fp32)
 TOPK_MAX_ELEMENTS = 2**24  # scores per chunk of the top-k search (perturb)
 CPU_TILE_ROWS, CPU_TILE_COLS = 256, 1024  # 1 MiB of fp32 scores per tile: stays in L2
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows of ``x`` scaled to unit l2 norm: the values of ``F.normalize(x, dim=-1, eps=eps)``,
+    without its Python wrappers (cosine lookups normalise twice per call)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
 
 
 def _weight_and_bias(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,17 +38,11 @@ from .config import QuantizerConfig
 from .distributed import all_reduce_sum_, broadcast_, is_distributed
 from .kmeans import kmeans
 from .layout import CodeLayout
-from .search import check_strength, nearest_code, token_mask, topk_nearest
+from .search import check_strength, l2_normalize, nearest_code, token_mask, topk_nearest
 
-__all__ = ["VectorQuantizer", "l2_normalize", "rotate_to"]
+__all__ = ["VectorQuantizer", "rotate_to"]
 
 _EMA_EPS = 1e-5
-
-
-def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of ``x`` scaled to unit l2 norm: the values of ``F.normalize(x, dim=-1)``, without its
-    Python wrappers (called twice per lookup)."""
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
 
 
 def rotate_to(x: torch.Tensor, e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -63,7 +57,7 @@ def rotate_to(x: torch.Tensor, e: torch.Tensor, eps: float = 1e-6) -> torch.Tens
         e_norm = e.norm(dim=-1, keepdim=True).clamp(min=eps)
         u = x / x_norm
         q = e / e_norm
-        w = F.normalize(u + q, dim=-1, eps=eps)
+        w = l2_normalize(u + q, eps=eps)
         scale = e_norm / x_norm
     # R x = x - 2 w (w.x) + 2 q (u.x), with u, q, w, scale treated as constants.
     rx = x - 2 * w * (w * x).sum(-1, keepdim=True) + 2 * q * (u * x).sum(-1, keepdim=True)
