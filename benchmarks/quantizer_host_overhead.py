@@ -60,7 +60,11 @@ def shrunk(name: str) -> tuple[dict, Callable[[], torch.nn.Module]]:
 
 
 def per_call_us(fn: Callable[[], Any], calls: int, rounds: int = 7) -> float:
-    """Best over ``rounds`` of the mean microseconds per call over ``calls`` calls."""
+    """Best over ``rounds`` of the mean microseconds per call over ``calls`` calls.
+
+    Batched rather than ``_common.time_call`` (a median of individually timed calls, at most 50):
+    calls of tens of microseconds need many per reading.
+    """
     for _ in range(max(calls // 10, 5)):
         fn()
     best = float("inf")
