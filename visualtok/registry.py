@@ -51,6 +51,11 @@ class PretrainedRecord:
     license: str | None = None
     paper: str | None = None
     notes: str = ""
+    # audio codecs: what the waveform and the codes look like
+    sample_rate: int | None = None  # Hz the model takes
+    hop_length: int | None = None  # samples per code frame
+    num_codebooks: int | None = None  # RVQ levels at the highest bitrate
+    channels: int | None = None  # audio channels
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ _MODELS: dict[str, ModelEntry] = {}
 _MODEL_MODULES = (
     "visualtok.image.titok",
     "visualtok.generate.gpt",
+    "visualtok.audio.encodec",
 )
 _loaded = False
 
