@@ -5,7 +5,7 @@ Families (one file each): ``vq`` (VectorQuantizer), ``lfq`` (LookupFreeQuantizer
 Build any of them with ``build_quantizer(QuantizerConfig(type=..., ...))``.
 """
 
-from .base import LazyStats, Quantizer, QuantOutput, check_latents, fp32_no_autocast
+from .base import Quantizer, QuantOutput, check_latents, fp32_no_autocast, input_checks
 from .config import QUANTIZER_TYPES, QuantizerConfig, build_quantizer
 from .layout import CodeLayout
 
@@ -17,6 +17,6 @@ __all__ = [
     "QUANTIZER_TYPES",
     "build_quantizer",
     "check_latents",
-    "LazyStats",
+    "input_checks",
     "fp32_no_autocast",
 ]
