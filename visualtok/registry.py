@@ -76,6 +76,7 @@ _MODEL_MODULES = (
     "visualtok.image.titok",
     "visualtok.generate.gpt",
     "visualtok.audio.encodec",
+    "visualtok.audio.dac",
 )
 _loaded = False
 

@@ -27,6 +27,7 @@ _CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
 _CONVERTER_MODULES = {
     "titok": "visualtok.convert.titok",
     "encodec": "visualtok.convert.encodec",
+    "dac": "visualtok.convert.dac",
 }
 
 
