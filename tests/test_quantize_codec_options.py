@@ -108,3 +108,16 @@ def test_rvq_dropout_per_sample():
     assert len(seen) >= 2  # different prefixes drawn for different samples / steps
     with pytest.raises(ValueError, match="does not use"):
         build_quantizer(QuantizerConfig(type="vq", dim=4, dropout_per_sample=True))
+
+
+def test_rvq_encode_depth_is_the_prefix_of_the_full_codes():
+    torch.manual_seed(5)
+    q = _rvq(raw_codebook_rows=True).eval()
+    z = torch.randn(3, 11, 6)
+    full = q.encode(z)
+    for d in (1, 2, 4):
+        assert torch.equal(q.encode(z, depth=d), full[..., :d])
+    with pytest.raises(ValueError, match="depth must be an int in \\[1, 4\\]"):
+        q.encode(z, depth=5)
+    with pytest.raises(ValueError, match="NaN"):
+        q.encode(torch.full((1, 2, 6), float("nan")), depth=2)

@@ -213,7 +213,7 @@ class DAC(AudioCodec):
 
     # ------------------------------------------------------------------ codec hooks
     def _encode(self, wav: torch.Tensor, n_q: int):
-        return self.quantizer.encode(self.encode_latents(wav))[..., :n_q], None
+        return self.quantizer.encode(self.encode_latents(wav), depth=n_q), None
 
     def _decode(self, codes: torch.Tensor, scales: torch.Tensor | None, num_samples: int | None):
         y = self.decode_latents(self.quantizer.decode(codes).to(self._param_dtype()))

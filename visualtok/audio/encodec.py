@@ -336,7 +336,7 @@ class Encodec(AudioCodec):
         codes, scales = [], []
         for offset, n in self._chunks(wav.shape[-1]):
             z, scale = self.encode_latents(wav[..., offset : offset + n])
-            codes.append(self.quantizer.encode(z)[..., :n_q])
+            codes.append(self.quantizer.encode(z, depth=n_q))
             if scale is not None:
                 scales.append(scale)
         return torch.cat(codes, dim=1), (torch.cat(scales, dim=1) if scales else None)

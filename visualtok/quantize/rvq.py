@@ -29,7 +29,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .base import Quantizer, fp32_no_autocast
+from .base import Quantizer, check_latents, fp32_no_autocast
 from .config import QuantizerConfig
 from .distributed import broadcast_, is_distributed
 from .layout import CodeLayout
@@ -128,6 +128,27 @@ class ResidualVectorQuantizer(Quantizer):
             shared = torch.tensor([active], device=device)
             active = int(broadcast_(shared)[0])
         return active
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """``[B, *S, D]`` -> codes ``[B, *S, depth]`` of the first ``depth`` levels (all when
+        None); the levels past ``depth`` are not computed (the codes are a prefix of the full
+        ones: each level sees only the residual of the levels before it)."""
+        if depth is None:
+            return super().encode(z)
+        if isinstance(depth, bool) or not isinstance(depth, int) or not (
+                1 <= depth <= self.num_quantizers):
+            raise ValueError(f"depth must be an int in [1, {self.num_quantizers}]; got {depth!r}")
+        check_latents(z, self.dim)
+        lead = z.shape[:-1]
+        with fp32_no_autocast(z.device.type):
+            residual, codes = z.reshape(-1, self.dim).float(), []
+            for i, level in enumerate(self.levels[:depth]):
+                c = level.nearest(residual).unsqueeze(-1)
+                codes.append(c)
+                if i + 1 < depth:
+                    residual = residual - level._dequantize(c)
+        return torch.cat(codes, dim=-1).reshape(*lead, depth)
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         out = self.levels[0]._dequantize(codes[:, 0:1])
