@@ -16,6 +16,8 @@ from visualtok.convert.dac import convert_dac_state_dict, dac_config_for
 from visualtok.hub import CheckpointError
 from visualtok.registry import create_model, get_model_entry, list_models
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ATOL = 1e-5  # fixture default (fp32); the decoded audio is within 3e-7 in practice
 
 

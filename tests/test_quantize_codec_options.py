@@ -8,6 +8,8 @@ import torch
 
 from visualtok.quantize import QuantizerConfig, build_quantizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _rvq(**kw):
     base = dict(type="rvq", dim=6, codebook_size=16, codebook_dim=3, num_quantizers=4,

@@ -20,6 +20,7 @@ __all__ = [
     "to_channels",
     "mel_spectrogram",
     "stft_magnitude",
+    "save_spectrograms",
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -130,3 +131,32 @@ def mel_spectrogram(
     fb = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate,
                             norm="slaney", mel_scale="slaney").to(spec.device)
     return torch.einsum("...ft,fm->...mt", spec, fb)
+
+
+def save_spectrograms(
+    path: str | Path, waves: list[torch.Tensor], sample_rate: int, labels: list[str] | None = None
+) -> Path:
+    """Stack log-mel spectrograms of ``[C, T]`` / ``[T]`` waveforms (channel mean) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or [f"#{i}" for i in range(len(waves))]
+    fig, axes = plt.subplots(len(waves), 1, figsize=(10, 2.6 * len(waves)), squeeze=False)
+    for ax, wav, label in zip(axes[:, 0], waves, labels):
+        x = wav.detach().float().cpu()
+        x = x.mean(0) if x.ndim == 2 else x
+        mel = mel_spectrogram(x, sample_rate, n_fft=1024, hop_length=256, n_mels=80)
+        db = 20 * mel.clamp_min(1e-5).log10()
+        ax.imshow(db.numpy(), origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, x.shape[-1] / sample_rate, 0, 80), vmin=float(db.max()) - 80)
+        ax.set_title(label)
+        ax.set_ylabel("mel bin")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
