@@ -10,8 +10,10 @@
   ``descript-audiotools``, so it is not a project dependency): the official ``DAC`` with random
   weights, converted from its state dict and kwargs.
 
-Speed is "x real time" (seconds of audio per second of wall time, median of ``--repeats`` after a
-warm-up). ``codes_equal`` says whether both sides gave identical codes in that run (and
+``ours bf16``: our codec under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (convs and LSTM
+in bf16, the quantizer in fp32); ``bf16 codes = fp32`` is the share of its codes equal to the
+fp32 ones. Speed is "x real time" (seconds of audio per second of wall time, median of
+``--repeats`` after a warm-up). ``codes_equal`` says whether both sides gave identical codes in that run (and
 ``max_abs_diff`` the largest difference of the decoded audio decoded from the same codes).
 """
 
@@ -71,27 +73,39 @@ def official_encodec(wav: torch.Tensor, seed: int = 0):
 
 
 def bench_encodec(batches, seconds, repeats):
-    rows = []
     wav1 = speech_batch(1, seconds, 24000)
     ref = official_encodec(wav1)
     ours = convert_checkpoint("encodec", ref.state_dict(), config="encodec_24khz")
     n_q = ours.n_q_for_bandwidth(6.0)
+    rows = []
     for b in batches:
-        wav = speech_batch(b, seconds, 24000)
-        with torch.no_grad():
-            frames = ref.encode(wav)
-            ref_codes = frames[0][0]
-            got = ours.encode(wav, 24000, n_q=n_q)
-            equal = torch.equal(got.to_official(), ref_codes)
-            diff = float((ours.decode(got) - ref.decode(frames)[..., : wav.shape[-1]]).abs().max())
-            t = {
-                "ref_enc": time_call(lambda: ref.encode(wav), repeats=repeats),
-                "ours_enc": time_call(lambda: ours.encode(wav, 24000, n_q=n_q), repeats=repeats),
-                "ref_dec": time_call(lambda: ref.decode(frames), repeats=repeats),
-                "ours_dec": time_call(lambda: ours.decode(got), repeats=repeats),
-            }
-        rows.append(_row("EnCodec 24 kHz, 6 kbps", b, seconds, t, equal, diff))
+        rows.append(_encodec_case(ref, ours, speech_batch(b, seconds, 24000), n_q, b, seconds,
+                                  repeats))
     return rows
+
+
+@torch.no_grad()
+def _encodec_case(ref, ours, wav, n_q, b, seconds, repeats):
+    frames = ref.encode(wav)
+    got = ours.encode(wav, 24000, n_q=n_q)
+    equal = torch.equal(got.to_official(), frames[0][0])
+    diff = float((ours.decode(got) - ref.decode(frames)[..., : wav.shape[-1]]).abs().max())
+    t = {
+        "ref_enc": time_call(lambda: ref.encode(wav), repeats=repeats),
+        "ours_enc": time_call(lambda: ours.encode(wav, 24000, n_q=n_q), repeats=repeats),
+        "ref_dec": time_call(lambda: ref.decode(frames), repeats=repeats),
+        "ours_dec": time_call(lambda: ours.decode(got), repeats=repeats),
+    }
+    row = _row("EnCodec 24 kHz, 6 kbps", b, seconds, t, equal, diff)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the quantizer itself stays fp32
+        fast = ours.encode(wav, 24000, n_q=n_q)
+        enc_bf16 = time_call(lambda: ours.encode(wav, 24000, n_q=n_q), repeats=repeats)
+        dec_bf16 = time_call(lambda: ours.decode(fast), repeats=repeats)
+    row.update({"ours bf16 enc xRT": b * seconds / enc_bf16,
+                "ours bf16 dec xRT": b * seconds / dec_bf16,
+                "bf16 codes = fp32": float((fast.codes == got.codes).float().mean())})
+    print(row, flush=True)
+    return row
 
 
 def bench_dac(batches, seconds, repeats):
@@ -107,33 +121,32 @@ def bench_dac(batches, seconds, repeats):
             p.add_(0.02 * torch.randn(p.shape, generator=g))
     ours = convert_checkpoint("dac", {"state_dict": ref.state_dict(),
                                       "metadata": {"kwargs": kwargs}})
-    rows = []
-    for b in batches:
-        wav = speech_batch(b, seconds, 16000)
-        with torch.no_grad():
-            x = ref.preprocess(wav, 16000)
-            ref_codes = ref.encode(x)[1]
-            got = ours.encode(wav, 16000)
-            equal = torch.equal(got.to_official(), ref_codes)
+    return [_dac_case(ref, ours, speech_batch(b, seconds, 16000), b, seconds, repeats)
+            for b in batches]
 
-            def ref_decode():
-                return ref.decode(ref.quantizer.from_codes(ref_codes)[0])
 
-            diff = float((ours.decode(got.codes) - ref_decode()).abs().max())
-            t = {
-                "ref_enc": time_call(lambda: ref.encode(ref.preprocess(wav, 16000)),
-                                     repeats=repeats),
-                "ours_enc": time_call(lambda: ours.encode(wav, 16000), repeats=repeats),
-                "ref_dec": time_call(ref_decode, repeats=repeats),
-                "ours_dec": time_call(lambda: ours.decode(got.codes), repeats=repeats),
-            }
-        rows.append(_row("DAC 16 kHz, 6 kbps", b, seconds, t, equal, diff))
-    return rows
+@torch.no_grad()
+def _dac_case(ref, ours, wav, b, seconds, repeats):
+    ref_codes = ref.encode(ref.preprocess(wav, 16000))[1]
+    got = ours.encode(wav, 16000)
+    equal = torch.equal(got.to_official(), ref_codes)
+
+    def ref_decode():
+        return ref.decode(ref.quantizer.from_codes(ref_codes)[0])
+
+    diff = float((ours.decode(got.codes) - ref_decode()).abs().max())
+    t = {
+        "ref_enc": time_call(lambda: ref.encode(ref.preprocess(wav, 16000)), repeats=repeats),
+        "ours_enc": time_call(lambda: ours.encode(wav, 16000), repeats=repeats),
+        "ref_dec": time_call(ref_decode, repeats=repeats),
+        "ours_dec": time_call(lambda: ours.decode(got.codes), repeats=repeats),
+    }
+    return _row("DAC 16 kHz, 6 kbps", b, seconds, t, equal, diff)
 
 
 def _row(name, b, seconds, t, equal, diff):
     audio = b * seconds
-    return {
+    row = {
         "model": name, "batch": f"{b} x {seconds:g} s",
         "ours enc xRT": audio / t["ours_enc"], "ref enc xRT": audio / t["ref_enc"],
         "enc x": t["ref_enc"] / t["ours_enc"],
@@ -141,6 +154,8 @@ def _row(name, b, seconds, t, equal, diff):
         "dec x": t["ref_dec"] / t["ours_dec"],
         "codes_equal": equal, "max_abs_diff": diff,
     }
+    print(row, flush=True)  # progress: each case as soon as it is measured
+    return row
 
 
 def main(argv=None):

@@ -37,6 +37,8 @@ def test_read_write_formats_and_channels(tmp_path):
     ogg, sr2 = read_audio(shared_path("data", "audio", "librispeech_samples",
                                       "198-209-0000.ogg"), sample_rate=8000, channels=2)
     assert sr2 == 8000 and ogg.shape[0] == 2 and torch.equal(ogg[0], ogg[1])
+    mp3, sr4 = read_audio(shared_path("data", "audio", "misc", "mdn_t-rex-roar.mp3"), channels=1)
+    assert sr4 == 44100 and mp3.shape[0] == 1 and mp3.abs().max() <= 1.0
     x = 0.5 * torch.sin(torch.linspace(0, 800 * math.pi, 16000))[None].repeat(2, 1)
     for suffix in (".wav", ".flac"):
         p = write_audio(tmp_path / f"x{suffix}", x, 16000)

@@ -211,6 +211,16 @@ def test_official_file_and_save_load_round_trip(tmp_path, model_24k):
     out = model.save_pretrained(tmp_path / "ours")
     again = visualtok.load(out)
     assert torch.equal(again.encode(wav, 24000, n_q=8).codes, codes.codes)
+    # the official file in weights/<preset>/ is converted on load, offline
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISUALTOK_WEIGHTS", str(tmp_path / "weights"))
+        with pytest.raises(FileNotFoundError, match="encodec_24khz-d7cc33bc.th"):
+            visualtok.load("encodec_24khz")
+        (tmp_path / "weights" / "encodec_24khz").mkdir(parents=True)
+        (tmp_path / "encodec_24khz-test.th").rename(
+            tmp_path / "weights" / "encodec_24khz" / "encodec_24khz-d7cc33bc.th")
+        loaded = visualtok.load("encodec_24khz")
+    assert torch.equal(loaded.encode(wav, 24000, n_q=8).codes, codes.codes)
     from visualtok.registry import get_model_entry
 
     assert get_model_entry("encodec_24khz").pretrained.sample_rate == 24000

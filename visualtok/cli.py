@@ -116,7 +116,7 @@ def _reconstruct_audio(args: argparse.Namespace) -> int:
     model = _load_codec(name)
     path = Path(args.image)
     wav, sr = _read_audio_for(model, path)
-    wav = resample(wav, sr, model.sample_rate)
+    wav = resample(wav, sr, model.sample_rate).clamp(-1.0, 1.0)  # sinc overshoot
     codes = model.encode(wav, model.sample_rate, n_q=args.n_q)
     recon = model.decode(codes)
     out = Path(args.out)
@@ -159,7 +159,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     layout = getattr(model, "code_layout", None)
     if layout is not None:
         info["code_layout"] = layout.to_dict()
-    for attr in ("image_size", "num_tokens", "token_shape", "bits_per_image"):
+    for attr in ("image_size", "num_tokens", "token_shape", "bits_per_image",
+                 "sample_rate", "channels", "hop_length", "frame_rate", "max_codebooks"):
         if hasattr(model, attr):
             info[attr] = getattr(model, attr)
     print(json.dumps(info, indent=2, default=str))

@@ -60,8 +60,8 @@ def read_audio(
 ) -> tuple[torch.Tensor, int]:
     """Read ``path`` -> (``[C, T]`` float32 in [-1, 1], sample rate).
 
-    ``sample_rate`` resamples to that rate; ``channels`` converts with ``to_channels``. Empty or
-    unreadable files raise ``ValueError`` naming the file.
+    ``sample_rate`` resamples to that rate (clamped to [-1, 1]); ``channels`` converts with
+    ``to_channels``. Empty or unreadable files raise ``ValueError`` naming the file.
     """
     import soundfile as sf
 
@@ -80,7 +80,8 @@ def read_audio(
     if channels is not None:
         wav = to_channels(wav, channels)
     if sample_rate is not None and sample_rate != sr:
-        wav, sr = resample(wav, int(sr), sample_rate), sample_rate
+        # sinc resampling can overshoot full scale by a little: clamp back to [-1, 1]
+        wav, sr = resample(wav, int(sr), sample_rate).clamp_(-1.0, 1.0), sample_rate
     return wav, int(sr)
 
 
