@@ -13,8 +13,8 @@
 ``ours bf16``: our codec under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (convs and LSTM
 in bf16, the quantizer in fp32); ``bf16 codes = fp32`` is the share of its codes equal to the
 fp32 ones. Speed is "x real time" (seconds of audio per second of wall time, median of
-``--repeats`` after a warm-up). ``codes_equal`` says whether both sides gave identical codes in that run (and
-``max_abs_diff`` the largest difference of the decoded audio decoded from the same codes).
+``--repeats`` after a warm-up). ``codes_equal`` says whether both sides gave identical codes in
+that run, ``max_abs_diff`` the largest difference of the audio decoded from those codes.
 """
 
 from __future__ import annotations
