@@ -242,8 +242,9 @@ def _fetch_from_hub(name: str) -> Path:
     rec = entry.pretrained
     local_dir = weights_dir() / name
     if rec is None or rec.hub_id is None:
+        want = f" (put {rec.filename} there)" if rec is not None else ""
         raise FileNotFoundError(
-            f"no weights for {name!r}: no local checkpoint at {local_dir} "
+            f"no weights for {name!r}: no local checkpoint at {local_dir}{want} "
             "and the preset has no hub record"
         )
     files = [rec.filename] + ([rec.config_filename] if rec.config_filename else [])
