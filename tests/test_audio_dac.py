@@ -129,3 +129,32 @@ def test_presets_listed_and_tiny_codec_round_trip():
     assert codes.codes.shape == (1, 101, 3) and int(codes.lengths) == 101
     assert m.decode(codes).shape[-1] <= 803
     assert torch.equal(m.encode(wav, 8000, n_q=1).codes, codes.codes[..., :1])
+
+
+def test_cli_convert_dac(fixture, tmp_path, capsys):
+    import visualtok
+    from visualtok.cli import main
+
+    d, io, _ = fixture
+    assert main(["convert", "dac", str(d / "official_checkpoint.pth"), "--out",
+                 str(tmp_path / "dac")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = visualtok.load(tmp_path / "dac")
+    assert torch.equal(model.encode(io["input"], 22050).to_official(), io["codes"])
+    assert main(["convert", "dac", str(d / "fixture.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_dac_training_step_reaches_every_level():
+    torch.manual_seed(0)
+    m = DAC(DACConfig(encoder_dim=4, encoder_rates=(2, 4), decoder_dim=16, decoder_rates=(4, 2),
+                      n_codebooks=3, codebook_size=16, codebook_dim=4, sample_rate=8000,
+                      quantizer_dropout=0.5)).train()
+    wav = 0.5 * torch.sin(torch.linspace(0, 300, 1600)).repeat(4, 1, 1)
+    recon, quant = m(wav)
+    assert recon.shape == wav.shape and set(quant.losses) == {"total", "commitment", "codebook"}
+    ((recon - wav).abs().mean() + quant.losses["total"]).backward()
+    for level in m.quantizer.levels:  # DAC trains every level's projections and codebook
+        assert level.project_out.weight.grad.abs().sum() > 0
+        assert level.embedding.weight.grad.abs().sum() > 0
+    assert m.encoder.block[0].weight_v.grad.abs().sum() > 0

@@ -224,3 +224,25 @@ def test_official_file_and_save_load_round_trip(tmp_path, model_24k):
     from visualtok.registry import get_model_entry
 
     assert get_model_entry("encodec_24khz").pretrained.sample_rate == 24000
+
+
+def test_encodec_training_step_uses_the_core_rvq():
+    from visualtok.registry import create_model
+
+    torch.manual_seed(0)
+    m = create_model("encodec_24khz", n_filters=4, ratios=(8, 5), dimension=8, lstm_layers=1,
+                     codebook_size=16,
+                     quantizer=dict(type="rvq", dim=8, codebook_size=16, num_quantizers=2,
+                                    ema=True, kmeans_init=True, kmeans_iters=5,
+                                    dead_code_threshold=2.0, beta=1.0)).train()
+    wav = 0.3 * torch.randn(2, 1, 4000)
+    levels = m.quantizer.levels
+    assert not bool(levels[0].initted)
+    recon, quant = m(wav)
+    assert recon.shape == wav.shape and bool(levels[0].initted)  # k-means on the first batch
+    (recon - wav).pow(2).mean().add(quant.losses["total"]).backward()
+    assert m.encoder.layers[0].conv.weight_v.grad.abs().sum() > 0
+    assert levels[0].embedding.weight.grad is None  # EMA codebook: no gradient
+    before = levels[0].embedding.weight.clone()
+    m(wav)
+    assert not torch.equal(before, levels[0].embedding.weight)  # the EMA update moved it
