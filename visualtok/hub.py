@@ -15,11 +15,13 @@ names the file and the directory to put it in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,9 @@ __all__ = [
     "load_state_dict_strict",
     "sha256_file",
     "weights_dir",
+    "atomic_write",
     "atomic_write_bytes",
+    "read_official_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,20 +70,63 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return file_digest(path, "sha256", chunk)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """The one atomic writer: yields a temporary path in ``path``'s directory; when the block
+    ends without error the file is fsynced and renamed over ``path`` (readers see the old file or
+    the complete new one, never a partial one), otherwise it is removed.
+
+        with atomic_write(out / "model.safetensors") as tmp:
+            save_file(state, tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_write``)."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_official_state_dict(path: str | Path) -> dict:
+    """Read an official ``.bin``/``.pt``/``.pth``/``.safetensors`` state dict safely.
+
+    Pickles are read with ``weights_only=True`` only. Common wrappers (``state_dict``, ``model``,
+    ``module``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"official checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"{path} could not be read as a weights-only torch checkpoint: {e}"
+            ) from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return sd
 
 
 def weights_dir() -> Path:
@@ -159,14 +206,9 @@ class PretrainedMixin:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "pt", "model_class": type(self).__name__})
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt",
+                                                 "model_class": type(self).__name__})
         layout = getattr(self, "code_layout", None)
         meta = {
             "format": "visualtok",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..registry import register_quantizer
 from .base import Quantizer
 from .config import QuantizerConfig
 from .layout import CodeLayout
@@ -31,6 +32,7 @@ def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * p.clamp(min=1e-12).log()).sum(dim)
 
 
+@register_quantizer("lfq")
 class LookupFreeQuantizer(Quantizer):
     """LFQ / binary quantizer. Codes ``[B, *S, D // g]`` with layout ``(2**g,) * (D // g)``."""
 

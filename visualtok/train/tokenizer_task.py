@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..registry import register_task
 from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
 from .losses import (
     LeCam,
@@ -40,7 +41,7 @@ from .losses import (
     hinge_g_loss,
     reconstruction_loss,
 )
-from .task import StepOutput, Task, register_task
+from .task import StepOutput, Task
 
 __all__ = [
     "TokenizerLossConfig",
