@@ -28,6 +28,7 @@ from torch import nn
 
 from ..nn.attention import rotary_tables
 from ..nn.linear import Linear
+from ..quantize.bits import BitPacker
 from ..quantize.layout import CodeLayout
 from .blocks import Block, RMSNorm, ffn_hidden_dim
 from .sampling import SamplingConfig, apply_cfg, sample_from_logits
@@ -223,28 +224,19 @@ class BitHead(nn.Module):
     def __init__(self, dim: int, layout: CodeLayout) -> None:
         super().__init__()
         self.layout = layout
-        bits = [r.bit_length() - 1 for r in layout.radices]
-        self.num_bits = sum(bits)
-        self.register_buffer(
-            "factor_of_bit",
-            torch.repeat_interleave(torch.arange(len(bits)), torch.tensor(bits)),
-            persistent=False,
-        )
-        self.register_buffer("shift", torch.cat([torch.arange(b) for b in bits]), persistent=False)
+        self.bits = BitPacker([r.bit_length() - 1 for r in layout.radices])
+        self.num_bits = self.bits.num_bits
         self.output = Linear(dim, self.num_bits)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
     def to_bits(self, codes: torch.Tensor) -> torch.Tensor:
         """``[M, F]`` codes -> ``[M, num_bits]`` {0, 1}."""
-        return (codes[:, self.factor_of_bit] >> self.shift) & 1
+        return self.bits.unpack(codes)
 
     def from_bits(self, bits: torch.Tensor) -> torch.Tensor:
-        vals = bits.long() << self.shift
-        out = torch.zeros(
-            bits.shape[0], self.layout.num_factors, dtype=torch.long, device=bits.device
-        )
-        return out.index_add_(1, self.factor_of_bit, vals)
+        """``[M, num_bits]`` bits -> ``[M, F]`` codes."""
+        return self.bits.pack(bits)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.output(h).float()
