@@ -130,9 +130,17 @@ def read_official_state_dict(path: str | Path) -> dict:
 
 
 def weights_dir() -> Path:
-    """Directory of shipped weights: ``$VISUALTOK_WEIGHTS`` or the repository's ``weights/``."""
+    """Directory of shipped weights: ``$VISUALTOK_WEIGHTS``; else, running from a source checkout,
+    the repository's ``weights/``; else the copy a wheel installs inside the package
+    (``visualtok/weights/``, written by ``setup.py``)."""
     env = os.environ.get("VISUALTOK_WEIGHTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "weights").is_dir():
+        return checkout / "weights"
+    return package / "weights"
 
 
 def describe_state_dict_mismatch(
@@ -310,9 +318,20 @@ def _fetch_from_hub(name: str) -> Path:
             f"(sha256 of {rec.filename}: {rec.sha256 or 'not recorded'}). "
             f"({type(e).__name__}: {e})"
         ) from None
-    if rec.sha256 and sha256_file(paths[0]) != rec.sha256:
-        raise CheckpointError(f"{paths[0]} does not have the sha256 recorded for {name!r}")
+    _check_recorded_digest(name, paths[0], rec.sha256)
     return paths[0].parent
+
+
+def _check_recorded_digest(name: str, path: Path, sha256: str | None) -> None:
+    """``CheckpointError`` unless ``path`` has the registry's sha256; without a recorded digest
+    the file is loaded with a warning that it is unverified."""
+    if sha256 is None:
+        log.warning("no sha256 is recorded for %r: %s is loaded unverified", name, path)
+    elif sha256_file(path) != sha256:
+        raise CheckpointError(
+            f"{path} does not have the sha256 recorded for {name!r} in the registry "
+            f"({sha256[:12]}...): re-fetch or retrain it"
+        )
 
 
 def _load_official(name: str, directory: Path) -> nn.Module:
@@ -324,8 +343,7 @@ def _load_official(name: str, directory: Path) -> nn.Module:
     rec = get_model_entry(name).pretrained
     assert rec is not None
     weights = directory / rec.filename
-    if rec.sha256 and sha256_file(weights) != rec.sha256:
-        raise CheckpointError(f"{weights} does not have the sha256 recorded for {name!r}")
+    _check_recorded_digest(name, weights, rec.sha256)
     config = directory / rec.config_filename if rec.config_filename else None
     return convert_checkpoint(rec.format, weights, config=config, preset=name).eval()
 
@@ -344,12 +362,8 @@ def load(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> 
     if (local / CONFIG_NAME).is_file():
         if name in list_models():  # shipped weights: check the sha256 the registry records
             rec = get_model_entry(name).pretrained
-            if rec is not None and rec.sha256 and rec.format == "visualtok":
-                if sha256_file(local / rec.filename) != rec.sha256:
-                    raise CheckpointError(
-                        f"{local / rec.filename} does not have the sha256 recorded for {name!r} "
-                        f"in the registry ({rec.sha256[:12]}...): re-fetch or retrain it"
-                    )
+            if rec is not None and rec.format == "visualtok":
+                _check_recorded_digest(name, local / rec.filename, rec.sha256)
         return _load_directory(local, map_location)
 
     entry = get_model_entry(name)  # raises for unknown names
