@@ -60,23 +60,32 @@ def _fits_flat(layout: CodeLayout) -> bool:
     return layout.flat_vocab is not None and layout.flat_vocab <= MAX_FLAT_VOCAB
 
 
+def _check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be 'auto' or one of {choices}; got {value!r}")
+
+
+def _require_flat(layout: CodeLayout, what: str, instead: str) -> None:
+    """``ValueError`` unless ``layout`` has a flat vocabulary small enough for ``what``."""
+    if not _fits_flat(layout):
+        raise ValueError(
+            f"{what} does not support code layout {layout.radices} "
+            f"({layout.bits_per_token:.0f} bits per token; flat softmax limit {MAX_FLAT_VOCAB}): "
+            f"use {instead}"
+        )
+
+
 def resolve_head(head: str, layout: CodeLayout) -> str:
     """``auto`` -> ``flat`` for small flat vocabularies, else ``factor``; validate the choice."""
     if head == "auto":
         return "flat" if _fits_flat(layout) else "factor"
-    if head not in HEAD_TYPES:
-        raise ValueError(f"head must be 'auto' or one of {HEAD_TYPES}; got {head!r}")
-    if head == "flat" and not _fits_flat(layout):
-        raise ValueError(
-            f"the flat head does not support code layout {layout.radices} "
-            f"({layout.bits_per_token:.0f} bits "
-            f"per token; flat softmax limit {MAX_FLAT_VOCAB}): use head='factor' or head='bit'"
-        )
+    _check_choice(head, HEAD_TYPES, "head")
+    if head == "flat":
+        _require_flat(layout, "the flat head", "head='factor' or head='bit'")
     if head == "bit" and not all(_is_pow2(r) for r in layout.radices):
         raise ValueError(
             f"the bit head needs binary codes (every radix a power of two); "
-            f"got radices {layout.radices}: "
-            f"use head='factor'"
+            f"got radices {layout.radices}: use head='factor'"
         )
     return head
 
@@ -85,13 +94,9 @@ def resolve_input(kind: str, head: str, layout: CodeLayout) -> str:
     """``auto`` -> ``embedding`` with the flat head, else ``factor_embedding``."""
     if kind == "auto":
         return "embedding" if head == "flat" else "factor_embedding"
-    if kind not in INPUT_TYPES:
-        raise ValueError(f"input must be 'auto' or one of {INPUT_TYPES}; got {kind!r}")
-    if kind == "embedding" and not _fits_flat(layout):
-        raise ValueError(
-            f"a flat input embedding does not support code layout {layout.radices}; "
-            f"use input='factor_embedding' or 'features'"
-        )
+    _check_choice(kind, INPUT_TYPES, "input")
+    if kind == "embedding":
+        _require_flat(layout, "a flat input embedding", "input='factor_embedding' or 'features'")
     return kind
 
 
