@@ -26,7 +26,7 @@ needs_onednn = pytest.mark.skipif(
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (2, 3, 4, 48)])
+@pytest.mark.parametrize("shape", [(70, 48), (3, 25, 48), (2, 3, 12, 48)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_matches_stock(shape, bias):
     torch.manual_seed(0)
@@ -44,8 +44,20 @@ def test_onednn_linear_matches_stock(shape, bias):
         torch.testing.assert_close(linear(xt, w, b), F.linear(xt, w, b), rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
+def test_few_rows_take_the_stock_path():
+    """Below ONEDNN_MIN_ROWS rows (a cached decode step of a small batch) F.linear is used."""
+    w = torch.randn(40, 48)
+    n = linear_mod.ONEDNN_MIN_ROWS
+    with torch.no_grad():
+        assert not linear_mod._use_onednn(torch.randn(n - 1, 48), w, None)
+        assert not linear_mod._use_onednn(torch.randn(16, 1, 48), w, None)
+        assert linear_mod._use_onednn(torch.randn(n, 48), w, None)
+        assert linear_mod._use_onednn(torch.randn(2, n // 2, 48), w, None)
+
+
 def test_stock_path_where_onednn_does_not_apply():
-    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    x, w = torch.randn(64, 8), torch.randn(6, 8)
     lin = Linear(8, 6)
     assert not linear_mod._use_onednn(x.bfloat16(), w.bfloat16(), None)  # not fp32
     assert not linear_mod._use_onednn(x, w.t().contiguous().t(), None)  # weight not contiguous
@@ -172,7 +184,7 @@ def test_onednn_probe_falls_back_to_stock(monkeypatch, failure):
     monkeypatch.setattr(linear_mod, "_backend", "onednn")
     assert not linear_mod.onednn_linear_works()
     assert cpu_linear_backend() == "aten"
-    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    x, w = torch.randn(64, 8), torch.randn(6, 8)
     with torch.no_grad():
         assert not linear_mod._use_onednn(x, w, None)
         assert torch.equal(linear(x, w), F.linear(x, w))

@@ -13,6 +13,10 @@ or disagrees beyond fp32 rounding, every call takes ``F.linear``. It is used onl
 drop-in replacement:
 
 * x86 CPU tensors, float32 input, weight and bias, weight contiguous;
+* at least ``ONEDNN_MIN_ROWS`` rows (``x.numel() / in_features``): for a few rows (a cached decode
+  step of a small batch) the stock BLAS GEMV/small-GEMM kernels are faster, for many rows
+  (prefill, image tokens, codebook search) oneDNN's GEMM is; ``benchmarks/bench_linear.py`` times
+  both per shape and shows what this rule picks;
 * no autograd graph is being built (the op has no backward);
 * CPU autocast off (under autocast ``F.linear`` runs the bf16 path it is meant to run);
 * not while ``torch.compile``/``torch.export``/``torch.jit.trace`` traces (traced graphs stay
@@ -42,6 +46,7 @@ __all__ = [
 ]
 
 _BACKENDS = ("onednn", "aten")
+ONEDNN_MIN_ROWS = 64  # fewer rows: F.linear (see the module docstring)
 _onednn_ok: bool | None = None  # the probe's verdict, computed once
 
 
@@ -127,7 +132,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return False
     if bias is not None and bias.dtype != torch.float32:
         return False
-    if x.dim() < 2 or x.numel() == 0:
+    if x.dim() < 2 or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1] or x.numel() == 0:
         return False
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
