@@ -24,8 +24,15 @@ TINY_OVERRIDES: dict[str, dict] = {
     "titok_*_vae_c16": dict(_TITOK_TINY, token_size=4, quantizer=dict(type="ptq", bins=8, dim=4)),
     "titok_photo128*": dict(_TITOK_TINY, patch_size=8, quantizer=dict(
         type="vq", codebook_size=16, l2_normalize=True, kmeans_init=True, dead_code_threshold=0.1)),
-    "vqgan_[0-9]*": dict(image_size=32, channels=32, num_res_blocks=1, z_channels=32,
+    "vqgan_*": dict(image_size=32, channels=32, num_res_blocks=1, z_channels=32,
                          quantizer=dict(type="vq", codebook_size=64, l2_normalize=True)),
+    "retok_*": dict(image_size=32, channels=32, encoder_ch_mult=(1, 1, 2, 2),
+                        decoder_ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=32,
+                        encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                        decoder_depth=1, decoder_heads=2, num_latent_tokens=16, redundant_from=4,
+                        distill_depth=1, distill_dim=16,
+                        quantizer=dict(type="vq", codebook_size=64, l2_normalize=True,
+                                       rotation_trick=True)),
 }
 
 

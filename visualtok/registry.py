@@ -71,6 +71,7 @@ _MODEL_MODULES = (
     "visualtok.image.titok",
     "visualtok.generate.gpt",
     "visualtok.image.vqgan",
+    "visualtok.image.retok",
 )
 _loaded = False
 

@@ -27,6 +27,7 @@ _CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
 _CONVERTER_MODULES = {
     "titok": "visualtok.convert.titok",
     "vqgan": "visualtok.convert.vqgan",
+    "retok": "visualtok.convert.retok",
 }
 
 
@@ -52,11 +53,13 @@ def convert_checkpoint(
     return _CONVERTERS[family](weights, config=config, preset=preset)
 
 
-def read_official_state_dict(path: str | Path) -> dict:
+def read_official_state_dict(
+    path: str | Path, wrappers: tuple[str, ...] = ("state_dict", "model", "module")
+) -> dict:
     """Read an official ``.bin``/``.pt``/``.pth``/``.safetensors`` state dict safely.
 
-    Pickles are read with ``weights_only=True`` only. Common wrappers (``state_dict``, ``model``,
-    ``module``) are unwrapped.
+    Pickles are read with ``weights_only=True`` only. Common wrappers (``wrappers``, in order,
+    e.g. ``state_dict``, ``model``, ``module``) are unwrapped.
     """
     import torch
     from safetensors import SafetensorError
@@ -77,7 +80,7 @@ def read_official_state_dict(path: str | Path) -> dict:
             raise ValueError(
                 f"{path} could not be read as a weights-only torch checkpoint: {e}"
             ) from None
-    for key in ("state_dict", "model", "module"):
+    for key in wrappers:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

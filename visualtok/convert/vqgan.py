@@ -71,14 +71,16 @@ def read_official_config(config: Any, what: str) -> dict[str, Any]:
     return config
 
 
-def unwrap_state_dict(weights: Any) -> dict[str, torch.Tensor]:
-    """A path (read weights-only) or a state dict, with ``model``/``state_dict`` wrappers and
+def unwrap_state_dict(
+    weights: Any, wrappers: tuple[str, ...] = ("state_dict", "model", "module")
+) -> dict[str, torch.Tensor]:
+    """A path (read weights-only) or a state dict, with ``wrappers`` (first match wins) and
     ``module.``/``_orig_mod.`` prefixes removed."""
     if isinstance(weights, (str, Path)):
-        state = read_official_state_dict(weights)
+        state = read_official_state_dict(weights, wrappers)
     elif isinstance(weights, dict):
         state = weights
-        for key in ("state_dict", "model", "module"):
+        for key in wrappers:
             if key in state and isinstance(state[key], dict):
                 state = state[key]
     else:
