@@ -242,9 +242,10 @@ def _fetch_from_hub(name: str) -> Path:
     rec = entry.pretrained
     local_dir = weights_dir() / name
     if rec is None or rec.hub_id is None:
+        wanted = f"; put its official {rec.filename} there" if rec is not None else ""
         raise FileNotFoundError(
             f"no weights for {name!r}: no local checkpoint at {local_dir} "
-            "and the preset has no hub record"
+            f"and the preset has no hub record{wanted}"
         )
     files = [rec.filename] + ([rec.config_filename] if rec.config_filename else [])
     paths: list[Path] = []
