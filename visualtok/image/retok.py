@@ -273,6 +273,12 @@ class ReTok(ImageTokenizer):
         """``[B, k, D]`` (1 <= k <= N + M) -> ``[B, 3, H, W]`` on the [0, 1] scale, not clamped."""
         return (self.decoder(self.decode_features(z_q)) + 1.0) / 2.0
 
+    def decode_latents_and_features(self, z_q: torch.Tensor):
+        """Training hook for Hierarchical Semantic Regularization: ``[B, k, D]`` -> (recon on the
+        [0, 1] scale, ``distill_mlp`` features ``[B, g*g, distill_dim]``)."""
+        rec, feats = self.decode_features(z_q, inner=True)
+        return (self.decoder(rec) + 1.0) / 2.0, feats
+
     def last_layer_weight(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
 
