@@ -41,3 +41,15 @@ def test_quantizer_host_overhead_script_runs(tmp_path):
     assert json.loads(out.read_text())["path"] == "accelerator"
     cfg, make_ref = qho.shrunk("VQ EMA 65536x32")
     assert cfg["codebook_size"] == qho.MAX_CODES and make_ref().codebook_size == qho.MAX_CODES
+
+
+def test_bench_cnn_reference_layout_matches_ours():
+    """The official-layout references of benchmarks/bench_cnn.py compute what our models do."""
+    from benchmarks import bench_cnn
+
+    rows = bench_cnn.main(["--presets", "vqgan_tiny,retok_tiny", "--size", "64", "--batch", "1",
+                           "--repeats", "1"])
+    enc = [r for r in rows if r["stage"] == "encode"]
+    dec = [r for r in rows if r["stage"] == "decode"]
+    assert all(r["ref same codes"] == 1.0 for r in enc)
+    assert all(r["ref max |diff|"] < 1e-4 for r in dec)
