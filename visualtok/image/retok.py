@@ -314,7 +314,8 @@ def _record(filename: str, notes: str) -> PretrainedRecord:
     return PretrainedRecord(
         filename=filename, format="retok", input_size=(256, 256), input_range="[0, 1]",
         num_tokens=480, vocab="16384 (VQ, 8-d, l2, rotation trick)", license="none stated",
-        paper=_PAPER, notes=notes,
+        paper=_PAPER, notes=notes + "; weights: the Google Drive folder linked from the "
+        "zfu006/ReTok README, placed in weights/<preset>/ (converted on load)",
     )
 
 
