@@ -237,12 +237,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
     info = machine_info(args.device)
     print(f"machine: {info}")
     rows = []
-    for name in args.presets.split(","):
-        rows += bench_preset(name.strip(), args)
+    with torch.no_grad():  # scoped: a caller's grad mode is left as it was
+        for name in args.presets.split(","):
+            rows += bench_preset(name.strip(), args)
     cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref", "bf16 img/s",
             "bf16/fp32", "bf16 same codes", "ref same codes", "ref max |diff|"]
     print_table(rows, cols, title=f"CNN tokenizers, batch {args.batch}, {args.device}, "

@@ -182,3 +182,11 @@ def test_manifest_keys_and_shapes(manifest, name, preset):
     own = model.state_dict()
     assert set(mapped) == set(own)
     assert all(tuple(mapped[k].shape) == tuple(own[k].shape) for k in own)
+
+
+def test_load_without_official_weights_names_the_file(tmp_path, monkeypatch):
+    import visualtok
+
+    monkeypatch.setenv("VISUALTOK_WEIGHTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"retok_sb.*VQ_SB256_e250\.pt"):
+        visualtok.load("retok_sb")
