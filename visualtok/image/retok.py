@@ -337,11 +337,13 @@ def retok_sb(**overrides: Any) -> ReTok:
 
 @register_model
 def retok_tiny(**overrides: Any) -> ReTok:
-    """CPU-trainable ReTok: 64x64, f8 (8x8 grid), 32 channels, 64-wide Q-Formers, 32 + 24 tokens."""
+    """CPU-trainable ReTok: 64x64, f8 (8x8 grid), 32 channels, 64-wide Q-Formers, 32 + 24 tokens,
+    VQ 1024x8 l2 + rotation trick with k-means init and dead-code restart."""
     base = dict(image_size=64, channels=32, encoder_ch_mult=(1, 1, 2, 2),
                 decoder_ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=32,
                 encoder_width=64, encoder_depth=2, encoder_heads=4, decoder_width=64,
                 decoder_depth=2, decoder_heads=4, num_latent_tokens=32, redundant_from=8,
                 distill_depth=1, distill_dim=64,
-                quantizer=dict(_VQ, codebook_size=1024))
+                quantizer=dict(_VQ, codebook_size=1024, kmeans_init=True,
+                               dead_code_threshold=0.1))
     return ReTok(retok_config(base, overrides))

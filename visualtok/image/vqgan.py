@@ -296,8 +296,10 @@ def vqgan_8(**overrides: Any) -> VQGAN:
 
 @register_model
 def vqgan_tiny(**overrides: Any) -> VQGAN:
-    """CPU-trainable VQGAN: 64x64 input, f8 (8x8 codes), 32 base channels, VQ 1024x8 l2."""
+    """CPU-trainable VQGAN: 64x64 input, f8 (8x8 codes), 32 base channels, VQ 1024x8 l2 (k-means
+    init and dead-code restart: tiny codebooks collapse without them)."""
     base = dict(image_size=64, channels=32, encoder_ch_mult=(1, 1, 2, 2),
                 decoder_ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=32,
-                quantizer=dict(type="vq", dim=8, codebook_size=1024, l2_normalize=True))
+                quantizer=dict(type="vq", dim=8, codebook_size=1024, l2_normalize=True,
+                               kmeans_init=True, dead_code_threshold=0.1))
     return VQGAN(vqgan_config(base, overrides))
