@@ -111,3 +111,17 @@ def test_inception_teacher_is_labelled_and_gives_mixed_6e():
     feats = teacher(torch.rand(1, 3, 64, 64))
     assert feats.shape == (1, 768, 17, 17)
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("name", ["vqgan_tiny", "retok_tiny"])
+def test_shipped_tiny_configs_are_valid(name):
+    from pathlib import Path
+
+    from visualtok import create_model
+
+    cfg = load_train_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.model.name == name and cfg.data.path.endswith("gcompris")
+    model = create_model(name, **cfg.model.overrides)
+    if name == "retok_tiny":
+        assert cfg.trainer.nested_dropout.enabled and cfg.loss["semantic_teacher"] == "inception"
+        assert model.config.distill_dim == 768  # the Inception teacher's Mixed_6e width
