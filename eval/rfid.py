@@ -19,9 +19,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
+from _common import (
+    environment,
+    load_tokenizer,
+    run_cli,
+    select_images,
+    tokenizer_eval_parser,
+    write_results,
+)
 
-from visualtok.data.image_io import iter_image_batches, list_images, save_grid
+from visualtok.data.image_io import iter_image_batches, save_grid
 from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     args = parse_args(argv)
     tok = load_tokenizer(args)
     ext = extractor or build_feature_extractor(args.features, args.fid_weights, args.device)
-    paths = list_images(args.images)[: args.max_images]
+    paths, subset = select_images(args)
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     strength = args.pfid_strength or default_strength(tok.code_layout)
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         "model": args.model,
         "random_init": args.random_init,
         "images": str(args.images),
+        "subset": subset,
         "num_samples": n,
         "image_size": list(tok.image_size),
         "features": name,
@@ -120,11 +128,15 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     line = f"{results['rfid_label']} = {rfid:.4g}"
     if not args.no_pfid:
         line += f"   {results['pfid']['label']} = {results['pfid']['pfid']:.4g}"
+    c = results["codes"]
     print(f"{line}   PSNR {results['psnr']:.3f} dB   SSIM {results['ssim']:.4f}   "
-          f"usage {results['codes']['usage']:.3f}   {results['bits_per_image']:.0f} bits/image   "
-          f"(n = {n}, features {name}) -> {args.out}")
+          f"{results['bits_per_image']:.0f} bits/image   (n = {n}, features {name}) -> {args.out}")
+    print(f"codes: {c['used']} of {c['codebook_size']} used over {c['num_tokens']} tokens "
+          f"(usage {c['usage']:.3f}; {c['usage_of_possible']:.3f} of the {c['max_possible_used']} "
+          f"possible), perplexity {c['perplexity']:.4g} "
+          f"({c['perplexity_of_possible']:.3f} of the maximum)")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "rfid.py"))
