@@ -53,8 +53,8 @@ def select_images(args: argparse.Namespace, folder: Path | None = None) -> tuple
     folder = args.images if folder is None else folder
     paths, desc = select_subset(list_images(folder), args.max_images, args.subset,
                                 args.subset_seed)
-    desc = f"images: {desc} files under {folder}"
-    print(desc, file=sys.stderr)
+    desc = f"{desc} files under {folder}"
+    print(f"images: {desc}", file=sys.stderr)
     return paths, desc
 
 

@@ -85,6 +85,7 @@ def test_train_sample_decode(token_setup, tmp_path):
     assert first > 5.0 and last < 0.5 * first, (first, last)  # starts near log(1024) = 6.93
 
     gpt = visualtok.load(Path(out) / "model")
+    assert gpt.config.class_names == ("a", "b")  # from the token folder, saved with the model
     g = torch.Generator().manual_seed(0)
     imgs = generate_images(gpt, tok, torch.tensor([0, 1]), generator=g, cfg_scale=2.0, top_k=50)
     assert imgs.shape == (2, 3, 64, 64) and 0 <= imgs.min() and imgs.max() <= 1
