@@ -35,7 +35,7 @@ from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
 )
 from visualtok.metrics.image import psnr, ssim
 
@@ -113,14 +113,14 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
                 acc[k]["feats"].append(extract_features(recon, ext, device=args.device))
     n = len(paths)
     bpt = tok.code_layout.bits_per_token
-    ref = feature_statistics(np.concatenate(ref_feats), ext.name) if ext is not None else None
+    ref_all = np.concatenate(ref_feats) if ext is not None else None
+    ref = feature_statistics(ref_all, ext.name) if ext is not None else None
     points = []
     for k in ks:
         p = {"tokens": k, "bits": k * bpt, "psnr": float(torch.cat(acc[k]["psnr"]).mean()),
              "ssim": float(torch.cat(acc[k]["ssim"]).mean()), "fid": None}
         if ref is not None:
-            p["fid"] = frechet_distance(feature_statistics(np.concatenate(acc[k]["feats"]),
-                                                           ext.name), ref)
+            p["fid"] = fid_from_features(np.concatenate(acc[k]["feats"]), ref_all)
         points.append(p)
     results = {
         "model": args.model, "random_init": args.random_init, "images": str(args.images),

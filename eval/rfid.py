@@ -33,7 +33,7 @@ from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
     load_reference,
 )
 from visualtok.metrics.image import code_statistics, psnr, ssim
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     tok = load_tokenizer(args)
     ext = extractor or build_feature_extractor(args.features, args.fid_weights, args.device)
     paths, subset = select_images(args)
+    ref = None
+    if args.reference is not None:  # read and check it before the long part
+        ref, _ = load_reference(args.reference, ext, batch_size=args.batch_size)
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     strength = args.pfid_strength or default_strength(tok.code_layout)
@@ -90,13 +93,15 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
             print(f"  {sum(len(p) for p in psnrs)}/{len(paths)} images", file=sys.stderr)
     n = len(paths)
     name = getattr(ext, "name", "")
+    recon_feats = np.concatenate(feats["recon"])
     if args.reference is not None:
-        ref, _ = load_reference(args.reference)
         ref_desc = str(args.reference)
+        ref_target = ref
     else:
-        ref = feature_statistics(np.concatenate(feats["orig"]), name)
+        ref_target = np.concatenate(feats["orig"])  # FID through the features: same value, fast
+        ref = feature_statistics(ref_target, name)
         ref_desc = f"the {n} evaluated images, centre-cropped to {tok.image_size}"
-    rfid = frechet_distance(feature_statistics(np.concatenate(feats["recon"]), name), ref)
+    rfid = fid_from_features(recon_feats, ref_target)
     results = {
         "model": args.model,
         "random_init": args.random_init,
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         "bits_per_image": float(tok.bits_per_image),
     }
     if not args.no_pfid:
-        pfid = frechet_distance(feature_statistics(np.concatenate(feats["perturbed"]), name), ref)
+        pfid = fid_from_features(np.concatenate(feats["perturbed"]), ref_target)
         results["pfid"] = {"pfid": pfid, "rate": args.pfid_rate, "strength": strength,
                            "num_samples": n, "seed": args.seed,
                            "changed_fraction": sum(changed) / n,

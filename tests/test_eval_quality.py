@@ -216,6 +216,30 @@ def test_fid_bootstrap_interval():
         fid_bootstrap(fake, ref, num_resamples=1)
 
 
+def test_fid_through_features_equals_the_covariance_formula():
+    """The fast forms (N x N cross products, no D x D eigendecompositions) give the same FID."""
+    from visualtok.metrics.fid import (
+        _fid_features_vs_root,
+        _sqrt_psd,
+        feature_statistics,
+        fid_from_features,
+        frechet_distance,
+    )
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 64))
+    b = 1.3 * rng.standard_normal((41, 64)) + 0.2
+    sa, sb = feature_statistics(a), feature_statistics(b)
+    exact = frechet_distance(sa, sb)
+    # N < D: rank-deficient covariances, whose ~0 eigenvalues add sqrt(rounding) noise to the
+    # eigendecomposition form; the cross-product form has none. They agree to ~1e-8 relative.
+    assert fid_from_features(a, b) == pytest.approx(exact, rel=1e-7)
+    assert fid_from_features(a, sb) == exact
+    assert _fid_features_vs_root(a, sb, _sqrt_psd(sb.sigma)) == pytest.approx(exact, rel=1e-7)
+    ci = fid_bootstrap(a, sb, num_resamples=30)
+    assert ci["resampled"] == "samples" and ci["low"] < ci["high"]
+
+
 # ----------------------------------------------------------------------------- make-ref, errors
 def test_gfid_make_ref_then_score_with_kid_and_ci(tmp_path, class_folder):
     gfid = _script("gfid")
