@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
                                                                                           ref)
         results["fid_label"] = f"FID[{n}]"
         if args.bootstrap:
-            results["fid_ci"] = fid_bootstrap(
-                feats, ref if ref_feats is None else ref_feats, args.bootstrap, args.confidence,
-                args.seed, progress=not args.no_progress)
+            results["fid_ci"] = fid_bootstrap(feats, ref_feats if same else ref, args.bootstrap,
+                                              args.confidence, args.seed,
+                                              progress=not args.no_progress)
         if ref_feats is not None:
             subsets, m = kid_subset_plan(len(ref_feats), n, args.kid_subsets, args.kid_subset_size)
             kid, kid_std = kernel_inception_distance(ref_feats, feats, args.kid_subsets,
@@ -220,8 +220,9 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         line = f"{results['fid_label']} = {results['fid']:.4g}"
         if "fid_ci" in results:
             ci = results["fid_ci"]
-            line += (f" ({ci['confidence']:.0%} CI [{ci['low']:.4g}, {ci['high']:.4g}], "
-                     f"{ci['num_resamples']} bootstrap resamples)")
+            line += (f" ({ci['confidence']:.0%} CI [{ci['low']:.4g}, {ci['high']:.4g}] from "
+                     f"{ci['num_resamples']} bootstrap resamples; their mean "
+                     f"{ci['resampled_mean']:.4g}: small-N bias)")
         if results.get("kid") is not None:
             if results["kid_std"] is None:
                 line += (f"   KID {results['kid']:.4g} (one estimate on all {n} vs "

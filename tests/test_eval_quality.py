@@ -210,8 +210,15 @@ def test_fid_bootstrap_interval():
     from visualtok.metrics.fid import fid_from_features
 
     point = fid_from_features(fake, ref)
-    assert ci["low"] < point < ci["high"] and ci["resampled"] == "samples and reference"
+    assert ci["fid"] == pytest.approx(point) and ci["low"] < point < ci["high"]
+    assert ci["high"] - point == pytest.approx(1.959964 * ci["std"], rel=1e-5)
+    assert ci["resampled"] == "samples and reference"
     assert ci == fid_bootstrap(fake, ref, num_resamples=50, seed=0)
+    # identical sets: FID 0, yet every resample (with duplicates) is above it - the small-N bias
+    # that a percentile interval would present as the interval itself
+    same = fid_bootstrap(ref, ref, num_resamples=20)
+    assert same["fid"] == pytest.approx(0, abs=1e-9) and same["low"] == 0
+    assert same["resampled_mean"] > 0.01
     with pytest.raises(ValueError, match="num_resamples"):
         fid_bootstrap(fake, ref, num_resamples=1)
 
