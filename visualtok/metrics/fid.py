@@ -204,9 +204,9 @@ def fid_from_features(a: np.ndarray, b: np.ndarray | FeatureStats) -> float:
     if isinstance(b, FeatureStats):
         return frechet_distance(sa, b)
     sb = feature_statistics(b)
-    if sa.dim == sb.dim and max(len(a), len(b)) <= sa.dim:
-        return _fid_features(np.asarray(a, np.float64), np.asarray(b, np.float64))
-    return frechet_distance(sa, sb)
+    if sa.dim != sb.dim:
+        return frechet_distance(sa, sb)  # its error names both dims
+    return _fid_pair(np.asarray(a, np.float64), np.asarray(b, np.float64))
 
 
 # ------------------------------------------------------------------------- KID, precision/recall
@@ -343,6 +343,14 @@ def _fid_features(fa: np.ndarray, fb: np.ndarray) -> float:
     return max(float(fid), 0.0)
 
 
+def _fid_pair(fa: np.ndarray, fb: np.ndarray) -> float:
+    """FID of two feature sets by the cheaper exact form: cross products when N <= D, else the
+    D x D covariances."""
+    if max(fa.shape[0], fb.shape[0]) <= fa.shape[1]:
+        return _fid_features(fa, fb)
+    return frechet_distance(feature_statistics(fa), feature_statistics(fb))
+
+
 def fid_bootstrap(
     fake: np.ndarray,
     reference: FeatureStats | np.ndarray,
@@ -387,11 +395,11 @@ def fid_bootstrap(
             vals[i] = _fid_features_vs_root(f, reference, root)
         else:
             r = ref_feats[rng.integers(0, ref_feats.shape[0], ref_feats.shape[0])]
-            vals[i] = _fid_features(f, r)
+            vals[i] = _fid_pair(f, r)
     if ref_feats is None:
         point = _fid_features_vs_root(fake, reference, root)
     else:
-        point = _fid_features(fake, ref_feats)
+        point = _fid_pair(fake, ref_feats)
     z = NormalDist().inv_cdf((1 + confidence) / 2)
     std = float(vals.std(ddof=1))
     return {"fid": point, "low": max(0.0, point - z * std), "high": point + z * std, "std": std,
