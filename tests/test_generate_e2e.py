@@ -183,6 +183,10 @@ def test_pretokenize_and_train_generator_scripts(token_setup, tmp_path):
     )
     assert len(written) == 2
     assert torch.equal(TokenDataset(tmp_path / "tokens").codes, TokenDataset(root / "tokens").codes)
+    # --limit takes an evenly strided subset: both class folders, not the first class only
+    pre.main(["--tokenizer", str(tmp_path / "tok"), "--images", str(root / "images"), "--out",
+              str(tmp_path / "tokens2"), "--limit", "2", "--device", "cpu"])
+    assert TokenDataset(tmp_path / "tokens2").labels.tolist() == [0, 1]
     train = _script(REPO / "train" / "train_generator.py")
     out = train.main(
         [
