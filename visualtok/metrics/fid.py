@@ -460,15 +460,19 @@ def load_reference(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference statistics not found: {path}")
+    hint = " - make one with `python eval/gfid.py make-ref IMAGES --out ref.npz`"
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path}: expected an .npz archive (mu/sigma or arr_0); got a single "
+                         f".npy array{hint}")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"{path}: not a readable .npz reference file (no zip signature){hint}")
     try:
         z = np.load(path, allow_pickle=False)
-    except Exception as e:  # BadZipFile, OSError, ValueError (pickled / not an array file)
+    except Exception as e:  # BadZipFile, OSError, ValueError
         raise ValueError(f"{path}: not a readable .npz reference file ({type(e).__name__}: {e})"
-                         " - make one with `python eval/gfid.py make-ref IMAGES --out ref.npz`"
-                         ) from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected an .npz archive (mu/sigma or arr_0); got a single "
-                         f"{type(z).__name__}")
+                         f"{hint}") from None
     try:
         with z:
             files = set(z.files)
