@@ -13,15 +13,18 @@
 ``ours bf16``: our codec under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (convs and LSTM
 in bf16, the quantizer in fp32); ``bf16 codes = fp32`` is the share of its codes equal to the
 fp32 ones. Speed is "x real time" (seconds of audio per second of wall time, median of
-``--repeats`` after a warm-up). ``codes_equal`` says whether both sides gave identical codes in
-that run, ``max_abs_diff`` the largest difference of the audio decoded from those codes.
+``--repeats`` after a warm-up; the two sides are called alternately, see ``paired_times``).
+``codes_equal`` says whether both sides gave identical codes in that run, ``max_abs_diff`` the
+largest difference of the audio decoded from those codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +47,22 @@ def speech_batch(batch: int, seconds: float, sample_rate: int) -> torch.Tensor:
         wav, _ = read_audio(path, sample_rate=sample_rate, channels=1)
         out[i, :, : min(n, wav.shape[-1])] = wav[:, :n]
     return out
+
+
+def paired_times(ref_fn, ours_fn, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``ref_fn`` and ``ours_fn``, called alternately after one warm-up each,
+    so that a change in the machine's load hits both sides alike."""
+    ref_fn()
+    ours_fn()
+    a, b = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ref_fn()
+        a.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ours_fn()
+        b.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
 
 
 def official_encodec(wav: torch.Tensor, seed: int = 0):
@@ -90,12 +109,11 @@ def _encodec_case(ref, ours, wav, n_q, b, seconds, repeats):
     got = ours.encode(wav, 24000, n_q=n_q)
     equal = torch.equal(got.to_official(), frames[0][0])
     diff = float((ours.decode(got) - ref.decode(frames)[..., : wav.shape[-1]]).abs().max())
-    t = {
-        "ref_enc": time_call(lambda: ref.encode(wav), repeats=repeats),
-        "ours_enc": time_call(lambda: ours.encode(wav, 24000, n_q=n_q), repeats=repeats),
-        "ref_dec": time_call(lambda: ref.decode(frames), repeats=repeats),
-        "ours_dec": time_call(lambda: ours.decode(got), repeats=repeats),
-    }
+    t = {}
+    t["ref_enc"], t["ours_enc"] = paired_times(lambda: ref.encode(wav),
+                                               lambda: ours.encode(wav, 24000, n_q=n_q), repeats)
+    t["ref_dec"], t["ours_dec"] = paired_times(lambda: ref.decode(frames),
+                                               lambda: ours.decode(got), repeats)
     row = _row("EnCodec 24 kHz, 6 kbps", b, seconds, t, equal, diff)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the quantizer itself stays fp32
         fast = ours.encode(wav, 24000, n_q=n_q)
@@ -135,12 +153,11 @@ def _dac_case(ref, ours, wav, b, seconds, repeats):
         return ref.decode(ref.quantizer.from_codes(ref_codes)[0])
 
     diff = float((ours.decode(got.codes) - ref_decode()).abs().max())
-    t = {
-        "ref_enc": time_call(lambda: ref.encode(ref.preprocess(wav, 16000)), repeats=repeats),
-        "ours_enc": time_call(lambda: ours.encode(wav, 16000), repeats=repeats),
-        "ref_dec": time_call(ref_decode, repeats=repeats),
-        "ours_dec": time_call(lambda: ours.decode(got.codes), repeats=repeats),
-    }
+    t = {}
+    t["ref_enc"], t["ours_enc"] = paired_times(lambda: ref.encode(ref.preprocess(wav, 16000)),
+                                               lambda: ours.encode(wav, 16000), repeats)
+    t["ref_dec"], t["ours_dec"] = paired_times(ref_decode, lambda: ours.decode(got.codes),
+                                               repeats)
     return _row("DAC 16 kHz, 6 kbps", b, seconds, t, equal, diff)
 
 

@@ -21,14 +21,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
+from _common import (
+    environment,
+    load_tokenizer,
+    run_cli,
+    select_images,
+    tokenizer_eval_parser,
+    write_results,
+)
 
-from visualtok.data.image_io import iter_image_batches, list_images
+from visualtok.data.image_io import iter_image_batches
 from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
 )
 from visualtok.metrics.image import psnr, ssim
 
@@ -82,7 +89,7 @@ def plot(points: list[dict], bits_per_token: float, path: Path, title: str) -> N
 def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None) -> dict:
     args = parse_args(argv)
     tok = load_tokenizer(args)
-    paths = list_images(args.images)[: args.max_images]
+    paths, subset = select_images(args)
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     flexible = bool(getattr(tok, "supports_prefix", False)) and len(tok.token_shape) == 1
@@ -106,18 +113,19 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
                 acc[k]["feats"].append(extract_features(recon, ext, device=args.device))
     n = len(paths)
     bpt = tok.code_layout.bits_per_token
-    ref = feature_statistics(np.concatenate(ref_feats), ext.name) if ext is not None else None
+    ref_all = np.concatenate(ref_feats) if ext is not None else None
+    ref = feature_statistics(ref_all, ext.name) if ext is not None else None
     points = []
     for k in ks:
         p = {"tokens": k, "bits": k * bpt, "psnr": float(torch.cat(acc[k]["psnr"]).mean()),
              "ssim": float(torch.cat(acc[k]["ssim"]).mean()), "fid": None}
         if ref is not None:
-            p["fid"] = frechet_distance(feature_statistics(np.concatenate(acc[k]["feats"]),
-                                                           ext.name), ref)
+            p["fid"] = fid_from_features(np.concatenate(acc[k]["feats"]), ref_all)
         points.append(p)
     results = {
         "model": args.model, "random_init": args.random_init, "images": str(args.images),
-        "num_samples": n, "image_size": list(tok.image_size), "flexible": flexible,
+        "subset": subset, "num_samples": n, "image_size": list(tok.image_size),
+        "flexible": flexible,
         "bits_per_token": bpt, "features": ext.name if ext is not None else None,
         "fid_reference": f"the {n} evaluated images" if ext is not None else None,
         "points": points, "seconds": time.perf_counter() - t0,
@@ -135,4 +143,4 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "rate_distortion.py"))

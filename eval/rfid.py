@@ -19,18 +19,25 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
+from _common import (
+    environment,
+    load_tokenizer,
+    run_cli,
+    select_images,
+    tokenizer_eval_parser,
+    write_results,
+)
 
-from visualtok.data.image_io import iter_image_batches, list_images, save_grid
+from visualtok.data.image_io import iter_image_batches, save_grid
 from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
     load_reference,
 )
 from visualtok.metrics.image import code_statistics, psnr, ssim
-from visualtok.metrics.pfid import DEFAULT_RATE, default_strength, perturb_codes, pfid_label
+from visualtok.metrics.pfid import DEFAULT_RATE, compute_pfid, default_strength, perturb_codes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,15 +58,17 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     args = parse_args(argv)
     tok = load_tokenizer(args)
     ext = extractor or build_feature_extractor(args.features, args.fid_weights, args.device)
-    paths = list_images(args.images)[: args.max_images]
+    paths, subset = select_images(args)
+    ref = None
+    if args.reference is not None:  # read and check it before the long part
+        ref, _ = load_reference(args.reference, ext, batch_size=args.batch_size)
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     strength = args.pfid_strength or default_strength(tok.code_layout)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    feats = {"orig": [], "recon": [], "perturbed": []}
-    psnrs, ssims, all_codes, changed = [], [], [], []
+    feats = {"orig": [], "recon": []}
+    psnrs, ssims, all_codes = [], [], []
     grid = None
     for batch in iter_image_batches(paths, tok.image_size, args.batch_size):
         x = batch.to(args.device)
@@ -70,30 +79,31 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         psnrs.append(psnr(x, recon).cpu())
         ssims.append(ssim(x, recon).cpu())
         all_codes.append(codes.cpu())
-        pert = None
-        if not args.no_pfid:
-            new, frac = perturb_codes(tok, codes, args.pfid_rate, strength, gen)
-            pert = tok.decode(new)
-            feats["perturbed"].append(extract_features(pert, ext, device=args.device))
-            changed.append(frac * x.shape[0])
         if grid is None:
             k = args.grid_images
-            grid = [x[:k].cpu(), recon[:k].cpu()] + ([pert[:k].cpu()] if pert is not None else [])
+            grid = [x[:k].cpu(), recon[:k].cpu()]
+            if not args.no_pfid:  # the first batch's perturbed decode, as compute_pfid draws it
+                gen = torch.Generator(device=args.device).manual_seed(args.seed)
+                new, _ = perturb_codes(tok, codes, args.pfid_rate, strength, gen)
+                grid.append(tok.decode(new)[:k].cpu())
         if not args.no_progress:
             print(f"  {sum(len(p) for p in psnrs)}/{len(paths)} images", file=sys.stderr)
     n = len(paths)
     name = getattr(ext, "name", "")
+    recon_feats = np.concatenate(feats["recon"])
     if args.reference is not None:
-        ref, _ = load_reference(args.reference)
         ref_desc = str(args.reference)
+        ref_target = ref
     else:
-        ref = feature_statistics(np.concatenate(feats["orig"]), name)
+        ref_target = np.concatenate(feats["orig"])  # FID through the features: same value, fast
+        ref = feature_statistics(ref_target, name)
         ref_desc = f"the {n} evaluated images, centre-cropped to {tok.image_size}"
-    rfid = frechet_distance(feature_statistics(np.concatenate(feats["recon"]), name), ref)
+    rfid = fid_from_features(recon_feats, ref_target)
     results = {
         "model": args.model,
         "random_init": args.random_init,
         "images": str(args.images),
+        "subset": subset,
         "num_samples": n,
         "image_size": list(tok.image_size),
         "features": name,
@@ -107,11 +117,11 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         "bits_per_image": float(tok.bits_per_image),
     }
     if not args.no_pfid:
-        pfid = frechet_distance(feature_statistics(np.concatenate(feats["perturbed"]), name), ref)
-        results["pfid"] = {"pfid": pfid, "rate": args.pfid_rate, "strength": strength,
-                           "num_samples": n, "seed": args.seed,
-                           "changed_fraction": sum(changed) / n,
-                           "label": pfid_label(args.pfid_rate, strength, n)}
+        result = compute_pfid(tok, iter_image_batches(paths, tok.image_size, args.batch_size),
+                              ref_target, ext, rate=args.pfid_rate, strength=strength,
+                              batch_size=args.batch_size, device=args.device, seed=args.seed,
+                              progress=not args.no_progress)
+        results["pfid"] = {**result.to_dict(), "seed": args.seed}
     results["seconds"] = time.perf_counter() - t0
     results["environment"] = environment(args.device)
     labels = ["original", "recon"] + ([] if args.no_pfid else ["perturbed"])
@@ -120,11 +130,15 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     line = f"{results['rfid_label']} = {rfid:.4g}"
     if not args.no_pfid:
         line += f"   {results['pfid']['label']} = {results['pfid']['pfid']:.4g}"
+    c = results["codes"]
     print(f"{line}   PSNR {results['psnr']:.3f} dB   SSIM {results['ssim']:.4f}   "
-          f"usage {results['codes']['usage']:.3f}   {results['bits_per_image']:.0f} bits/image   "
-          f"(n = {n}, features {name}) -> {args.out}")
+          f"{results['bits_per_image']:.0f} bits/image   (n = {n}, features {name}) -> {args.out}")
+    print(f"codes: {c['used']} of {c['codebook_size']} used over {c['num_tokens']} tokens "
+          f"(usage {c['usage']:.3f}; {c['usage_of_possible']:.3f} of the {c['max_possible_used']} "
+          f"possible), perplexity {c['perplexity']:.4g} "
+          f"({c['perplexity_of_possible']:.3f} of the maximum)")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "rfid.py"))

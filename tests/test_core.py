@@ -201,10 +201,10 @@ def test_offline_load_names_file_and_place(tmp_path, monkeypatch):
     from visualtok import registry
     from visualtok.hub import sha256_file
 
-    entry = registry._MODELS["_tiny_test_net"]
+    entry = registry.MODELS._entries["_tiny_test_net"]
     good = dataclasses.replace(entry.pretrained, sha256=sha256_file(placed / "model.safetensors"))
     monkeypatch.setitem(
-        registry._MODELS, "_tiny_test_net", dataclasses.replace(entry, pretrained=good)
+        registry.MODELS._entries, "_tiny_test_net", dataclasses.replace(entry, pretrained=good)
     )
     assert isinstance(load("_tiny_test_net"), _TinyNet)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..hub import atomic_write
+from .image_io import open_image
 from .images import find_images, random_crop_resize
 from .sampler import item_generator
 
@@ -47,16 +49,13 @@ def write_image_shards(
     out: list[Path] = []
     for s in range(0, len(files), max_per_shard):
         path = Path(str(out_pattern) % (s // max_per_shard))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(tmp, "w") as tar:
+        with atomic_write(path) as tmp, tarfile.open(tmp, "w") as tar:
             for i, f in enumerate(files[s : s + max_per_shard], start=s):
                 key = f"{i:08d}"
                 ext = f.suffix.lower().lstrip(".")
                 _add(tar, f"{key}.{ext}", f.read_bytes())
                 cls = label[f.parent] if label_from_parent else 0
                 _add(tar, f"{key}.cls", str(cls).encode())
-        tmp.replace(path)
         out.append(path)
     return out
 
@@ -135,14 +134,9 @@ class ImageShardDataset(Dataset):
         return state
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
-        import numpy as np
-        from PIL import Image
-
         index, seed = item if isinstance(item, tuple) else (item, None)
         shard, img_m, cls_m = self.samples[index]
-        with Image.open(io.BytesIO(self._read(shard, img_m))) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        img = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+        img = open_image(self._read(shard, img_m), name=f"{self.shards[shard]}:{img_m.name}")
         gen = item_generator(seed) if (self.train and seed is not None) else None
         img = random_crop_resize(
             img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range

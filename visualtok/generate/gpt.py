@@ -58,6 +58,9 @@ class GPTConfig:
     factor_head_layers: int = 2
     factor_head_heads: int = 4
     init_std: float = 0.02
+    # names of the classes, for people (grid labels, file names); () = unnamed. Filled from the
+    # token folder's class_names when a generator is trained (``GeneratorTask``).
+    class_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,6 +83,10 @@ class GPT(nn.Module, PretrainedMixin):
         if c.num_tokens < 1 or c.num_classes < 0 or not 0.0 <= c.class_dropout < 1.0:
             raise ValueError(
                 f"need num_tokens >= 1, num_classes >= 0, class_dropout in [0, 1); got {c}"
+            )
+        if c.class_names and len(c.class_names) != c.num_classes:
+            raise ValueError(
+                f"class_names must name all {c.num_classes} classes; got {len(c.class_names)}"
             )
         self.head_type = resolve_head(c.head, self.layout)
         self.input_type = resolve_input(c.input, self.head_type, self.layout)
@@ -301,22 +308,13 @@ class GPT(nn.Module, PretrainedMixin):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def generate(
-        self,
-        labels: Any = None,
-        num_samples: int | None = None,
-        num_tokens: int | None = None,
-        sampling: Any = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        **sampling_kwargs: Any,
-    ) -> torch.Tensor:
-        """Sample codes ``[B, k, F]``, ``k = num_tokens <= N`` (``autoregressive.generate_ar``)."""
+    def generate(self, labels: Any = None, **kwargs: Any) -> torch.Tensor:
+        """Sample codes ``[B, k, F]``, ``k = num_tokens <= N``; keyword arguments as
+        ``autoregressive.generate_ar`` (``num_samples``, ``num_tokens``, ``sampling``,
+        ``generator``, ``use_cache``, ``compile``, sampling fields such as ``cfg_scale``)."""
         from .autoregressive import generate_ar
 
-        return generate_ar(
-            self, labels, num_samples, num_tokens, sampling, generator, use_cache, **sampling_kwargs
-        )
+        return generate_ar(self, labels, **kwargs)
 
 
 # ---------------------------------------------------------------------- presets
@@ -395,6 +393,7 @@ def gpt_photo128(**overrides: Any) -> GPT:
     """Shipped generator over ``titok_photo128`` codes: 5 x 256, 4 classes (6.1M parameters)."""
     return _build(
         dict(radices=(4096,), num_tokens=128, num_layers=5, dim=256, num_heads=4,
-             ffn_multiple_of=64, num_classes=4),
+             ffn_multiple_of=64, num_classes=4,
+             class_names=("debian_wallpapers", "gcompris", "mdn_cc0", "pypi_samples")),
         overrides,
     )

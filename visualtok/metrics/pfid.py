@@ -25,14 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.image_io import image_batches
 from ..quantize.layout import CodeLayout
-from .fid import (
-    FeatureExtractor,
-    FeatureStats,
-    extract_features,
-    feature_statistics,
-    frechet_distance,
-)
+from .fid import FeatureExtractor, FeatureStats, extract_features, fid_from_features
 
 __all__ = [
     "DEFAULT_RATE",
@@ -105,20 +100,11 @@ class PFIDResult:
         return {**asdict(self), "label": self.label}
 
 
-def _image_batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int):
-    if isinstance(images, torch.Tensor):
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i : i + batch_size]
-    else:
-        for b in images:
-            yield b[0] if isinstance(b, (tuple, list)) else b
-
-
 @torch.no_grad()
 def compute_pfid(
     tokenizer: torch.nn.Module,
     images: torch.Tensor | Iterable[torch.Tensor],
-    reference: FeatureStats,
+    reference: FeatureStats | np.ndarray,
     extractor: FeatureExtractor,
     rate: float = DEFAULT_RATE,
     strength: int | None = None,
@@ -127,7 +113,8 @@ def compute_pfid(
     seed: int = 0,
     progress: bool = False,
 ) -> PFIDResult:
-    """pFID of ``tokenizer`` (an ``ImageTokenizer``) on ``images`` against ``reference`` statistics.
+    """pFID of ``tokenizer`` (an ``ImageTokenizer``) on ``images`` against ``reference``
+    statistics or reference features ``[M, D]`` (``fid.fid_from_features``).
 
     ``images``: float ``[N, 3, H, W]`` in [0, 1] (or uint8), or an iterable of such batches, at the
     tokenizer's input size. ``strength=None`` uses ``default_strength(tokenizer.code_layout)``.
@@ -138,7 +125,7 @@ def compute_pfid(
     gen = torch.Generator(device=device).manual_seed(seed)
     feats, changed, n = [], 0.0, 0
     bar = tqdm(desc=f"pFID[{rate:g}, {strength}]", unit="img", disable=not progress)
-    for b in _image_batches(images, batch_size):
+    for b in image_batches(images, batch_size):
         codes = tokenizer.encode(b.to(device))
         new, frac = perturb_codes(tokenizer, codes, rate, strength, gen)
         decoded = tokenizer.decode(new)
@@ -150,9 +137,8 @@ def compute_pfid(
     if n < 2:
         raise ValueError(f"pFID needs at least 2 images; got {n}")
     name = getattr(extractor, "name", "")
-    stats = feature_statistics(np.concatenate(feats), name)
     return PFIDResult(
-        pfid=frechet_distance(stats, reference),
+        pfid=fid_from_features(np.concatenate(feats), reference),
         rate=float(rate),
         strength=strength,
         num_samples=n,

@@ -6,7 +6,7 @@ Build any of them with ``build_quantizer(QuantizerConfig(type=..., ...))``.
 """
 
 from .base import Quantizer, QuantOutput, check_latents, fp32_no_autocast, input_checks
-from .config import QUANTIZER_TYPES, QuantizerConfig, build_quantizer
+from .config import QuantizerConfig, build_quantizer
 from .layout import CodeLayout
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "QuantOutput",
     "Quantizer",
     "QuantizerConfig",
-    "QUANTIZER_TYPES",
     "build_quantizer",
     "check_latents",
     "input_checks",

@@ -29,6 +29,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..registry import register_quantizer
 from .base import Quantizer, check_latents, fp32_no_autocast
 from .config import QuantizerConfig
 from .distributed import broadcast_, is_distributed
@@ -39,6 +40,7 @@ from .vq import VectorQuantizer
 __all__ = ["ResidualVectorQuantizer"]
 
 
+@register_quantizer("rvq")
 class ResidualVectorQuantizer(Quantizer):
     """RVQ with ``num_quantizers`` levels of ``VectorQuantizer`` (one codebook each)."""
 

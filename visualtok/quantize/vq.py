@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.linear import Linear
+from ..registry import register_quantizer
 from .base import Quantizer, check_latents
 from .config import QuantizerConfig
 from .distributed import all_reduce_sum_, broadcast_, is_distributed
@@ -82,6 +83,7 @@ def _usage(counts: torch.Tensor) -> torch.Tensor:
     return counts.count_nonzero() / counts.numel()
 
 
+@register_quantizer("vq")
 class VectorQuantizer(Quantizer):
     """Codebook VQ. Codes ``[B, *S, 1]`` with layout ``(K,)``; see the module docstring."""
 

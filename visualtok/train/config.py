@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import config_from_dict, load_yaml
+from ..data.config import DataConfig
 
 __all__ = [
     "ModelSection",
@@ -41,29 +42,6 @@ class ModelSection:
     name: str = "titok_tiny"  # registry preset, built with create_model(name, **overrides)
     overrides: dict[str, Any] = field(default_factory=dict)  # preset config overrides
     init_from: str | None = None  # a visualtok checkpoint dir to start from (fine-tuning)
-
-
-@dataclass
-class DataConfig:
-    type: str = "images"  # images | shards | video | audio | tokens (task specific)
-    # folder / shard pattern; relative paths resolve against the config file
-    path: str | None = None
-    image_size: int = 64  # square crop side for image datasets
-    random_crop: bool = True  # train: seeded random crop + flip; False: centre crop
-    random_flip: bool = True
-    # resize the short side to this before cropping (None = crop size)
-    resize_short: int | None = None
-    # train: random-resized crop whose side is a uniform fraction [lo, hi] of the short side
-    scale_range: tuple[float, float] | None = None
-    recursive: bool = True
-    num_workers: int = 0
-    # video / audio
-    num_frames: int = 8
-    frame_stride: int = 1
-    sample_rate: int = 16000
-    num_samples: int = 16000  # audio crop length
-    # decoder post-training / generator data
-    token_file: str | None = None  # safetensors file with ``codes`` aligned with the dataset order
 
 
 @dataclass

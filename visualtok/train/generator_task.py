@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from ..train.task import StepOutput, Task, register_task
-from .gpt import GPT
-from .maskgit import random_mask
-from .tokens import TokenDataset
+from ..generate.gpt import GPT
+from ..generate.maskgit import random_mask
+from ..generate.tokens import TokenDataset
+from ..registry import register_task
+from .task import StepOutput, Task
 
 __all__ = ["GeneratorLossConfig", "GeneratorTask"]
 
@@ -56,6 +57,10 @@ class GeneratorTask(Task):
                 f"token folder {data.path} has code layout {ds.layout.radices} but the GPT "
                 f"expects {self.model.code_layout.radices}: set model.overrides.radices"
             )
+        names = tuple(ds.meta.get("class_names") or ())
+        cfg = self.model.config
+        if names and not cfg.class_names and len(names) == cfg.num_classes:
+            cfg.class_names = names  # saved with the checkpoint: samples are labelled by name
         n = int(torch.tensor(ds.meta["token_shape"]).prod())
         if n > self.model.config.num_tokens:
             raise ValueError(
