@@ -141,6 +141,7 @@ _MODEL_MODULES = (
     "visualtok.image.retok",
     "visualtok.audio.encodec",
     "visualtok.audio.dac",
+    "visualtok.audio.codec",
 )
 MODELS = Registry("model preset", _MODEL_MODULES)
 MODEL_CLASSES = Registry("model class", _MODEL_MODULES)

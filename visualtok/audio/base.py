@@ -41,6 +41,7 @@ class AudioCodes:
     lengths: torch.Tensor  # [B] int64 valid frames of each item
     num_samples: torch.Tensor  # [B] int64 input samples of each item (decode trims to these)
     scales: torch.Tensor | None = None  # [B, n_chunks] input scale of each chunk (EnCodec 48 kHz)
+    codec_id: str | None = None  # fingerprint of the codec that made them (None: not checked)
 
     @property
     def n_q(self) -> int:
@@ -53,7 +54,7 @@ class AudioCodes:
     def to(self, device: torch.device | str) -> AudioCodes:
         s = self.scales.to(device) if self.scales is not None else None
         return AudioCodes(self.codes.to(device), self.lengths.to(device),
-                          self.num_samples.to(device), s)
+                          self.num_samples.to(device), s, self.codec_id)
 
 
 def check_audio(wav: object, channels: int | None = None, name: str = "wav") -> torch.Tensor:
@@ -133,7 +134,18 @@ class AudioCodec(nn.Module, PretrainedMixin):
         """Codes ``[B, T_f, q]`` of one length -> ``[B, C, T']`` (trimmed to ``num_samples``)."""
         raise NotImplementedError
 
+    def codec_id(self) -> str | None:
+        """Fingerprint stamped on ``AudioCodes`` by ``encode`` and checked by ``decode`` (None:
+        no check; our ``Codec`` hashes its codebooks)."""
+        return None
+
     # ------------------------------------------------------------------ validation
+    def _check_codec_id(self, codes: AudioCodes) -> None:
+        mine = self.codec_id()
+        if mine is not None and codes.codec_id is not None and codes.codec_id != mine:
+            raise ValueError(f"these codes were made by another codec ({codes.codec_id}); this "
+                             f"model is {mine}: decode them with the codec that encoded them")
+
     def _check_n_q(self, n_q: int | None) -> int:
         if n_q is None:
             return self.max_codebooks
@@ -205,7 +217,7 @@ class AudioCodec(nn.Module, PretrainedMixin):
         if len(groups) == 1:
             codes, scales = self._encode(wav[..., : groups[0][0]], n_q)
             frames = torch.full((b,), codes.shape[1], dtype=torch.long)
-            return AudioCodes(codes, frames, n, scales)
+            return AudioCodes(codes, frames, n, scales, self.codec_id())
         parts = {}
         for length, idx in groups:
             parts[length] = (idx, *self._encode(wav[idx, :, :length], n_q))
@@ -221,7 +233,7 @@ class AudioCodec(nn.Module, PretrainedMixin):
                     n_chunks = max(p[2].shape[1] for p in parts.values())
                     scales = torch.ones(b, n_chunks, dtype=s.dtype, device=s.device)
                 scales[idx.to(s.device), : s.shape[1]] = s
-        return AudioCodes(codes, frames, n, scales)
+        return AudioCodes(codes, frames, n, scales, self.codec_id())
 
     @torch.no_grad()
     def decode(self, codes: AudioCodes | torch.Tensor) -> torch.Tensor:
@@ -232,6 +244,7 @@ class AudioCodec(nn.Module, PretrainedMixin):
         if not isinstance(codes, AudioCodes):
             c = self.check_codes(codes)
             return self._decode(c.to(self._device()), None, None).float()
+        self._check_codec_id(codes)
         c = self.check_codes(codes.codes).to(self._device())
         lengths, n = codes.lengths.cpu().long(), codes.num_samples.cpu().long()
         scales = codes.scales

@@ -1,0 +1,455 @@
+"""visualtok's own audio codec: a DAC/SEANet-style conv autoencoder on the shared RVQ core, with a
+causal option whose chunked streaming gives exactly the offline codes.
+
+* **encoder**: a 7-tap conv to ``encoder_dim``, then per stride ``s`` in ``ratios`` a block of
+  residual units (dilations 1, 3, 9: act, 7-tap dilated conv, act, 1-tap conv, plus the input),
+  act and a ``2s``-tap stride-``s`` conv doubling the width; act and a 3-tap conv to the latent;
+* **decoder**: a 7-tap conv to ``decoder_dim``, per stride act, a ``2s``-tap transposed conv
+  halving the width and three residual units; act, a 7-tap conv to one channel, tanh;
+* act is Snake (DAC) or ELU (SEANet); every conv is weight-normalised, with zero padding;
+* about 10M parameters for ``codec_small`` (DAC 16 kHz: 74M), 11M for ``codec_lm``;
+* **RVQ** from the quantizer core (``ResidualVectorQuantizer``): factorised 8-d l2-normalised
+  codes decoded through their raw rows (DAC), quantizer dropout per sample, k-means init on the
+  first batch and dead-code restart (tiny codebooks collapse without them), codebook + 0.25
+  commitment losses;
+* the input is right-padded with zeros to a multiple of the hop.
+
+``causal=True`` pads every conv on the left only (``span - stride`` zeros) and trims transposed
+convs on the right, so frame ``n`` depends on samples ``< (n + 1) * hop`` only. Then
+``StreamingEncoder`` / ``StreamingDecoder`` run the same layers chunk by chunk, each conv keeping
+the inputs its next window needs (each transposed conv its overlap tail): chunks of any size (one
+sample, less than a hop, many hops) give the offline codes exactly and the offline audio up to
+float rounding (the transposed-conv tails are added in a different order).
+
+Presets (each takes ``causal=True``): ``codec_tiny`` (16 kHz, hop 320, 4 x 256, 0.67M params,
+tests), ``codec_small`` (16 kHz, hop 320 = 50 Hz, 8 x 1024 = 4 kbps) and ``codec_lm`` (16 kHz,
+hop 640 = 25 Hz, 4 x 1024 = 1 kbps, short sequences for the generator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantize.config import QuantizerConfig, build_quantizer
+from ..registry import register_model, register_model_class
+from .base import AudioCodec, check_audio
+from .layers import Snake, WNConv1d, WNConvTranspose1d
+
+__all__ = ["CodecConfig", "Codec", "StreamingEncoder", "StreamingDecoder", "StreamState"]
+
+_ACTIVATIONS = ("snake", "elu")
+
+
+@dataclass
+class CodecConfig:
+    sample_rate: int = 16000
+    ratios: tuple[int, ...] = (2, 4, 5, 8)  # encoder strides; the decoder uses them reversed
+    encoder_dim: int = 32  # width of the first conv, doubled by each encoder block
+    decoder_dim: int = 512  # width after the decoder's first conv, halved by each block
+    latent_dim: int = 128
+    dilations: tuple[int, ...] = (1, 3, 9)
+    activation: str = "snake"  # snake (DAC) | elu (SEANet)
+    causal: bool = False  # left-only padding: exact chunked streaming (StreamingEncoder/Decoder)
+    n_codebooks: int = 8
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    quantizer_dropout: float = 0.5  # training: share of each batch on a random prefix of levels
+    kmeans_init: bool = True
+    dead_code_threshold: float = 0.02  # EMA usage (codes per batch) below which a code restarts
+
+    def validate(self) -> CodecConfig:
+        for name in ("sample_rate", "encoder_dim", "decoder_dim", "latent_dim", "n_codebooks",
+                     "codebook_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"CodecConfig.{name} must be a positive int; got {v!r}")
+        if isinstance(self.codebook_size, bool) or not isinstance(self.codebook_size, int) or (
+                self.codebook_size < 2):
+            raise ValueError(f"CodecConfig.codebook_size must be an int >= 2; "
+                             f"got {self.codebook_size!r}")
+        for name in ("ratios", "dilations"):
+            v = tuple(getattr(self, name))
+            if not v or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in v):
+                raise ValueError(f"CodecConfig.{name} must be a non-empty list of positive ints; "
+                                 f"got {getattr(self, name)!r}")
+            setattr(self, name, v)
+        if self.decoder_dim % 2 ** len(self.ratios):
+            raise ValueError(f"CodecConfig.decoder_dim ({self.decoder_dim}) must be divisible by "
+                             f"2**len(ratios) = {2 ** len(self.ratios)} (halved per block)")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"CodecConfig.activation must be one of {_ACTIVATIONS}; "
+                             f"got {self.activation!r}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"CodecConfig.causal must be true or false; got {self.causal!r}")
+        if not 0.0 <= float(self.quantizer_dropout) <= 1.0:
+            raise ValueError(f"CodecConfig.quantizer_dropout must be in [0, 1]; "
+                             f"got {self.quantizer_dropout!r}")
+        if float(self.dead_code_threshold) < 0:
+            raise ValueError(f"CodecConfig.dead_code_threshold must be >= 0; "
+                             f"got {self.dead_code_threshold!r}")
+        return self
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    def quantizer_config(self) -> QuantizerConfig:
+        return QuantizerConfig(
+            type="rvq", dim=self.latent_dim, codebook_size=self.codebook_size,
+            codebook_dim=self.codebook_dim, num_quantizers=self.n_codebooks, l2_normalize=True,
+            raw_codebook_rows=True, beta=0.25, quantizer_dropout=self.quantizer_dropout,
+            dropout_per_sample=True, all_level_gradients=True, kmeans_init=self.kmeans_init,
+            dead_code_threshold=float(self.dead_code_threshold),
+        )
+
+
+# ---------------------------------------------------------------------- streamable layers
+class Conv(nn.Module):
+    """Weight-normalised conv with zero padding: ``span - stride`` zeros on the left (causal) or
+    split around the signal; ``stream`` keeps the inputs the next window needs."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1, causal: bool = False) -> None:
+        super().__init__()
+        self.conv = WNConv1d(c_in, c_out, kernel_size, stride=stride, dilation=dilation)
+        self.c_out, self.stride, self.causal = c_out, stride, causal
+        self.span = (kernel_size - 1) * dilation + 1
+        self.pad = self.span - stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left = self.pad if self.causal else self.pad // 2
+        return self.conv(F.pad(x, (left, self.pad - left)))
+
+    def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        buf = state.get(self)
+        if buf is None:
+            buf = x.new_zeros(x.shape[0], x.shape[1], self.pad)
+        if x.shape[-1]:
+            buf = torch.cat([buf, x], -1)
+        n = (buf.shape[-1] - self.span) // self.stride + 1 if buf.shape[-1] >= self.span else 0
+        state[self] = buf[..., n * self.stride:]
+        if n == 0:
+            return x.new_zeros(x.shape[0], self.c_out, 0)
+        return self.conv(buf[..., : (n - 1) * self.stride + self.span])
+
+
+class ConvTranspose(nn.Module):
+    """Weight-normalised ``2s``-tap stride-``s`` transposed conv giving exactly ``s`` samples per
+    input frame: the ``s``-sample overlap is trimmed on the right (causal) or split; ``stream``
+    carries it to the next chunk."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, causal: bool = False) -> None:
+        super().__init__()
+        self.conv = WNConvTranspose1d(c_in, c_out, 2 * stride, stride)
+        self.c_out, self.stride, self.causal = c_out, stride, causal
+        self.trim = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        left = 0 if self.causal else self.trim // 2
+        return y[..., left: y.shape[-1] - (self.trim - left)]
+
+    def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return x.new_zeros(x.shape[0], self.c_out, 0)
+        y = F.conv_transpose1d(x, self.conv.kernel(), None, self.stride)
+        tail = state.get(self)
+        if tail is not None:
+            y[..., : self.trim] += tail
+        n = x.shape[-1] * self.stride
+        state[self] = y[..., n:]
+        return y[..., :n] + self.conv.bias[:, None]
+
+
+def _activation(kind: str, channels: int) -> nn.Module:
+    return Snake(channels) if kind == "snake" else nn.ELU()
+
+
+def _stream_seq(layers: nn.Sequential, x: torch.Tensor, state: dict) -> torch.Tensor:
+    for m in layers:
+        x = m.stream(x, state) if hasattr(m, "stream") else m(x)
+    return x
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _activation(cfg.activation, dim), Conv(dim, dim, 7, dilation=dilation,
+                                                   causal=cfg.causal),
+            _activation(cfg.activation, dim), Conv(dim, dim, 1, causal=cfg.causal),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+    def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        return x + _stream_seq(self.block, x, state) if x.shape[-1] else x
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        d = cfg.encoder_dim
+        layers: list[nn.Module] = [Conv(1, d, 7, causal=cfg.causal)]
+        for stride in cfg.ratios:
+            layers += [ResidualUnit(d, r, cfg) for r in cfg.dilations]
+            layers += [_activation(cfg.activation, d),
+                       Conv(d, 2 * d, 2 * stride, stride=stride, causal=cfg.causal)]
+            d *= 2
+        layers += [_activation(cfg.activation, d), Conv(d, cfg.latent_dim, 3, causal=cfg.causal)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        d = cfg.decoder_dim
+        layers: list[nn.Module] = [Conv(cfg.latent_dim, d, 7, causal=cfg.causal)]
+        for stride in reversed(cfg.ratios):
+            layers += [_activation(cfg.activation, d),
+                       ConvTranspose(d, d // 2, stride, causal=cfg.causal)]
+            d //= 2
+            layers += [ResidualUnit(d, r, cfg) for r in cfg.dilations]
+        layers += [_activation(cfg.activation, d), Conv(d, 1, 7, causal=cfg.causal), nn.Tanh()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z)
+
+
+def _zero_biases(m: nn.Module) -> None:
+    if isinstance(m, (WNConv1d, WNConvTranspose1d)) and m.bias is not None:
+        with torch.no_grad():
+            m.bias.zero_()
+
+
+# ---------------------------------------------------------------------- the codec
+@register_model_class
+class Codec(AudioCodec):
+    """visualtok's streaming audio codec (mono). See the module docstring."""
+
+    config_class = CodecConfig
+
+    def __init__(self, config: CodecConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.encoder = Encoder(config)
+        self.quantizer = build_quantizer(config.quantizer_config())
+        self.decoder = Decoder(config)
+        self.apply(_zero_biases)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def max_codebooks(self) -> int:
+        return self.config.n_codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def code_layout(self):
+        return self.quantizer.layout
+
+    def codec_id(self) -> str:
+        """Fingerprint of the codebooks (and the config): codes made by another codec, or by this
+        architecture with other weights, are refused by ``decode``."""
+        h = hashlib.sha1(repr(sorted(vars(self.config).items())).encode())
+        for level in self.quantizer.levels:
+            h.update(level.embedding.weight.detach().float().cpu().numpy().tobytes())
+        return "codec-" + h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ training hooks
+    def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, T]`` -> latents ``[B, T_f, latent_dim]`` after zero-padding to the hop."""
+        pad = math.ceil(wav.shape[-1] / self.hop_length) * self.hop_length - wav.shape[-1]
+        return self.encoder(F.pad(wav, (0, pad))).transpose(1, 2)
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        """``[B, T_f, latent_dim]`` -> ``[B, 1, T_f * hop]``."""
+        return self.decoder(z_q.transpose(1, 2))
+
+    def forward(self, wav: torch.Tensor):
+        """Training step: (reconstruction ``[B, 1, T]``, QuantOutput)."""
+        quant = self.quantizer(self.encode_latents(wav))
+        return self.decode_latents(quant.z_q)[..., : wav.shape[-1]], quant
+
+    # ------------------------------------------------------------------ codec hooks
+    def _encode(self, wav: torch.Tensor, n_q: int):
+        return self.quantizer.encode(self.encode_latents(wav), depth=n_q), None
+
+    def _decode(self, codes: torch.Tensor, scales: torch.Tensor | None, num_samples: int | None):
+        y = self.decode_latents(self.quantizer.decode(codes).to(self._param_dtype()))
+        return y[..., :num_samples] if num_samples is not None else y
+
+    # ------------------------------------------------------------------ streaming
+    def streaming_encoder(self, n_q: int | None = None) -> StreamingEncoder:
+        return StreamingEncoder(self, n_q=n_q)
+
+    def streaming_decoder(self) -> StreamingDecoder:
+        return StreamingDecoder(self)
+
+
+class StreamState:
+    """Per-layer buffers of one stream, tied to the model that made them."""
+
+    def __init__(self, model: Codec, kind: str) -> None:
+        self.owner = weakref.ref(model)
+        self.kind = kind
+        self.buffers: dict = {}
+        self.batch_size: int | None = None
+        self.samples = 0  # samples (encoder) or frames (decoder) fed so far
+
+    def check(self, model: Codec, kind: str) -> None:
+        if self.owner() is not model:
+            raise ValueError("this streaming state belongs to a different model: make a new "
+                             f"Streaming{kind.capitalize()} for this one (states hold per-layer "
+                             "buffers of the model that made them)")
+        if self.kind != kind:
+            raise ValueError(f"this is a {self.kind} streaming state; a {kind} one is needed")
+
+    def check_batch(self, b: int, what: str) -> None:
+        if self.batch_size is None:
+            self.batch_size = b
+        elif b != self.batch_size:
+            raise ValueError(f"{what} has batch size {b}, but this stream started with "
+                             f"{self.batch_size} (one stream per batch)")
+
+
+def _check_causal(model: object, what: str) -> Codec:
+    if not isinstance(model, Codec):
+        raise TypeError(f"{what} needs a visualtok Codec; got {type(model).__name__}")
+    if not model.config.causal:
+        raise ValueError(f"{what}: this codec is not causal (config.causal=False); streaming "
+                         "equals offline only for causal presets, e.g. codec_small(causal=True)")
+    return model
+
+
+class StreamingEncoder:
+    """Feed audio chunks ``[B, 1, t]`` (any ``t >= 1``) with ``__call__``; each call returns the
+    codes ``[B, n, n_q]`` of the frames completed so far (``n`` may be 0). ``flush()`` zero-pads the
+    last frame as offline ``encode`` does and returns the remaining codes; the concatenation equals
+    ``model.encode(whole).codes`` exactly."""
+
+    def __init__(self, model: Codec, n_q: int | None = None,
+                 state: StreamState | None = None) -> None:
+        self.model = _check_causal(model, "StreamingEncoder")
+        self.n_q = model._check_n_q(n_q)
+        if state is None:
+            state = StreamState(model, "encoder")
+        state.check(model, "encoder")
+        self.state = state
+
+    @torch.no_grad()
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        self.state.check(self.model, "encoder")
+        chunk = check_audio(chunk, self.model.channels, name="chunk")
+        self.state.check_batch(chunk.shape[0], "chunk")
+        self.state.samples += chunk.shape[-1]
+        return self._push(chunk.to(self.model._param_dtype()))
+
+    def _push(self, x: torch.Tensor) -> torch.Tensor:
+        z = _stream_seq(self.model.encoder.layers, x, self.state.buffers)
+        if z.shape[-1] == 0:
+            return torch.zeros(x.shape[0], 0, self.n_q, dtype=torch.long, device=x.device)
+        return self.model.quantizer.encode(z.transpose(1, 2), depth=self.n_q)
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """Codes of the last, zero-padded frame (none if the input ended on a frame boundary)."""
+        self.state.check(self.model, "encoder")
+        hop, n = self.model.hop_length, self.state.samples
+        pad = math.ceil(n / hop) * hop - n
+        b = self.state.batch_size or 1
+        x = torch.zeros(b, 1, pad, dtype=self.model._param_dtype(), device=self.model._device())
+        self.state.samples += pad
+        return self._push(x)
+
+
+class StreamingDecoder:
+    """Feed codes ``[B, n, q]`` (any ``n >= 1`` frames) with ``__call__``; each call returns the
+    audio ``[B, 1, n * hop]`` of those frames, equal to offline ``decode`` of the whole sequence
+    up to float rounding (1e-5)."""
+
+    def __init__(self, model: Codec, state: StreamState | None = None) -> None:
+        self.model = _check_causal(model, "StreamingDecoder")
+        if state is None:
+            state = StreamState(model, "decoder")
+        state.check(model, "decoder")
+        self.state = state
+        self._n_q: int | None = None
+
+    @torch.no_grad()
+    def __call__(self, codes: Any) -> torch.Tensor:
+        from .base import AudioCodes
+
+        self.state.check(self.model, "decoder")
+        if isinstance(codes, AudioCodes):
+            self.model._check_codec_id(codes)
+            codes = codes.codes
+        c = self.model.check_codes(codes).to(self.model._device())
+        self.state.check_batch(c.shape[0], "codes")
+        if self._n_q is None:
+            self._n_q = c.shape[-1]
+        elif c.shape[-1] != self._n_q:
+            raise ValueError(f"codes have {c.shape[-1]} levels, but this stream started with "
+                             f"{self._n_q} (keep n_q fixed within a stream)")
+        self.state.samples += c.shape[1]
+        z = self.model.quantizer.decode(c).to(self.model._param_dtype()).transpose(1, 2)
+        return _stream_seq(self.model.decoder.layers, z, self.state.buffers).float()
+
+
+# ---------------------------------------------------------------------- presets
+CODEC_PRESETS: dict[str, dict[str, Any]] = {
+    "codec_tiny": dict(encoder_dim=8, decoder_dim=128, latent_dim=64, n_codebooks=4,
+                       codebook_size=256, dead_code_threshold=0.1),
+    "codec_small": dict(),  # the class defaults: 16 kHz, hop 320 (50 Hz), 8 x 1024 = 4 kbps
+    "codec_lm": dict(ratios=(2, 4, 8, 10), n_codebooks=4),  # hop 640: 25 Hz, 1 kbps
+}
+
+
+def _preset(name: str, overrides: dict[str, Any]) -> Codec:
+    from ..config import config_from_dict
+
+    return Codec(config_from_dict(CodecConfig, {**CODEC_PRESETS[name], **overrides}))
+
+
+@register_model(task="audio-codec")
+def codec_tiny(**overrides: Any) -> Codec:
+    """16 kHz, hop 320, 4 x 256 codes (1.6 kbps); for tests. ``causal=True`` streams."""
+    return _preset("codec_tiny", overrides)
+
+
+@register_model(task="audio-codec")
+def codec_small(**overrides: Any) -> Codec:
+    """16 kHz, hop 320 (50 Hz), 8 x 1024 codes = 4 kbps. ``causal=True`` streams."""
+    return _preset("codec_small", overrides)
+
+
+@register_model(task="audio-codec")
+def codec_lm(**overrides: Any) -> Codec:
+    """16 kHz, hop 640 (25 Hz), 4 x 1024 codes = 1 kbps: short code sequences for the GPT."""
+    return _preset("codec_lm", overrides)
