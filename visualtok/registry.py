@@ -155,6 +155,7 @@ CONVERTERS = Registry("converter", (
 TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",
     "visualtok.train.generator_task",
+    "visualtok.train.codec_task",
 ))
 TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
     "visualtok.train.semantic",

@@ -370,6 +370,11 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             media = self.task.log_media(batch)
         for tag, imgs in media.items():
+            if tag.startswith("audio/"):  # [B, T] waveforms in [-1, 1] (audio tasks)
+                rate = int(getattr(self.task.model, "sample_rate", 16000))
+                for i, wav in enumerate(imgs.detach().float().clamp(-1, 1).cpu()):
+                    self.writer.add_audio(f"{tag}/{i}", wav, self.step, sample_rate=rate)
+                continue
             self.writer.add_images(tag, imgs.detach().float().clamp(0, 1).cpu(), self.step)
 
 
