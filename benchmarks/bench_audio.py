@@ -16,6 +16,12 @@ fp32 ones. Speed is "x real time" (seconds of audio per second of wall time, med
 ``--repeats`` after a warm-up; the two sides are called alternately, see ``paired_times``).
 ``codes_equal`` says whether both sides gave identical codes in that run, ``max_abs_diff`` the
 largest difference of the audio decoded from those codes.
+
+* **ours** (``--ours``): visualtok's codec (``codec_small`` / ``codec_lm``, causal, random
+  weights), batch 1 x ``--seconds`` of real speech: encode and decode offline (one call) against
+  streaming in 20 ms chunks (``StreamingEncoder`` fed 320 samples at a time; ``StreamingDecoder``
+  fed one frame at a time, 20 ms at 50 Hz, 40 ms at 25 Hz); "stream / offline" is the time ratio
+  (goal: at most 1.5), ``codes_equal`` whether the streamed codes equal the offline ones.
 """
 
 from __future__ import annotations
@@ -161,6 +167,54 @@ def _dac_case(ref, ours, wav, b, seconds, repeats):
     return _row("DAC 16 kHz, 6 kbps", b, seconds, t, equal, diff)
 
 
+def bench_ours(presets, seconds, repeats):
+    return [_ours_case(name, seconds, repeats) for name in presets]
+
+
+def _ours_case(name, seconds, repeats):
+    from visualtok import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, causal=True).eval()
+    sr, hop = model.sample_rate, model.hop_length
+    wav = speech_batch(1, seconds, sr)
+    chunk = sr // 50  # 20 ms
+    state = {}
+
+    def offline_enc():
+        state["off"] = model.encode(wav, sr).codes
+
+    def stream_enc():
+        enc = model.streaming_encoder()
+        parts = [enc(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
+        state["str"] = torch.cat(parts + [enc.flush()], 1)
+
+    te_off, te_str = paired_times(offline_enc, stream_enc, repeats)
+    codes = state["off"]
+
+    def offline_dec():
+        state["y_off"] = model.decode(codes)
+
+    def stream_dec():
+        dec = model.streaming_decoder()
+        state["y_str"] = torch.cat([dec(codes[:, f : f + 1]) for f in range(codes.shape[1])],
+                                   -1)
+
+    td_off, td_str = paired_times(offline_dec, stream_dec, repeats)
+    row = {
+        "model": f"{name} (causal, {model.bitrate() / 1000:g} kbps)",
+        "batch": f"1 x {seconds:g} s", "enc chunk": f"{chunk} samples",
+        "dec chunk": f"1 frame ({1000 * hop / sr:g} ms)",
+        "offline enc xRT": seconds / te_off, "stream enc xRT": seconds / te_str,
+        "enc stream/offline": te_str / te_off,
+        "offline dec xRT": seconds / td_off, "stream dec xRT": seconds / td_str,
+        "dec stream/offline": td_str / td_off,
+        "codes_equal": bool(torch.equal(state["off"], state["str"])),
+        "max_abs_diff": float((state["y_off"] - state["y_str"]).abs().max()),
+    }
+    print(row, flush=True)
+    return row
+
 def _row(name, b, seconds, t, equal, diff):
     audio = b * seconds
     row = {
@@ -183,6 +237,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dac", action="store_true", help="also the official DAC (must import)")
     ap.add_argument("--no-encodec", action="store_true")
+    ap.add_argument("--ours", action="store_true",
+                    help="visualtok's codec: offline vs streaming in 20 ms chunks")
+    ap.add_argument("--ours-presets", default="codec_small,codec_lm")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -195,8 +252,14 @@ def main(argv=None):
         rows += bench_encodec(batches, args.seconds, args.repeats)
     if args.dac:
         rows += bench_dac(batches, args.seconds, args.repeats)
+    ours = bench_ours(args.ours_presets.split(","), args.seconds, args.repeats) if args.ours else []
     info["load_average_after"] = os.getloadavg()
-    print_table(rows, title="audio codecs: x real time (ours / official, same weights, same run)")
+    if rows:
+        print_table(rows, title="audio codecs: x real time (ours / official, same weights, same "
+                                "run)")
+    if ours:
+        print_table(ours, title="visualtok codec: offline vs streaming (20 ms chunks), CPU")
+    rows += ours
     print(f"\nmachine: {info}")
     write_json(args.json, {"machine": info, "rows": rows})
     return rows

@@ -19,7 +19,8 @@ convs on the right, so frame ``n`` depends on samples ``< (n + 1) * hop`` only. 
 ``StreamingEncoder`` / ``StreamingDecoder`` run the same layers chunk by chunk, each conv keeping
 the inputs its next window needs (each transposed conv its overlap tail): chunks of any size (one
 sample, less than a hop, many hops) give the offline codes exactly and the offline audio up to
-float rounding (the transposed-conv tails are added in a different order).
+float rounding (the transposed-conv tails are added in a different order). A stream computes the
+weight-normalised kernels once, at its first chunk: start a new stream after changing weights.
 
 Presets (each takes ``causal=True``): ``codec_tiny`` (16 kHz, hop 320, 4 x 256, 0.67M params,
 tests), ``codec_small`` (16 kHz, hop 320 = 50 Hz, 8 x 1024 = 4 kbps) and ``codec_lm`` (16 kHz,
@@ -138,7 +139,8 @@ class Conv(nn.Module):
         state[self] = buf[..., n * self.stride:]
         if n == 0:
             return x.new_zeros(x.shape[0], self.c_out, 0)
-        return self.conv(buf[..., : (n - 1) * self.stride + self.span])
+        return F.conv1d(buf[..., : (n - 1) * self.stride + self.span], _kernel(self, state),
+                        self.conv.bias, self.stride, 0, self.conv.dilation)
 
 
 class ConvTranspose(nn.Module):
@@ -160,13 +162,22 @@ class ConvTranspose(nn.Module):
     def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
         if x.shape[-1] == 0:
             return x.new_zeros(x.shape[0], self.c_out, 0)
-        y = F.conv_transpose1d(x, self.conv.kernel(), None, self.stride)
+        y = F.conv_transpose1d(x, _kernel(self, state), None, self.stride)
         tail = state.get(self)
         if tail is not None:
             y[..., : self.trim] += tail
         n = x.shape[-1] * self.stride
         state[self] = y[..., n:]
         return y[..., :n] + self.conv.bias[:, None]
+
+
+def _kernel(layer: nn.Module, state: dict) -> torch.Tensor:
+    """The layer's weight-normalised kernel, computed once per stream (not once per chunk)."""
+    key = (layer, "kernel")
+    k = state.get(key)
+    if k is None:
+        k = state[key] = layer.conv.kernel().detach()
+    return k
 
 
 def _activation(kind: str, channels: int) -> nn.Module:
