@@ -70,6 +70,7 @@ _MODELS: dict[str, ModelEntry] = {}
 _MODEL_MODULES = (
     "visualtok.image.titok",
     "visualtok.generate.gpt",
+    "visualtok.image.flextok",
 )
 _loaded = False
 

@@ -24,7 +24,10 @@ __all__ = [
 ]
 
 _CONVERTERS: dict[str, Callable[..., nn.Module]] = {}
-_CONVERTER_MODULES = {"titok": "visualtok.convert.titok"}
+_CONVERTER_MODULES = {
+    "titok": "visualtok.convert.titok",
+    "flextok": "visualtok.convert.flextok",
+}
 
 
 def register_converter(family: str):
