@@ -453,6 +453,9 @@ def flextok_config_from_official(wiring: dict[str, Any], vae_config: dict[str, A
         scaling = vae.get("scaling_factor")
     _require(scaling is not None, "the VAE scaling factor is in neither the wiring nor the VAE "
              "config: pass the VAE's diffusers config.json")
+    # the largest input the sin-cos table covers (released models: 16 * 2 * 8 = 256)
+    factor = 2 ** (len(vae.get("down_block_types", FLEXTOK_VAE_CONFIG["down_block_types"])) - 1)
+    fields["image_size"] = fields.get("posemb_grid", 16) * fields.get("patch_size", 2) * factor
     fields.update(vae=vae, vae_scaling_factor=float(scaling),
                   vae_frozen=bool(w.vae.get("frozen", True)),
                   vae_sample_posterior=bool(w.vae.get("sample_posterior", True)))
