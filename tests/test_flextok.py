@@ -346,3 +346,33 @@ def test_training_loss_decreases():
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
     assert all(p.grad is None for p in m.vae.parameters())  # the VAE is frozen
+
+
+def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos):
+    """Stage 1 trains the VAE (scaling factor calibrated), stage 2 FlexTok on it (frozen VAE)."""
+    import yaml
+    from _train_helpers import tiny_config, write_photos
+
+    from visualtok.train.trainer import run_training
+
+    data = write_photos(tmp_path / "photos", real_photos)
+    over = dict(TINY, decoder_depth=1, vae=dict(TINY_VAE_CONFIG))
+    runs = []
+    for stage, model, loss in (
+        ("flextok_vae", {"name": "flextok_tiny", "overrides": over},
+         {"reconstruction": "l1", "calibrate_batches": 1}),
+        ("flextok", {"name": "flextok_tiny", "init_from": None}, {"flow_weight": 1.0}),
+    ):
+        if runs:
+            model["init_from"] = str(runs[-1] / "model")
+        cfg = tiny_config(data, tmp_path / stage, task=stage)
+        cfg["model"], cfg["loss"] = model, loss
+        path = tmp_path / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        runs.append(run_training(path))
+    vae_stage, flow_stage = (visualtok.load(r / "model") for r in runs)
+    assert vae_stage.config.vae_scaling_factor not in (None, 1.0)
+    assert flow_stage.config.vae_scaling_factor == vae_stage.config.vae_scaling_factor
+    sd1, sd2 = vae_stage.state_dict(), flow_stage.state_dict()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1 if k.startswith("vae."))  # frozen
+    assert not torch.equal(sd1["encoder.registers"], sd2["encoder.registers"])  # trained

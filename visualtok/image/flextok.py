@@ -539,9 +539,10 @@ class FlexTok(ImageTokenizer):
                        noise: torch.Tensor | None = None) -> torch.Tensor:
         """Euler sampling of scaled VAE latents ``[B, C, h, w]`` from FSQ values ``[B, k, 6]``.
 
-        The starting noise is drawn per sample, in order, from ``generator`` (default: a CPU
-        generator seeded 0, so decoding is a deterministic function of the codes) on the
-        generator's device, then moved to the model's.
+        The starting noise is drawn per sample, in order, from ``generator`` on its device, then
+        moved to the model's. Without a generator every sample starts from the noise of a CPU
+        generator seeded 0, so decoding is a deterministic function of each image's codes, alone
+        or in any batch (up to float rounding).
         """
         cfg = self.config
         steps, scale = _check_guidance(cfg.steps if steps is None else steps,
@@ -552,9 +553,11 @@ class FlexTok(ImageTokenizer):
         B, device = quants.shape[0], quants.device
         if noise is None:
             if generator is None:
-                generator = torch.Generator().manual_seed(0)
-            noise = torch.cat([torch.randn((1, *self.latent_shape), generator=generator,
-                                           device=generator.device) for _ in range(B)])
+                seed0 = torch.Generator().manual_seed(0)
+                noise = torch.randn((1, *self.latent_shape), generator=seed0).expand(B, -1, -1, -1)
+            else:
+                noise = torch.cat([torch.randn((1, *self.latent_shape), generator=generator,
+                                               device=generator.device) for _ in range(B)])
         x = noise.to(device=device, dtype=torch.float32)
         guided = scale != 1.0
         if guided:  # one batched forward for the conditional and the null-condition pass
@@ -640,7 +643,7 @@ class FlexTok(ImageTokenizer):
         """Codes ``[B, k, 6]`` (any prefix, 1 <= k <= N) -> images ``[B, 3, H, W]`` in [0, 1].
 
         Defaults (the paper's): 20 Euler steps, guidance 7.5 with APG. The same ``generator``
-        state gives bitwise the same images; without one a generator seeded 0 is used.
+        state gives bitwise the same images; without one each image starts from seed-0 noise.
         """
         codes = self.check_codes(codes)
         z_q = self.quantizer.decode(codes).to(self._param_dtype())

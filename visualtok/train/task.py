@@ -112,6 +112,8 @@ TASKS: dict[str, type[Task]] = {}
 _TASK_MODULES = {
     "tokenizer": "visualtok.train.tokenizer_task",
     "generator": "visualtok.generate.train",
+    "flextok": "visualtok.train.flextok_task",
+    "flextok_vae": "visualtok.train.flextok_task",
 }
 
 
