@@ -4,9 +4,7 @@ Two stages, both on the shared trainer:
 
 * ``flextok_vae``: the KL VAE (diffusers ``AutoencoderKL``) inside a ``FlexTok``, alone:
   ``L = w_rec * L1/L2(D(z), x) + w_kl * KL(q(z|x) || N(0, I))`` with ``z`` sampled from the
-  posterior, images in [-1, 1] as the VAE sees them. Everything but the VAE is frozen. At the start
-  the latent scaling factor is set to ``1 / std`` of the initial posterior means (SD recipe), so
-  the flow stage sees unit-variance latents; it is saved in the model config.
+  posterior, images in [-1, 1] as the VAE sees them. Everything but the VAE is frozen.
 * ``flextok``: the tokenizer on the frozen VAE's latents: FlexTok's rectified-flow loss
   ``|v(x_t, t, registers) - (noise - x0)|^2`` with nested dropout (``keep_sampling``: uniform or
   powers of two), CFG dropout to the null condition and logit-normal t. Optional REPA-style
@@ -14,7 +12,9 @@ Two stages, both on the shared trainer:
   MLP) are aligned by cosine with a frozen teacher's global features of the clean image. The
   teacher is pluggable (``visualtok.metrics.inception.build_feature_extractor``); the one
   available offline is the FID Inception network (``eval`` extra): the "Inception teacher", not
-  the DINOv2 of the papers, and pooled rather than per-patch.
+  the DINOv2 of the papers, and pooled rather than per-patch. With ``calibrate_scaling`` the
+  latent scaling factor is first set to ``1 / std`` of the frozen VAE's posterior means (SD
+  recipe), so the flow sees unit-variance latents; it is saved in the model config.
 
 Start the second stage from the first one's checkpoint with ``model.init_from``.
 """
@@ -49,8 +49,6 @@ class FlexTokVAELossConfig:
     reconstruction: str = "l1"  # l1 | l2
     reconstruction_weight: float = 1.0
     kl_weight: float = 1e-6  # SD / FlexTok VAE recipe
-    calibrate_scaling: bool = True  # set the scaling factor to 1/std of the latents at the start
-    calibrate_batches: int = 4
 
 
 class _VAEStep(nn.Module):
@@ -74,38 +72,15 @@ class FlexTokVAETask(Task):
         model.requires_grad_(False)
         model.vae.requires_grad_(True)
         self.modules = {"model": _VAEStep(model.vae)}
-        self._calibrated = not loss_config.calibrate_scaling
-        self._seen: list[torch.Tensor] = []
-
-    @torch.no_grad()
-    def _calibrate(self, images: torch.Tensor) -> None:
-        self._seen.append(self.model.vae.encode(images * 2.0 - 1.0).latent_dist.mode().float())
-        if len(self._seen) >= self.loss_config.calibrate_batches:
-            std = float(torch.cat(self._seen).std())
-            self.model.scaling_factor = 1.0 / std
-            self.model.config.vae_scaling_factor = 1.0 / std
-            log.info("flextok_vae: latent scaling factor set to 1/std = %.4f", 1.0 / std)
-            self._calibrated, self._seen = True, []
 
     def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
         images = batch["image"]
-        if not self._calibrated:
-            self._calibrate(images)
         recon, kl = self.modules["model"](images)
         c = self.loss_config
         rec = reconstruction_loss(recon, images, c.reconstruction)
         loss = c.reconstruction_weight * rec + c.kl_weight * kl
         return StepOutput(loss, {"loss/reconstruction": rec.detach(), "loss/kl": kl.detach(),
                                  "loss/total": loss.detach()})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scaling_factor": self.model.scaling_factor, "calibrated": self._calibrated}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            self.model.scaling_factor = float(state["scaling_factor"])
-            self.model.config.vae_scaling_factor = float(state["scaling_factor"])
-            self._calibrated, self._seen = bool(state["calibrated"]), []
 
     @torch.no_grad()
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -120,6 +95,8 @@ class FlexTokLossConfig:
     repa_weight: float = 0.0  # REPA-style alignment to a frozen teacher (0 = off)
     repa_teacher: str = "inception"  # build_feature_extractor name: inception | random-tiny
     repa_layer: int = 1  # decoder block whose patch outputs are aligned (0-based)
+    calibrate_scaling: bool = False  # first set the latent scaling factor to 1/std (own VAEs)
+    calibrate_batches: int = 4
 
 
 class _FlowStep(nn.Module):
@@ -174,9 +151,27 @@ class FlexTokTask(Task):
             log.info("REPA-style alignment to the frozen %s teacher (papers used DINOv2)",
                      loss_config.repa_teacher)
         self.modules = {"model": _FlowStep(model, repa_dim, loss_config.repa_layer)}
+        self._calibrated = not loss_config.calibrate_scaling
+        self._seen: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def _calibrate(self, images: torch.Tensor) -> bool:
+        """Collect frozen-VAE posterior means; after ``calibrate_batches`` set 1/std."""
+        dist = self.model.vae.encode(images * 2.0 - 1.0).latent_dist
+        self._seen.append(dist.mode().float())
+        if len(self._seen) < self.loss_config.calibrate_batches:
+            return False
+        scale = 1.0 / float(torch.cat(self._seen).std())
+        self.model.scaling_factor = scale
+        self.model.config.vae_scaling_factor = scale
+        log.info("flextok: latent scaling factor set to 1/std = %.4f", scale)
+        self._calibrated, self._seen = True, []
+        return True
 
     def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
         images = batch["image"]
+        if not self._calibrated:
+            self._calibrate(images)
         out = self.modules["model"](images)
         c = self.loss_config
         loss = c.flow_weight * out["flow"]
@@ -202,3 +197,12 @@ class FlexTokTask(Task):
         finally:
             self.model.train(was)
         return {"prefix_reconstructions": torch.cat(rows, dim=-2)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaling_factor": self.model.scaling_factor, "calibrated": self._calibrated}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.model.scaling_factor = float(state["scaling_factor"])
+            self.model.config.vae_scaling_factor = float(state["scaling_factor"])
+            self._calibrated, self._seen = bool(state["calibrated"]), []
