@@ -199,20 +199,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"check: tokens identical to the reference {same:.4f}; "
           f"guided velocity max |diff| {dv:.2e}")
 
-    def timed(label, fn, per):
+    def timed(label, fn, per, memory=True):
         s = time_call(fn, dev, warmup=1, repeats=args.repeats)
-        mem = peak_memory_bytes(fn, dev)
-        return dict(label=label, seconds=s, per=per(s), peak_mib=mem / 2**20)
+        row = dict(label=label, seconds=s, per=per(s))
+        if memory:
+            row["peak_mib"] = peak_memory_bytes(fn, dev) / 2**20
+        print(f"  {label}: {s:.3f} s", flush=True)
+        return row
 
-    ref_ctx = cpu_linear_backend_as("aten") if dev.type == "cpu" else contextlib.nullcontext()
-    bf16 = torch.autocast(dev.type, dtype=torch.bfloat16)
+    def ref_ctx():  # the reference runs PyTorch's stock CPU GEMMs, as the official code does
+        return cpu_linear_backend_as("aten") if dev.type == "cpu" else contextlib.nullcontext()
+
+    def bf16():
+        return torch.autocast(dev.type, dtype=torch.bfloat16)
+
     with torch.no_grad():
         enc_ours = timed("encode ours fp32", lambda: model.quantizer.encode(model.encoder(lat)),
                          lambda s: args.batch / s)
-        with ref_ctx:
+        with ref_ctx():
             enc_ref = timed("encode reference fp32", lambda: ref_encode(model, lat),
                             lambda s: args.batch / s)
-        with bf16:
+        with bf16():
             enc_bf = timed("encode ours bf16", lambda: model.quantizer.encode(model.encoder(lat)),
                            lambda s: args.batch / s)
         for r in (enc_ours, enc_ref, enc_bf):
@@ -222,16 +229,18 @@ def main(argv: list[str] | None = None) -> None:
         rows[-1]["vs_our_fp32"] = enc_bf["per"] / enc_ours["per"]
         for k in (1, 16, n):
             kk = torch.full_like(keep, k)
+            mem = k == 16  # peak memory does not depend on k (the mask token keeps N registers)
             ours = timed(f"decode step ours fp32 k={k}",
-                         lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None), lambda s: s)
-            with ref_ctx:
+                         lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None), lambda s: s,
+                         mem)
+            with ref_ctx():
                 ref = timed(f"decode step reference fp32 k={k}",
                             lambda kk=kk: ref_step(model, lat1, t, quants, kk, 7.5, None),
-                            lambda s: s)
-            with bf16:
+                            lambda s: s, mem)
+            with bf16():
                 obf = timed(f"decode step ours bf16 k={k}",
                             lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None),
-                            lambda s: s)
+                            lambda s: s, mem)
             for r in (ours, ref, obf):
                 r["unit"] = "s/step"
             ours["vs_reference"] = ref["per"] / ours["per"]

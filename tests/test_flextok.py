@@ -376,3 +376,17 @@ def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos):
     sd1, sd2 = vae_stage.state_dict(), flow_stage.state_dict()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1 if k.startswith("vae."))  # frozen
     assert not torch.equal(sd1["encoder.registers"], sd2["encoder.registers"])  # trained
+
+
+def test_gpt_generates_a_prefix_that_flextok_decodes(model):
+    from visualtok.generate.pipeline import generate_images
+
+    gpt = visualtok.create_model("gpt_tiny", radices=(8, 8, 8, 5, 5, 5), layout_kind="fsq",
+                                 num_tokens=8).eval()
+    g = torch.Generator().manual_seed(0)
+    codes = gpt.generate(torch.tensor([1, 2]), None, 3, generator=g)
+    assert codes.shape == (2, 3, 6)
+    images = generate_images(gpt, model, labels=torch.tensor([1, 2]), num_tokens=3,
+                             generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    assert torch.equal(images, model.decode(codes))  # same generator state -> same codes
