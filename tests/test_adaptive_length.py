@@ -84,3 +84,15 @@ def test_errors(tok):
     with pytest.raises(ValueError, match="supports_prefix"):
         encode_adaptive(torch.nn.Linear(2, 2), x, 20.0)
     assert psnr(x, x).item() > 90
+
+
+def test_predictor_on_a_length_grid():
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, hidden=8,
+                                                 lengths=(1, 4, 8)))
+    assert pred(torch.zeros(2, 8, 6)).shape == (2, 3)
+    curve = torch.tensor([[10.0, 16.0, 20.0], [10.0, 12.0, 14.0]])
+    assert pred.choose(curve, 15.0).tolist() == [4, 8]
+    with pytest.raises(ValueError, match="lengths must increase"):
+        LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=(4, 2, 8)))
+    with pytest.raises(ValueError, match="end at 8"):
+        LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=(1, 4)))

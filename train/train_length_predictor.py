@@ -1,13 +1,16 @@
 """Train the single-pass adaptive-length predictor of a 1D tokenizer from its own RD curves.
 
+    python train/train_length_predictor.py titok_photo128_nested runs/photos128 \
+        --out runs/titok_nested_length --images 64 --length-step 8
     python train/train_length_predictor.py runs/flextok_tiny/model runs/patches64 \
         --out runs/flextok_tiny_length --images 512 --steps 10 --guidance 1.0
 
 For each training image (Kodak is never used: ``--exclude kodak``) the tokenizer encodes once and
-decodes every prefix k = 1..N with a fixed seed and step count, giving the PSNR curve q(k). A
-``LengthPredictor`` learns to predict the curve from the quantized tokens (MSE in dB); its
-``margin`` is then set to the ``--quantile`` quantile of (predicted - true) on the training
-images, so the chosen k meets the target there that often. Writes a visualtok checkpoint
+decodes the prefixes k = 1, s, 2s, ..., N (``--length-step s``; FlexTok with a fixed seed and step
+count), giving the PSNR curve q(k). A ``LengthPredictor`` learns to predict the curve from the
+quantized tokens (MSE in dB) on 75% of the images; its ``margin`` is the ``--quantile`` quantile
+of (predicted - true) on the other 25%, so the chosen k meets the target about that often on
+unseen images. Writes a visualtok checkpoint
 (``visualtok.load(out)``) and ``curves.safetensors`` (the RD curves, reusable).
 """
 
@@ -41,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--quantile", type=float, default=0.95)
+    ap.add_argument("--length-step", type=int, default=1,
+                    help="predict q at k = step, 2*step, ..., N (and k = 1); 1 = every k")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -55,24 +60,34 @@ def decode_kwargs(args: argparse.Namespace) -> dict:
 
 
 @torch.no_grad()
-def collect_curves(tok, paths: list[Path], batch_size: int, kw: dict) -> dict[str, torch.Tensor]:
+def lengths_grid(n: int, step: int) -> list[int]:
+    return sorted({1, n} | set(range(step, n + 1, step)))
+
+
+def collect_curves(tok, paths: list[Path], batch_size: int, kw: dict,
+                   ks: list[int]) -> dict[str, torch.Tensor]:
     z_all, q_all = [], []
     size = tok.image_size
     for batch in tqdm(iter_image_batches(paths, size[0], batch_size), desc="rd curves",
                       total=(len(paths) + batch_size - 1) // batch_size):
-        codes, q = quality_curves(tok, batch, decode_kwargs=kw)
+        codes, q = quality_curves(tok, batch, ks=ks, decode_kwargs=kw)
         z_all.append(tok.quantizer.decode(codes).float())
         q_all.append(q)
     return {"z_q": torch.cat(z_all), "psnr": torch.cat(q_all)}
 
 
 def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, epochs: int, lr: float,
-        quantile: float, seed: int) -> LengthPredictor:
+        quantile: float, seed: int, calib_fraction: float = 0.25) -> LengthPredictor:
+    """Fit on part of the images; set ``margin`` from the residuals on the held-out rest."""
     torch.manual_seed(seed)
     model = LengthPredictor(cfg)
-    model.offset.fill_(float(data["psnr"][:, 0].mean()))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    z, q = data["z_q"], data["psnr"]
+    n = data["z_q"].shape[0]
+    perm = torch.randperm(n)
+    n_cal = max(1, int(round(n * calib_fraction)))
+    cal, tr = perm[:n_cal], perm[n_cal:]
+    model.offset.fill_(float(data["psnr"][tr, 0].mean()))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    z, q = data["z_q"][tr], data["psnr"][tr]
     for _ in tqdm(range(epochs), desc="fit"):
         perm = torch.randperm(z.shape[0])
         for i in range(0, z.shape[0], 64):
@@ -82,9 +97,11 @@ def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, epochs: int, 
             loss.backward()
             opt.step()
     with torch.no_grad():
-        err = (model(z) - q).flatten()
+        fit_err = (model(z) - q).flatten()
+        err = (model(data["z_q"][cal]) - data["psnr"][cal]).flatten()
     model.config.margin = float(torch.quantile(err, quantile))
-    log.info("fit: rmse %.3f dB, margin %.3f dB", float(err.pow(2).mean().sqrt()),
+    log.info("fit rmse %.3f dB; held-out rmse %.3f dB; margin (q%.2f) %.3f dB",
+             float(fit_err.pow(2).mean().sqrt()), float(err.pow(2).mean().sqrt()), quantile,
              model.config.margin)
     return model.eval()
 
@@ -96,6 +113,7 @@ def main(argv: list[str] | None = None) -> Path:
     kw = decode_kwargs(args)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "curves.safetensors"
+    ks = lengths_grid(tok.max_tokens, args.length_step)
     if cache.is_file():
         data = load_file(str(cache))
     else:
@@ -103,10 +121,11 @@ def main(argv: list[str] | None = None) -> Path:
                  if not set(args.exclude) & set(p.relative_to(args.images).parts[:-1])]
         g = torch.Generator().manual_seed(args.seed)
         pick = torch.randperm(len(paths), generator=g)[: args.max_images].tolist()
-        data = collect_curves(tok, [paths[i] for i in sorted(pick)], args.batch_size, kw)
+        data = collect_curves(tok, [paths[i] for i in sorted(pick)], args.batch_size, kw, ks)
         save_file(data, str(cache))
     cfg = LengthPredictorConfig(num_tokens=tok.max_tokens, token_dim=data["z_q"].shape[-1],
-                                tokenizer=str(args.tokenizer), decode_kwargs=kw)
+                                lengths=tuple(ks), tokenizer=str(args.tokenizer),
+                                decode_kwargs=kw)
     model = fit(data, cfg, args.epochs, args.lr, args.quantile, args.seed)
     out = model.save_pretrained(args.out)
     print(f"wrote {out} (margin {model.config.margin:.3f} dB over {data['psnr'].shape[0]} images)")

@@ -120,6 +120,7 @@ class LengthPredictorConfig:
 
     num_tokens: int = 32  # N of the tokenizer it was trained for
     token_dim: int = 6  # D of the tokenizer's quantized values
+    lengths: tuple[int, ...] = ()  # the prefix lengths it predicts q for (empty: 1..N)
     hidden: int = 256
     tokenizer: str | None = None  # name/path of the tokenizer (informational)
     metric: str = "psnr"
@@ -129,19 +130,25 @@ class LengthPredictorConfig:
 
 @register_model_class
 class LengthPredictor(nn.Module, PretrainedMixin):
-    """Quantized tokens ``[B, N, D]`` -> predicted quality curve ``[B, N]`` (q at k = 1..N).
+    """Quantized tokens ``[B, N, D]`` -> predicted quality curve ``[B, K]`` at ``lengths``.
 
-    The curve is parameterised as q(1) plus non-negative increments, so it never decreases.
+    The curve is parameterised as q(first length) plus non-negative increments, so it never
+    decreases.
     """
 
     config_class = LengthPredictorConfig
 
     def __init__(self, config: LengthPredictorConfig) -> None:
         super().__init__()
-        self.config = config
         n, d, h = config.num_tokens, config.token_dim, config.hidden
+        lengths = tuple(int(k) for k in config.lengths) or tuple(range(1, n + 1))
+        if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] != n:
+            raise ValueError(f"lengths must increase strictly within [1, {n}] and end at {n}; "
+                             f"got {lengths}")
+        self.config = config
+        self.lengths = lengths
         self.net = nn.Sequential(nn.LayerNorm(n * d), nn.Linear(n * d, h), nn.SiLU(),
-                                 nn.Linear(h, h), nn.SiLU(), nn.Linear(h, n))
+                                 nn.Linear(h, h), nn.SiLU(), nn.Linear(h, len(lengths)))
         self.register_buffer("offset", torch.zeros(()))  # mean q(1) of the training curves
 
     def forward(self, z_q: torch.Tensor) -> torch.Tensor:
@@ -155,11 +162,11 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         return torch.cat([first, first + steps.cumsum(dim=1)], dim=1)
 
     def choose(self, curve: torch.Tensor, target: float) -> torch.Tensor:
-        """Smallest k (1-based) with ``curve - margin >= target``; N when none is."""
+        """Smallest length with ``curve - margin >= target``; N when none is."""
         ok = (curve - self.config.margin) >= target
         first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0].long(),
                                                                             ok.shape[1] - 1))
-        return first.long() + 1
+        return torch.tensor(self.lengths, device=curve.device)[first.long()]
 
 
 @torch.no_grad()
