@@ -87,7 +87,7 @@ def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, epochs: int, 
     cal, tr = perm[:n_cal], perm[n_cal:]
     model.offset.fill_(float(data["psnr"][tr, 0].mean()))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-    z, q = data["z_q"][tr], data["psnr"][tr]
+    z, q = data["z_q"][tr].detach().clone(), data["psnr"][tr].detach().clone()
     for _ in tqdm(range(epochs), desc="fit"):
         perm = torch.randperm(z.shape[0])
         for i in range(0, z.shape[0], 64):
