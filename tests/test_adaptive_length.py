@@ -96,3 +96,30 @@ def test_predictor_on_a_length_grid():
         LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=(4, 2, 8)))
     with pytest.raises(ValueError, match="end at 8"):
         LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=(1, 4)))
+
+
+def test_train_length_predictor_script(tok, tmp_path, real_photos):
+    """The training script end to end: RD curves (cached), fit, held-out margin, checkpoint."""
+    import sys
+    from pathlib import Path
+
+    from _train_helpers import write_photos
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
+    import train_length_predictor as script
+
+    photos = write_photos(tmp_path / "photos", real_photos)
+    (photos / "kodak").mkdir()  # held-out sub-folders are skipped
+    write_photos(photos / "kodak", real_photos[:1])
+    model_dir = tok.save_pretrained(tmp_path / "tok")
+    out = script.main([str(model_dir), str(photos), "--out", str(tmp_path / "pred"), "--steps",
+                       "2", "--guidance", "1.0", "--epochs", "5", "--length-step", "4"])
+    pred = visualtok.load(out)
+    assert pred.lengths == (1, 4, 8) and pred.config.decode_kwargs == KW
+    from safetensors.torch import load_file
+
+    curves = load_file(str(out / "curves.safetensors"))
+    assert curves["psnr"].shape == (4, 3) and curves["z_q"].shape == (4, 8, 6)  # kodak skipped
+    got = encode_adaptive(tok, real_photos[:2, :, :32, :32], 10.0, method="predictor",
+                          predictor=pred)
+    assert set(got.lengths.tolist()) <= {1, 4, 8}

@@ -390,3 +390,15 @@ def test_gpt_generates_a_prefix_that_flextok_decodes(model):
                              generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert torch.equal(images, model.decode(codes))  # same generator state -> same codes
+
+
+def test_wiring_from_safetensors_metadata(model, tmp_path):
+    """Released files also carry the wiring as metadata (str() of each top-level entry)."""
+    d = tmp_path / "meta_only"
+    d.mkdir()
+    wiring = official_wiring(model.config)
+    save_file({k: v.contiguous() for k, v in official_state_dict(model).items()},
+              str(d / "model.safetensors"), metadata={k: str(v) for k, v in wiring.items()})
+    converted = convert_flextok(d / "model.safetensors", vae_config=dict(model.config.vae))
+    sd, sd2 = model.state_dict(), converted.state_dict()
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
