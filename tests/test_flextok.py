@@ -349,7 +349,8 @@ def test_training_loss_decreases():
 
 
 def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos):
-    """Stage 1 trains the VAE (scaling factor calibrated), stage 2 FlexTok on it (frozen VAE)."""
+    """Stage 1 trains the VAE; stage 2 FlexTok on it (frozen VAE, scaling factor calibrated,
+    REPA-style alignment to a frozen teacher: the seeded random-tiny one, for speed)."""
     import yaml
     from _train_helpers import tiny_config, write_photos
 
@@ -362,7 +363,8 @@ def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos):
         ("flextok_vae", {"name": "flextok_tiny", "overrides": over},
          {"reconstruction": "l1"}),
         ("flextok", {"name": "flextok_tiny", "init_from": None},
-         {"calibrate_scaling": True, "calibrate_batches": 1}),
+         {"calibrate_scaling": True, "calibrate_batches": 1, "repa_weight": 0.5,
+          "repa_teacher": "random-tiny", "repa_layer": 0}),
     ):
         if runs:
             model["init_from"] = str(runs[-1] / "model")

@@ -558,6 +558,9 @@ class FlexTok(ImageTokenizer):
             else:
                 noise = torch.cat([torch.randn((1, *self.latent_shape), generator=generator,
                                                device=generator.device) for _ in range(B)])
+        if tuple(noise.shape) != (B, *self.latent_shape):
+            raise ValueError(f"noise must be [B, C, h, w] = {(B, *self.latent_shape)}; "
+                             f"got {tuple(noise.shape)}")
         x = noise.to(device=device, dtype=torch.float32)
         guided = scale != 1.0
         if guided:  # one batched forward for the conditional and the null-condition pass
