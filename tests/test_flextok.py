@@ -404,3 +404,10 @@ def test_wiring_from_safetensors_metadata(model, tmp_path):
     converted = convert_flextok(d / "model.safetensors", vae_config=dict(model.config.vae))
     sd, sd2 = model.state_dict(), converted.state_dict()
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+
+def test_pixel_loss_training_is_refused():
+    m = FlexTok(FlexTokConfig(**TINY)).train()
+    z_q = m.quantizer(m.encode_latents(torch.rand(1, 3, 32, 32))).z_q
+    with pytest.raises(ValueError, match="task 'flextok'"):
+        m.decode_latents(z_q)

@@ -517,7 +517,15 @@ class FlexTok(ImageTokenizer):
     def decode_latents(self, z_q: torch.Tensor, steps: int | None = None,
                        guidance_scale: float | None = None, apg: bool | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """FSQ values ``[B, k, 6]`` (k <= N) -> images on the [0, 1] scale, not clamped."""
+        """FSQ values ``[B, k, 6]`` (k <= N) -> images on the [0, 1] scale, not clamped.
+
+        This runs the sampler (no gradients): FlexTok trains with ``flow_loss`` (task
+        ``flextok``), not with a pixel loss through its decoder.
+        """
+        if self.training and torch.is_grad_enabled():
+            raise ValueError("FlexTok's decoder samples without gradients: train it with the "
+                             "rectified-flow loss (training task 'flextok', FlexTok.flow_loss), "
+                             "not a reconstruction loss on decode_latents")
         return self.vae_decode(self.sample_latents(z_q, steps, guidance_scale, apg, generator))
 
     def _keep_and_pad(self, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
