@@ -60,7 +60,8 @@ _WHITELIST: dict[str, set[str]] = {
         "dim", "max_sizes", "posemb_type", "posemb_scaling", "posemb_write_key"},
     _P + "preprocessors.registers.Registers1D": {
         "input_tensor_list_read_key", "register_sizes_read_write_key", "registers_write_key",
-        "dim", "n_min", "n_max", "n_eval", "size_sampling_mode", "ordering_mode"},
+        "dim", "n_min", "n_max", "n_eval", "size_sampling_mode", "ordering_mode",
+        "extra_registers_write_key", "extra_registers_dim"},
     _P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker": {
         "input_list_read_keys", "packed_seq_write_key", "block_mask_write_key",
         "inner_packed_shapes_write_key", "outer_packed_shapes_write_key", "mask_mode",
@@ -258,6 +259,10 @@ def parse_encoder(mods: list[Module], out: FlexTokWiring, partial: bool = False)
         kw = reg.kwargs
         _require(kw.get("ordering_mode", "nested") == "nested",
                  f"{where}.{reg.name}: only ordering_mode 'nested' is supported")
+        _require(kw.get("extra_registers_write_key") is None,
+                 f"{where}.{reg.name}: extra registers are not supported")
+        _require(kw.get("n_eval") in (None, kw["n_max"]),
+                 f"{where}.{reg.name}: n_eval must equal n_max (decode takes any prefix)")
         out.fields["num_registers"] = int(kw["n_max"])
         out.roles["encoder.registers"] = reg.name
     packer = _one(mods, "BlockWiseSequencePacker", where, partial)
