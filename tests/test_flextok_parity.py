@@ -166,3 +166,14 @@ def test_manifest_encoder_keys_and_shapes(entry):
     table = manifest["state_dict"]["encoder.module_dict.enc_posemb_module.posembs"]
     assert sum(v.numel() for v in own.values()) == manifest["num_elements"] - (
         table[1] * table[2] * table[3])
+
+
+@pytest.mark.parametrize("name,paper", [("flextok_d12_d12", 0.34e9), ("flextok_d18_d28", 2.5e9)])
+def test_preset_sizes_match_the_paper(name, paper):
+    """Built on the meta device: d12-d12 is about 0.34B parameters with the VAE, d18-d28 2.5B."""
+    from visualtok import create_model
+
+    with torch.device("meta"):
+        model = create_model(name)
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(total - paper) / paper < 0.02, total
