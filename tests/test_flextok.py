@@ -411,3 +411,29 @@ def test_pixel_loss_training_is_refused():
     z_q = m.quantizer(m.encode_latents(torch.rand(1, 3, 32, 32))).z_q
     with pytest.raises(ValueError, match="task 'flextok'"):
         m.decode_latents(z_q)
+
+
+def test_convert_wiring_variants(tmp_path):
+    """Shared adaLN, zero null condition, no register positions, head without adaLN."""
+    torch.manual_seed(1)
+    cfg = FlexTokConfig(**{**TINY, "adaln_expansion": 1, "null_condition": "zero",
+                           "register_posemb": False, "head_adaln": False})
+    model = FlexTok(cfg).eval()
+    w = official_wiring(cfg)
+    dec = w["decoder"]["module_dict"]
+    dec.pop("dec_registers_posemb_module")
+    dec["dec_latent_dropout"] = {"_target_": P + "preprocessors.nullcond.ZeroNullCond",
+                                 "read_write_key": "dec_registers", "dropout_prob": 0.2}
+    dec["dec_seq_packer"]["per_subseq_embs"] = False
+    dec["dec_transformer"]["adaLN_expansion"] = 1
+    dec["dec_to_patches"].pop("adaLN_emb_read_key")
+    sd = official_state_dict(model)
+    converted = convert_flextok(sd, config=w, vae_config=dict(cfg.vae))
+    c = converted.config
+    assert (c.adaln_expansion, c.null_condition, c.register_posemb, c.head_adaln,
+            c.cfg_dropout) == (1, "zero", False, False, 0.2)
+    codes = model.encode(torch.rand(1, 3, 32, 32), num_tokens=4)
+    assert torch.equal(converted.decode(codes, steps=2), model.decode(codes, steps=2))
+    dec["dec_seq_packer"]["per_subseq_embs"] = True  # disagrees with adaLN_expansion 1
+    with pytest.raises(ValueError, match="per_subseq_embs"):
+        parse_wiring(w)

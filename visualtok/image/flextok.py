@@ -274,9 +274,7 @@ class FlexBlock(nn.Module):
             return x + self.mlp(_layer_norm(x))
         B, D = x.shape[0], x.shape[-1]
         mod = self.modulation(F.silu(emb)).view(B, self.adaln_expansion, 6 * D)
-        if self.adaln_expansion == 1:
-            mod = mod  # [B, 1, 6D] broadcasts over the sequence
-        else:
+        if self.adaln_expansion == 2:  # (expansion 1: [B, 1, 6D] broadcasts over the sequence)
             mod = torch.cat([mod[:, i:i + 1].expand(-1, n, -1) for i, n in enumerate(segments)],
                             dim=1)
         gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = mod.chunk(6, dim=-1)
