@@ -386,7 +386,7 @@ def test_gpt_generates_a_prefix_that_flextok_decodes(model):
     gpt = visualtok.create_model("gpt_tiny", radices=(8, 8, 8, 5, 5, 5), layout_kind="fsq",
                                  num_tokens=8).eval()
     g = torch.Generator().manual_seed(0)
-    codes = gpt.generate(torch.tensor([1, 2]), None, 3, generator=g)
+    codes = gpt.generate(torch.tensor([1, 2]), num_tokens=3, generator=g)
     assert codes.shape == (2, 3, 6)
     images = generate_images(gpt, model, labels=torch.tensor([1, 2]), num_tokens=3,
                              generator=torch.Generator().manual_seed(0))
