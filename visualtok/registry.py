@@ -139,6 +139,7 @@ _MODEL_MODULES = (
     "visualtok.generate.gpt",
     "visualtok.image.vqgan",
     "visualtok.image.retok",
+    "visualtok.image.flextok",
     "visualtok.audio.encodec",
     "visualtok.audio.dac",
 )
@@ -148,12 +149,14 @@ CONVERTERS = Registry("converter", (
     "visualtok.convert.titok",
     "visualtok.convert.vqgan",
     "visualtok.convert.retok",
+    "visualtok.convert.flextok",
     "visualtok.convert.encodec",
     "visualtok.convert.dac",
 ))
 TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",
     "visualtok.train.generator_task",
+    "visualtok.train.flextok_task",
 ))
 TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
     "visualtok.train.semantic",
