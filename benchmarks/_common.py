@@ -23,6 +23,7 @@ __all__ = [
     "matmul_peak_gflops",
     "matmul_peaks",
     "time_call",
+    "time_interleaved",
     "peak_memory_bytes",
     "print_table",
     "write_json",
@@ -79,6 +80,31 @@ def time_call(
         if len(times) >= 50:
             break
     return statistics.median(times)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, timed in rounds A, B, A, B, ... in one process.
+
+    Same-run comparisons on a shared machine: load that comes and goes hits every contender in
+    the same round instead of one of them, so the ratios hold even when the absolute times move.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def matmul_peaks(

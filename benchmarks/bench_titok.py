@@ -17,6 +17,13 @@ peaks are measured and printed; MFU is against the better one.
     python benchmarks/bench_titok.py                       # S-128, B-64, L-32 on CPU
     python benchmarks/bench_titok.py --presets titok_s128 --batch 4 --repeats 2
     python benchmarks/bench_titok.py --device cuda --compile --json out.json
+
+With ``--official PATH`` (a checkout of bytedance/1d-tokenizer, see README.md) the reference is the
+unmodified official model instead: built with random init, its weights converted into ours with
+``visualtok.convert.titok``, parity checked on 8 Kodak photos (codes equal, decode close), then
+visualtok fp32, official fp32 and visualtok bf16 timed interleaved (A, B, C, A, B, C), one process:
+
+    python benchmarks/bench_titok.py --official /tmp/official/1d-tokenizer --presets titok_s128
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ from benchmarks._common import (  # noqa: E402
     matmul_peaks,
     print_table,
     time_call,
+    time_interleaved,
     write_json,
 )
+from benchmarks.official import build_official_titok, kodak_photos, load_average  # noqa: E402
 from visualtok import create_model  # noqa: E402
 from visualtok.image.titok import TiTok  # noqa: E402
 from visualtok.nn.linear import cpu_linear_backend_as  # noqa: E402
@@ -247,6 +256,71 @@ def bench_preset(name: str, args, peak: float, peak16: float) -> list[dict]:
     return rows
 
 
+def bench_official(name: str, args) -> list[dict]:
+    """Same-run comparison with the official code on identical (converted) weights."""
+    if args.device != "cpu":
+        raise ValueError("--official runs on CPU only")
+    pair = build_official_titok(args.official, name)
+    model = pair.ours
+    x = kodak_photos(args.batch)
+    codes = model.encode(x)
+    codes_off = pair.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes_bf16 = model.encode(x)
+    same = float((codes_off == codes).float().mean())
+    max_diff = float((pair.decode(codes) - model.decode(codes)).abs().max())
+    if same < 1.0 or max_diff > args.parity_atol:
+        raise SystemExit(f"parity failed for {name}: codes equal {same:.4f}, decode max |diff| "
+                         f"{max_diff:.2e} (> {args.parity_atol:g}?); not timing different models")
+
+    def bf16(fn):
+        def call(inp):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(inp)
+        return call
+
+    B, rows = args.batch, []
+    enc16, dec16 = bf16(model.encode), bf16(model.decode)
+    for stage, inp, ours, off, ours16 in (("encode", x, model.encode, pair.encode, enc16),
+                                           ("decode", codes, model.decode, pair.decode, dec16)):
+        load0 = load_average()
+        t = time_interleaved(
+            {"fp32": lambda f=ours, i=inp: f(i), "official": lambda f=off, i=inp: f(i),
+             "bf16": lambda f=ours16, i=inp: f(i)},
+            warmup=1, repeats=args.repeats,
+        )
+        rows.append({
+            "preset": name, "stage": stage, "official fp32 img/s": B / t["official"],
+            "visualtok fp32 img/s": B / t["fp32"], "fp32 / official": t["official"] / t["fp32"],
+            "visualtok bf16 img/s": B / t["bf16"],
+            "bf16 / official fp32": t["official"] / t["bf16"],
+            "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}",
+        })
+    rows[0]["codes = official"] = same
+    rows[0]["bf16 codes = fp32"] = float((codes_bf16 == codes).float().mean())
+    rows[1]["decode max |diff|"] = max_diff
+    return rows
+
+
+def main_official(args) -> None:
+    torch.set_grad_enabled(False)
+    info = machine_info(args.device)
+    info["load_average_start"] = load_average()
+    print(f"machine: {info}")
+    rows = []
+    for name in args.presets.split(","):
+        rows += bench_official(name.strip(), args)
+    info["load_average_end"] = load_average()
+    cols = ["preset", "stage", "official fp32 img/s", "visualtok fp32 img/s", "fp32 / official",
+            "visualtok bf16 img/s", "bf16 / official fp32", "codes = official",
+            "bf16 codes = fp32", "decode max |diff|", "load avg (1m) before/after"]
+    title = (f"TiTok vs official 1d-tokenizer, same run, interleaved x{args.repeats}, batch "
+             f"{args.batch} Kodak photos 256x256, {torch.get_num_threads()} threads, load average "
+             f"{info['load_average_start']} -> {info['load_average_end']}")
+    print_table(rows, cols, title=title)
+    write_json(args.json, {"machine": info, "args": vars(args), "rows": rows})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -258,12 +332,24 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile encoder/decoder (GPU)")
     ap.add_argument("--no-reference", dest="reference", action="store_false")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--official", default=None, metavar="PATH",
+                    help="checkout of bytedance/1d-tokenizer: time the official code itself")
+    ap.add_argument("--parity-atol", type=float, default=1e-4,
+                    help="--official: largest decode |diff| accepted before timing")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.official:
+        if args.presets == ap.get_default("presets"):
+            args.presets = "titok_s128"
+        return main_official(args)
     torch.set_grad_enabled(False)
     peaks = matmul_peaks(args.device, torch.float32)
     peaks16 = matmul_peaks(args.device, torch.bfloat16)
     peak, peak16 = max(peaks.values()), max(peaks16.values())
     info = machine_info(args.device)
+    info["load_average_start"] = load_average()
     print(f"machine: {info}")
     print("matmul peak GFLOP/s (MFU is against the best of each dtype): "
           f"fp32 {_fmt_peaks(peaks)}; bf16 {_fmt_peaks(peaks16)}")
@@ -273,7 +359,9 @@ def main() -> None:
     cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref",
             "quoted official img/s", "fp32/quoted", "fp32 MFU", "bf16 img/s", "bf16/fp32",
             "bf16 MFU", "bf16 same codes", "ref same codes", "ref max |diff|"]
-    title = f"TiTok, batch {args.batch}, {args.device}, random weights, 256x256"
+    info["load_average_end"] = load_average()
+    title = (f"TiTok, batch {args.batch}, {args.device}, random weights, 256x256, load average "
+             f"{info['load_average_start']} -> {info['load_average_end']}")
     print_table(rows, cols, title=title)
     write_json(args.json, {"machine": info, "args": vars(args), "matmul_peak_gflops": peak,
                            "matmul_peak_bf16_gflops": peak16, "matmul_peaks_fp32": peaks,
