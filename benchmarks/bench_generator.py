@@ -7,9 +7,8 @@ side by side in the same run; above ``--max-uncached-tokens`` it samples only th
 reports the per-step time of those steps (nothing is extrapolated; late steps cost more, so the
 cached/uncached ratio printed for long sequences is a lower bound).
 
-Reference: LlamaGen GPT-B on this project's CPU machine (figures given in the issue, measured with
-the official code): batch 1 30.7 tok/s, batch 8 115 tok/s; CFG 2.0: 16.9 / 83 tok/s; no-cache
-loop 6.3 tok/s at batch 8. ``uncached last-step ms`` is the measured cost of the uncached step
+No figure from another run is divided into these: the LlamaGen reference is timed in the same run
+with ``--official`` (below). ``uncached last-step ms`` is the measured cost of the uncached step
 that samples the final token (one pass over the whole prefix), against the cached mean step.
 On CUDA, ``--compile`` wraps the decode step with ``torch.compile`` and the table adds the
 memory-bandwidth bound per step: weight bytes / ``--bandwidth``.
@@ -45,10 +44,6 @@ from benchmarks._common import (  # noqa: E402
 from benchmarks.official import build_official_gpt, load_average  # noqa: E402
 from visualtok import create_model  # noqa: E402
 from visualtok.nn.linear import cpu_linear_backend, set_cpu_linear_backend  # noqa: E402
-
-# LlamaGen GPT-B reference on the project CPU (tok/s), keyed by (batch, cfg)
-REFERENCE_TOK_S = {(1, None): 30.7, (8, None): 115.0, (1, 2.0): 16.9, (8, 2.0): 83.0}
-REFERENCE_NO_CACHE_TOK_S = {8: 6.3}
 
 
 def time_generate(
@@ -211,10 +206,6 @@ def main(argv: list[str] | None = None) -> dict:
         row["cached ms/step"] = sec / n * 1e3
         if args.device != "cpu":
             row["bw bound ms/step"] = bound_ms
-        ref = REFERENCE_TOK_S.get((b, cfg))
-        if ref is not None and args.device == "cpu":
-            row["LlamaGen tok/s"] = ref
-            row["ratio vs LlamaGen"] = row["cached tok/s"] / ref
         if args.max_uncached_tokens and cfg is None:
             k = min(n, args.max_uncached_tokens)
             if (b, k) not in first_k:
@@ -227,15 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
             last = time_uncached_last_step(model, b, n, args.device) * 1e3
             row["uncached last-step ms"] = last
             row["last-step ratio"] = last / row["cached ms/step"]
-            if args.device == "cpu" and b in REFERENCE_NO_CACHE_TOK_S:
-                row["LlamaGen no-cache tok/s"] = REFERENCE_NO_CACHE_TOK_S[b]
         rows.append(row)
         print(row, flush=True)
 
     columns = ["tokens", "batch", "cfg", "cached tok/s", "cached img/s", "cached ms/step"]
-    columns += (
-        ["bw bound ms/step"] if args.device != "cpu" else ["LlamaGen tok/s", "ratio vs LlamaGen"]
-    )
+    columns += ["bw bound ms/step"] if args.device != "cpu" else []
     columns += [
         "uncached steps",
         "uncached ms/step",
