@@ -117,14 +117,18 @@ def main_official(args) -> dict:
 
             ours_fn(4), ref_fn(4)  # warm-up on a short sequence
             load0 = load_average()
+            cpu: dict[str, float] = {}
             t = time_interleaved({"visualtok": ours_fn, "LlamaGen": ref_fn}, warmup=0,
-                                 repeats=args.repeats)
+                                 repeats=args.repeats, cpu=cpu)
             row = {"tokens": n, "batch": b, "cfg": cfg or "-",
                    "LlamaGen tok/s": b * n / t["LlamaGen"],
                    "visualtok tok/s": b * n / t["visualtok"],
                    "visualtok / LlamaGen": t["LlamaGen"] / t["visualtok"],
                    "LlamaGen ms/step": t["LlamaGen"] / n * 1e3,
                    "visualtok ms/step": t["visualtok"] / n * 1e3,
+                   "LlamaGen CPU ms/step": cpu["LlamaGen"] / n * 1e3,
+                   "visualtok CPU ms/step": cpu["visualtok"] / n * 1e3,
+                   "CPU time visualtok / LlamaGen": cpu["LlamaGen"] / cpu["visualtok"],
                    "greedy = LlamaGen": parity[cfg or "-"],
                    "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}"}
             rows.append(row)

@@ -285,17 +285,19 @@ def bench_official(name: str, args) -> list[dict]:
         ("encode", x, model.encode, pair.encode, enc16, 1),
         ("decode", codes, model.decode, pair.decode, dec16, 0),
     ):
-        load0 = load_average()
+        load0, cpu = load_average(), {}
         t = time_interleaved(
             {"fp32": lambda f=ours, i=inp: f(i), "official": lambda f=off, i=inp: f(i),
              "bf16": lambda f=ours16, i=inp: f(i)},
-            warmup=warm, repeats=args.repeats,
+            warmup=warm, repeats=args.repeats, cpu=cpu,
         )
         rows.append({
             "preset": name, "stage": stage, "official fp32 img/s": B / t["official"],
             "visualtok fp32 img/s": B / t["fp32"], "fp32 / official": t["official"] / t["fp32"],
             "visualtok bf16 img/s": B / t["bf16"],
             "bf16 / official fp32": t["official"] / t["bf16"],
+            "CPU time fp32 / official": cpu["official"] / cpu["fp32"],
+            "CPU time bf16 / official": cpu["official"] / cpu["bf16"],
             "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}",
         })
     rows[0]["codes = official"] = same
@@ -315,7 +317,8 @@ def main_official(args) -> None:
     info["load_average_end"] = load_average()
     cols = ["preset", "stage", "official fp32 img/s", "visualtok fp32 img/s", "fp32 / official",
             "visualtok bf16 img/s", "bf16 / official fp32", "codes = official",
-            "bf16 codes = fp32", "decode max |diff|", "load avg (1m) before/after"]
+            "bf16 codes = fp32", "decode max |diff|", "CPU time fp32 / official",
+            "CPU time bf16 / official", "load avg (1m) before/after"]
     title = (f"TiTok vs official 1d-tokenizer, same run, interleaved x{args.repeats}, batch "
              f"{args.batch} Kodak photos 256x256 (codes checked on {args.parity_images}), "
              f"{torch.get_num_threads()} threads, load average "

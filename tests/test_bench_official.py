@@ -90,10 +90,11 @@ def test_import_from_checkout_refuses_a_directory_that_is_not_the_checkout(tmp_p
 
 def test_time_interleaved_runs_every_contender_each_round():
     calls: list[str] = []
+    cpu: dict[str, float] = {}
     t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                         warmup=1, repeats=3)
+                         warmup=1, repeats=3, cpu=cpu)
     assert calls == ["a", "b"] + ["a", "b"] * 3
-    assert set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
+    assert set(t) == set(cpu) == {"a", "b"} and all(v >= 0 for v in [*t.values(), *cpu.values()])
 
 
 @pytest.mark.slow
