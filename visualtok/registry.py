@@ -69,6 +69,7 @@ _MODELS: dict[str, ModelEntry] = {}
 # ``import visualtok`` stays cheap and import cycles are impossible.
 _MODEL_MODULES = (
     "visualtok.image.titok",
+    "visualtok.video.titok3d",
     "visualtok.generate.gpt",
 )
 _loaded = False

@@ -112,6 +112,7 @@ TASKS: dict[str, type[Task]] = {}
 _TASK_MODULES = {
     "tokenizer": "visualtok.train.tokenizer_task",
     "generator": "visualtok.generate.train",
+    "video_tokenizer": "visualtok.train.video_task",
 }
 
 
