@@ -168,7 +168,7 @@ def kmeans_sweep(
     All centres of all K sit in one ``[sum K, D]`` matrix, so one matmul scores a token against
     every K, and a padded ``[R, S, K_max]`` view gives each K its argmin of ``1 - cos``. Member
     sums are kept per (K, cluster) and updated only for tokens that changed cluster. Tokens whose
-    cluster cannot have changed are not rescored (Elkan's bounds, exact; once fewer than half the
+    cluster cannot have changed are not rescored (Elkan's bounds, exact; once fewer than 3/4 of the
     (K, token) pairs need it, those are rescored K by K): a centre that moves by ``delta`` changes
     a unit token's cosine by at most ``delta``, so a token whose cosine to its own centre, minus
     that centre's moves, still beats every other centre's cosine plus that centre's moves (by
@@ -200,7 +200,7 @@ def kmeans_sweep(
     sums = counts = prev = None
     for _ in range(max_iters):
         need = active[:, None] & (lo <= hi.amax(2) + margin)  # [S, N]
-        if int(need.sum()) * 2 > s * n:  # most (K, token) pairs: one matmul for every K
+        if int(need.sum()) * 4 > 3 * s * n:  # most (K, token) pairs: one matmul for every K
             dist = torch.cat([1 - xs @ cn.T, xs.new_full((n, 1), float("inf"))], 1)[:, flat_of]
             best = dist.argmin(2)  # [N, S]; first index on ties, like the release's argmin
             d_best = dist.gather(2, best[..., None])[..., 0]
