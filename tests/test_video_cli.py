@@ -39,3 +39,21 @@ def test_video_encode_decode_reconstruct(tmp_path, capsys):
     assert main(["encode", str(clip), "--model", str(img_tok)]) == 2
     err = capsys.readouterr().err
     assert "image tokenizer" in err and "Traceback" not in err
+
+
+def test_eval_video_script(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_video", Path(__file__).resolve().parent.parent / "eval" / "video.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    clip = shared_path("data", "video", "mdn_friday.mp4")
+    res = mod.main(["titok3d_tiny", str(clip), "--random-init", "--stride", "3",
+                    "--out", str(tmp_path)])
+    (c,) = res["clips"]
+    assert c["tokens_per_clip"] == 16 and c["fps"] == pytest.approx(10.0)
+    assert c["bits_per_second"] == pytest.approx(c["bits_per_clip"] * 10.0 / 8)
+    assert 0 < c["psnr"] < 60 and -1 <= c["ssim"] <= 1
+    assert (tmp_path / "frames.png").is_file() and (tmp_path / "results.json").is_file()
