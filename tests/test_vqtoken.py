@@ -150,7 +150,7 @@ def test_cross_dynamics_attention_trains_to_reconstruct(clip_features):
     tokens = m(codes, hmap)
     assert tokens.shape == (1, 4, 96)  # a fixed number of output tokens, whatever K is
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    first = float(m.loss(codes, hmap, target))
+    first = m.loss(codes, hmap, target).item()
     for _ in range(40):
         opt.zero_grad()
         loss = m.loss(codes, hmap, target)
@@ -168,3 +168,23 @@ def test_cross_dynamics_attention_trains_to_reconstruct(clip_features):
         m(torch.zeros(1, 6, 95), hmap)
     with pytest.raises(ValueError, match="code ids"):
         m(codes, hmap + 10)
+
+
+def test_retrieval_proxy_scores():
+    from visualtok.metrics.video_retrieval import (
+        reconstruction_cosine,
+        retrieval_accuracy,
+        set_similarity,
+    )
+
+    e = torch.eye(4)
+    assert set_similarity(e[:2], e[:2]) == pytest.approx(1.0)
+    assert set_similarity(e[:1], e[:2]) == pytest.approx(0.5)  # one of two rows explained
+    gallery = [e[[0, 1]], e[[2, 3]]]
+    acc, scores = retrieval_accuracy([e[[0]], e[[3]]], gallery)
+    assert acc == 1.0 and scores.shape == (2, 2)
+    acc, _ = retrieval_accuracy([e[[2]], e[[3]]], gallery)  # first query retrieves the wrong one
+    assert acc == 0.5
+    assert reconstruction_cosine(e, e) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one gallery item per query"):
+        retrieval_accuracy([e], gallery)
