@@ -188,3 +188,32 @@ def test_retrieval_proxy_scores():
     assert reconstruction_cosine(e, e) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one gallery item per query"):
         retrieval_accuracy([e], gallery)
+
+
+def test_frame_feature_extractors_on_a_real_clip():
+    from visualtok.metrics import frame_features as ff
+
+    path = shared_path("data", "video", "mdn_friday.mp4")
+    video = read_video(path, 2, size=160, crop=160)
+    pix = ff.PixelPatchFeatures(grid=4, patch=14, dim=32)(video)
+    assert pix.shape == (2, 16, 32)
+    import visualtok
+
+    tok = visualtok.load("titok_photo128")
+    patches = ff.TokenizerFeatures(tok, "patches")(video)
+    assert patches.shape == (2, 256, 256) and torch.isfinite(patches).all()
+    lat = ff.TokenizerFeatures(tok, "latents")(video)
+    assert lat.shape == (2, 128, 12)
+    with torch.no_grad():  # the latents are the tokenizer's own encode_latents of the frames
+        from visualtok.data.image_io import center_crop_resize
+
+        ref = tok.encode_latents(center_crop_resize(video, (128, 128)))
+    assert torch.allclose(lat, ref)
+    try:
+        inc = ff.InceptionSpatialFeatures("mixed_10")
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        pytest.skip(f"FID Inception weights not installed: {e}")
+    feats = inc(video)
+    assert feats.shape == (2, 64, 2048) and bool((feats >= 0).all())  # post-ReLU concat maps
+    out = vqtoken_compress(feats, VQTokenConfig(num_clusters=4))
+    assert out.hash_map.shape == (2, 64)
