@@ -159,3 +159,27 @@ def test_dataset_reads_real_clips():
     item = ds[(i, 3)]
     assert item["video"].shape == (4, 3, 32, 32) and item["index"] == i
     assert torch.equal(ds[(i, 3)]["video"], item["video"])  # seeded start
+
+
+def test_synthetic_pan_zoom_clips(tmp_path):
+    from skimage import data as skdata
+
+    from visualtok.data import build_dataset
+    from visualtok.data.synthetic_video import pan_zoom_clip
+    from visualtok.train.config import DataConfig
+
+    photo = torch.from_numpy(skdata.astronaut()).permute(2, 0, 1).float() / 255
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    clip = pan_zoom_clip(photo, 8, 32, g())
+    assert clip.shape == (8, 3, 32, 32) and 0 <= float(clip.min()) and float(clip.max()) <= 1
+    assert torch.equal(clip, pan_zoom_clip(photo, 8, 32, g()))  # seeded
+    step = (clip[1:] - clip[:-1]).abs().mean()
+    assert 0 < float(step) < float((clip[-1] - clip[0]).abs().mean())  # smooth motion
+    from visualtok.data.image_io import save_image
+
+    save_image(photo, tmp_path / "astronaut.png")
+    ds = build_dataset(DataConfig(type="video_synthetic", path=str(tmp_path), image_size=32,
+                                  num_frames=4))
+    item = ds[(0, 5)]
+    assert item["video"].shape == (4, 3, 32, 32) and torch.equal(ds[(0, 5)]["video"],
+                                                                 item["video"])
