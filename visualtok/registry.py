@@ -136,6 +136,7 @@ class ModelEntry:
 # The modules that fill each table (the one lazy-import rule above).
 _MODEL_MODULES = (
     "visualtok.image.titok",
+    "visualtok.video.titok3d",
     "visualtok.generate.gpt",
     "visualtok.image.vqgan",
     "visualtok.image.retok",
