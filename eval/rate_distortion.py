@@ -45,7 +45,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tokens", default=None,
                     help="comma-separated token counts (default: 1, 2, 4, ... and all tokens)")
     ap.add_argument("--no-fid", action="store_true", help="PSNR/SSIM only")
+    ap.add_argument("--decode-steps", type=int, default=None,
+                    help="flow decoders (FlexTok): Euler steps (default: the model's)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="flow decoders (FlexTok): guidance scale (default: the model's)")
+    ap.add_argument("--seed", type=int, default=0, help="flow decoders: fixed sampling seed")
     return ap.parse_args(argv)
+
+
+def decode_kwargs(tok, args: argparse.Namespace) -> dict:
+    """Sampling settings for decoders that sample (FlexTok): fixed seed, steps, guidance."""
+    import inspect
+
+    params = inspect.signature(tok.decode).parameters
+    if "generator" not in params:
+        return {}
+    kw = {"generator": torch.Generator().manual_seed(args.seed)}
+    if args.decode_steps is not None:
+        kw["steps"] = args.decode_steps
+    if args.guidance is not None:
+        kw["guidance_scale"] = args.guidance
+    return kw
 
 
 def token_counts(spec: str | None, total: int) -> list[int]:
@@ -106,7 +126,7 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         if ext is not None:
             ref_feats.append(extract_features(x, ext, device=args.device))
         for k in ks:
-            recon = tok.decode(codes[:, :k] if flexible else codes)
+            recon = tok.decode(codes[:, :k] if flexible else codes, **decode_kwargs(tok, args))
             acc[k]["psnr"].append(psnr(x, recon).cpu())
             acc[k]["ssim"].append(ssim(x, recon).cpu())
             if ext is not None:
@@ -129,6 +149,8 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         "bits_per_token": bpt, "features": ext.name if ext is not None else None,
         "fid_reference": f"the {n} evaluated images" if ext is not None else None,
         "points": points, "seconds": time.perf_counter() - t0,
+        "decode": {k: v for k, v in decode_kwargs(tok, args).items() if k != "generator"}
+        | ({"seed": args.seed} if decode_kwargs(tok, args) else {}),
         "environment": environment(args.device),
     }
     if not flexible:

@@ -136,9 +136,11 @@ class ModelEntry:
 # The modules that fill each table (the one lazy-import rule above).
 _MODEL_MODULES = (
     "visualtok.image.titok",
+    "visualtok.video.titok3d",
     "visualtok.generate.gpt",
     "visualtok.image.vqgan",
     "visualtok.image.retok",
+    "visualtok.image.flextok",
     "visualtok.audio.encodec",
     "visualtok.audio.dac",
     "visualtok.audio.codec",
@@ -149,12 +151,14 @@ CONVERTERS = Registry("converter", (
     "visualtok.convert.titok",
     "visualtok.convert.vqgan",
     "visualtok.convert.retok",
+    "visualtok.convert.flextok",
     "visualtok.convert.encodec",
     "visualtok.convert.dac",
 ))
 TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",
     "visualtok.train.generator_task",
+    "visualtok.train.flextok_task",
     "visualtok.train.codec_task",
 ))
 TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
