@@ -87,7 +87,7 @@ def test_tokenizer_task_trains_with_the_inception_perceptual_loss(tmp_path, real
     rec = float(out.logs["loss/reconstruction"])
     q = float(out.logs["loss/quantizer"])
     assert p > 0
-    assert float(out.loss) == pytest.approx(rec + q + 0.5 * p, rel=1e-4)
+    assert float(out.loss.detach()) == pytest.approx(rec + q + 0.5 * p, rel=1e-4)
     cfg["loss"]["perceptual_network"] = "vgg"
     with pytest.raises(ValueError, match="perceptual_network must be 'lpips' or 'inception'"):
         Trainer(load_train_config(write_config(tmp_path / "bad.yaml", cfg)))
