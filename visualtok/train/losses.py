@@ -3,6 +3,9 @@
 * ``reconstruction_loss``: L1 or L2 on the [0, 1] scale.
 * ``PerceptualLoss``: LPIPS (VGG16 trunk + learned 1x1 heads). It needs weights; without them the
   task logs a loud warning and trains without it rather than using random features.
+* ``InceptionPerceptualLoss``: "Inception perceptual loss", **not LPIPS**: distances between
+  unit-normalised intermediate features of the standard FID Inception-v3 (the ``eval`` extra, the
+  one pretrained ImageNet network available offline), no learned heads.
 * ``PatchDiscriminator``: the PatchGAN of pix2pix/taming (``n_layers`` strided 4x4 convs,
   BatchNorm, LeakyReLU 0.2), fed images scaled to [-1, 1].
 * ``hinge_d_loss``, ``hinge_g_loss``, ``LeCam`` (Tseng et al. 2021, EMA anchors of D outputs) and
@@ -23,6 +26,8 @@ from ..metrics.image import LPIPS
 __all__ = [
     "reconstruction_loss",
     "PerceptualLoss",
+    "InceptionPerceptualLoss",
+    "INCEPTION_PERCEPTUAL_LABEL",
     "PatchDiscriminator",
     "hinge_d_loss",
     "hinge_g_loss",
@@ -54,6 +59,53 @@ class PerceptualLoss(LPIPS):
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.distance(recon, target).mean()
+
+
+# ---------------------------------------------------------------------------- Inception
+INCEPTION_PERCEPTUAL_LABEL = "Inception perceptual loss (FID Inception-v3 features, not LPIPS)"
+
+
+class InceptionPerceptualLoss(nn.Module):
+    """Inception perceptual loss: images ``[B, 3, H, W]`` in [0, 1] -> scalar.
+
+    The frozen FID Inception-v3 of ``train/semantic.py`` (``InceptionTeacher``, one loader for
+    both) is run on ``recon`` and ``target`` resized to ``size``; at each tapped block the features
+    are unit-normalised over channels (as LPIPS does, but with no learned per-channel weights),
+    and the squared distance is averaged over positions; the mean over taps is returned.
+    Default taps: ``conv_4`` (192 x 71 x 71 at 299), ``mixed_2`` (Mixed_5d, 288 x 35 x 35) and
+    ``mixed_7`` (Mixed_6e, 768 x 17 x 17). Gradients flow to ``recon`` only.
+    """
+
+    label = INCEPTION_PERCEPTUAL_LABEL
+
+    def __init__(self, taps: tuple[int, ...] = (5, 9, 14), size: int = 299,
+                 weights: str | None = None) -> None:
+        super().__init__()
+        from .semantic import InceptionTeacher
+
+        taps = tuple(int(t) for t in taps)
+        if not taps or min(taps) < 0 or max(taps) > 17:
+            raise ValueError(f"loss.perceptual_taps must be Inception block indices in 0..17; "
+                             f"got {taps}")
+        if size < 75:
+            raise ValueError(f"loss.perceptual_size must be >= 75 (Inception's smallest input); "
+                             f"got {size}")
+        self.taps, self.size = taps, int(size)
+        self.net = InceptionTeacher(weights, layers=max(taps) + 1).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> InceptionPerceptualLoss:  # frozen batch norms
+        return super().train(False)
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ref = self.net.features(target, self.taps, self.size)
+        out = self.net.features(recon, self.taps, self.size)
+        total = recon.new_zeros((), dtype=torch.float32)
+        for a, b in zip(out, ref):
+            a = a.float() / (a.float().norm(dim=1, keepdim=True) + 1e-10)
+            b = b.float() / (b.float().norm(dim=1, keepdim=True) + 1e-10)
+            total = total + (a - b).pow(2).sum(1).mean()
+        return total / len(out)
 
 
 # ---------------------------------------------------------------------------- GAN

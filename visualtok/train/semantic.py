@@ -71,11 +71,13 @@ class InceptionTeacher(nn.Module):
     label = f"{INCEPTION_TEACHER_LABEL} (FID Inception-v3 Mixed_6e, 768-d)"
     layers = 15  # children of the TorchScript stack up to and including Mixed_6e ("mixed_7")
 
-    def __init__(self, weights: str | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, weights: str | None = None, device: torch.device | str = "cpu",
+                 layers: int | None = None) -> None:
         super().__init__()
         from ..metrics.inception import resolve_inception_weights
 
         net = torch.jit.load(str(resolve_inception_weights(weights)), map_location=device).eval()
+        self.layers = self.layers if layers is None else layers
         children = list(net.net.layers.children())[: self.layers]
         self.blocks = nn.ModuleList(children)
         self.feature_dim = 768
@@ -83,13 +85,22 @@ class InceptionTeacher(nn.Module):
     def train(self, mode: bool = True) -> InceptionTeacher:  # frozen: batch norms use their stats
         return super().train(False)
 
+    def features(self, images: torch.Tensor, taps: tuple[int, ...],
+                 size: int = 299) -> list[torch.Tensor]:
+        """Outputs of blocks ``taps`` (indices into ``blocks``) for images [0, 1] resized to
+        ``size``; differentiable in ``images`` (the Inception perceptual loss uses this)."""
+        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = (x * 255.0 - 128.0) / 128.0
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in taps:
+                out.append(x)
+        return out
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
-        x = (x * 255.0 - 128.0) / 128.0
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return self.features(images, (len(self.blocks) - 1,))[0]
 
 
 @register_teacher("inception")

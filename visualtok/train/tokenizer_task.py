@@ -7,19 +7,20 @@ Per step, optimizer ``"model"``::
     z'  = RobusTok perturbation of q (option)   # some codes -> nearby codes, decoded
     z'' = nested-dropout prefix of z' (option)  # 1D tokenizers with supports_prefix
     x^  = decode_latents(z'')
-    L   = w_rec * L1/L2(x^, x) + w_p * LPIPS + w_q * q.losses["total"] + w_g * a * hinge_G(D(x^))
+    L   = w_rec * L1/L2(x^, x) + w_p * P(x^, x) + w_q * q.losses["total"] + w_g * a * hinge_G(D(x^))
           + mean_b w_s(k_b) * (1 - cos(decoder features, frozen teacher features))   (option)
 
-``a`` is the adaptive weight at ``last_layer_weight()``; the GAN terms start at
-``gan_start_step``. Optimizer ``"discriminator"`` (only when ``gan_weight > 0``) minimises hinge +
-LeCam on ``x`` vs the detached ``x^`` of the same step. With ``proxy_teacher`` set (TiTok two-stage
-recipe, stage 1) the model's legacy head predicts the frozen MaskGIT-VQGAN teacher codes with
-cross-entropy instead of reconstructing pixels. With ``data.token_file`` set (decoder
-post-training), encoder and quantizer are frozen and a fraction of the samples decode the tokens
-from the file (e.g. generator-sampled ones) instead of their own. With ``semantic_weight > 0``
-(ReTok's Hierarchical Semantic Regularization) the model's ``decode_latents_and_features`` gives
-decoder features that are aligned with a frozen, pluggable teacher (``train/semantic.py``), weighted
-by each sample's prefix length ``k_b``.
+``P`` is LPIPS (``perceptual_network: lpips``) or the Inception perceptual loss on the FID
+Inception's intermediate features (``inception``; not LPIPS). ``a`` is the adaptive weight at
+``last_layer_weight()``; the GAN terms start at ``gan_start_step``. Optimizer ``"discriminator"``
+(only when ``gan_weight > 0``) minimises hinge + LeCam on ``x`` vs the detached ``x^`` of the same
+step. With ``proxy_teacher`` set (TiTok two-stage recipe, stage 1) the model's legacy head predicts
+the frozen MaskGIT-VQGAN teacher codes with cross-entropy instead of reconstructing pixels. With
+``data.token_file`` set (decoder post-training), encoder and quantizer are frozen and a fraction of
+the samples decode the tokens from the file (e.g. generator-sampled ones) instead of their own. With
+``semantic_weight > 0`` (ReTok's Hierarchical Semantic Regularization) the model's
+``decode_latents_and_features`` gives decoder features that are aligned with a frozen, pluggable
+teacher (``train/semantic.py``), weighted by each sample's prefix length ``k_b``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from ..registry import register_task
 from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
 from .losses import (
+    InceptionPerceptualLoss,
     LeCam,
     PatchDiscriminator,
     PerceptualLoss,
@@ -64,8 +66,13 @@ class TokenizerLossConfig:
     reconstruction_weight: float = 1.0
     quantizer_weight: float = 1.0  # times the quantizer's losses["total"]
     perceptual_weight: float = 0.0
-    # LPIPS weights file; None -> perceptual loss off (warned)
+    # LPIPS weights file; None -> perceptual loss off (warned). Only for perceptual_network lpips.
     perceptual_weights: str | None = None
+    # "lpips" (VGG16 + learned heads, needs perceptual_weights) or "inception" (Inception
+    # perceptual loss on the FID Inception from the eval extra; not LPIPS)
+    perceptual_network: str = "lpips"
+    perceptual_taps: tuple[int, ...] = (5, 9, 14)  # inception: block indices (see losses.py)
+    perceptual_size: int = 299  # inception: input resolution (299 = the FID protocol)
     gan_weight: float = 0.0  # 0 = no discriminator
     gan_start_step: int = 0  # delayed start of both discriminator and adversarial term
     adaptive_gan_weight: bool = True
@@ -180,7 +187,13 @@ class TokenizerTask(Task):
             )
         self.modules = {"model": TokenizerStep(model)}
         self.perceptual = None
-        if c.perceptual_weight > 0:
+        if c.perceptual_network not in ("lpips", "inception"):
+            raise ValueError(f"loss.perceptual_network must be 'lpips' or 'inception'; "
+                             f"got {c.perceptual_network!r}")
+        if c.perceptual_weight > 0 and c.perceptual_network == "inception":
+            self.perceptual = InceptionPerceptualLoss(c.perceptual_taps, c.perceptual_size)
+            log.warning("perceptual loss: %s", self.perceptual.label)
+        elif c.perceptual_weight > 0:
             if c.perceptual_weights:
                 self.perceptual = PerceptualLoss(c.perceptual_weights)
             else:
