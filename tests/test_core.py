@@ -59,7 +59,7 @@ def test_config_unknown_key_is_an_error(tmp_path):
 
 
 def test_quantizer_config_rejects_options_of_another_family():
-    QuantizerConfig(type="fsq", levels=(8, 5, 5, 5)).validate()
+    QuantizerConfig(type="fsq", dim=4, levels=(8, 5, 5, 5)).validate()
     with pytest.raises(ValueError, match="does not use option"):
         QuantizerConfig(type="fsq", codebook_size=16).validate()
     with pytest.raises(ValueError, match="quantizer type"):

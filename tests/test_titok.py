@@ -107,8 +107,6 @@ def test_config_errors():
         create_model("titok_tiny", token_size=8, quantizer=dict(type="vq", dim=12))
     with pytest.raises(ValueError, match="ptq"):
         create_model("titok_tiny", mode="vae", quantizer=dict(type="vq", dim=12))
-    with pytest.raises(ValueError, match="patch_size must be 16"):
-        create_model("titok_s128", patch_size=8)
     with pytest.raises(ValueError, match="latents must be"):
         create_model("titok_tiny", **SMALL).decode_latents(torch.randn(1, 8, 5))
     cfg = config_from_dict(TiTokConfig, {"quantizer": {"type": "fsq", "levels": [5, 5], "dim": 2},

@@ -24,12 +24,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config, NonNegativeFloat, NonNegativeInt, OpenUnitFloat, PositiveInt, UnitFloat
 from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
 from .losses import (
     LeCam,
@@ -54,22 +55,38 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TokenizerLossConfig:
-    reconstruction: str = "l2"  # l1 | l2
-    reconstruction_weight: float = 1.0
-    quantizer_weight: float = 1.0  # times the quantizer's losses["total"]
-    perceptual_weight: float = 0.0
-    # LPIPS weights file; None -> perceptual loss off (warned)
+class TokenizerLossConfig(Config):
+    reconstruction: Literal["l1", "l2"] = "l2"
+    reconstruction_weight: NonNegativeFloat = 1.0
+    quantizer_weight: NonNegativeFloat = 1.0  # times the quantizer's losses["total"]
+    perceptual_weight: NonNegativeFloat = 0.0
+    # LPIPS weights file (needed when perceptual_weight > 0)
     perceptual_weights: str | None = None
-    gan_weight: float = 0.0  # 0 = no discriminator
-    gan_start_step: int = 0  # delayed start of both discriminator and adversarial term
+    gan_weight: NonNegativeFloat = 0.0  # 0 = no discriminator
+    gan_start_step: NonNegativeInt = 0  # delayed start of both discriminator and adversarial term
     adaptive_gan_weight: bool = True
-    lecam_weight: float = 0.0
-    lecam_decay: float = 0.999
-    disc_channels: int = 64
-    disc_layers: int = 3
+    lecam_weight: NonNegativeFloat = 0.0
+    lecam_decay: OpenUnitFloat = 0.999
+    disc_channels: PositiveInt = 64
+    disc_layers: PositiveInt = 3
     proxy_teacher: str | None = None  # two-stage stage 1: MaskGIT-VQGAN checkpoint for proxy codes
-    posttrain_mix: float = 0.5  # decoder post-training: fraction of samples decoding file tokens
+    posttrain_mix: UnitFloat = 0.5  # decoder post-training: share of samples decoding file tokens
+
+    def validate(self) -> TokenizerLossConfig:
+        super().validate()
+        if self.perceptual_weight > 0:
+            if not self.perceptual_weights:
+                raise ValueError(
+                    f"loss.perceptual_weight is {self.perceptual_weight} but "
+                    "loss.perceptual_weights (an LPIPS-VGG weights file) is not set: set it, or "
+                    "set perceptual_weight: 0 to train without the perceptual loss"
+                )
+            if not Path(self.perceptual_weights).is_file():
+                raise FileNotFoundError(
+                    f"loss.perceptual_weights: LPIPS weights file not found: "
+                    f"{self.perceptual_weights}"
+                )
+        return self
 
 
 def robustness_schedule(cfg: RobustnessConfig, step: int, total_steps: int) -> tuple[float, int]:
@@ -166,15 +183,8 @@ class TokenizerTask(Task):
             )
         self.modules = {"model": TokenizerStep(model)}
         self.perceptual = None
-        if c.perceptual_weight > 0:
-            if c.perceptual_weights:
-                self.perceptual = PerceptualLoss(c.perceptual_weights)
-            else:
-                log.warning(
-                    "!!! perceptual_weight=%s but loss.perceptual_weights is not set: "
-                    "training WITHOUT the perceptual (LPIPS) loss !!!",
-                    c.perceptual_weight,
-                )
+        if c.perceptual_weight > 0:  # the config made sure the weights file exists
+            self.perceptual = PerceptualLoss(c.perceptual_weights)
         if c.gan_weight > 0:
             self.modules["discriminator"] = PatchDiscriminator(3, c.disc_channels, c.disc_layers)
             self.lecam = LeCam(c.lecam_decay)
@@ -200,7 +210,21 @@ class TokenizerTask(Task):
     # ------------------------------------------------------------------ losses
     def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
         images = batch["image"]
+        if name == "model":
+            self._check_batch(images)
         return self._model_loss(images, batch, step) if name == "model" else self._disc_loss(images)
+
+    def _check_batch(self, images: torch.Tensor) -> None:
+        """Training images must have the model's input size (shape only: no device sync)."""
+        h, w = self.model.image_size
+        shape = tuple(images.shape)
+        if images.ndim != 4 or shape[1] != 3 or shape[2:] != (h, w) or shape[0] == 0:
+            raise ValueError(
+                f"training images must be [B, 3, {h}, {w}] for {type(self.model).__name__} "
+                f"(set data.image_size: {h}); the data gave shape {shape}"
+            )
+        if not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
+            raise TypeError(f"training images must be float in [0, 1] or uint8; got {images.dtype}")
 
     def _model_loss(self, images: torch.Tensor, batch: Any, step: int) -> StepOutput:
         c, t = self.loss_config, self.train_config.trainer
