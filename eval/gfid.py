@@ -32,6 +32,7 @@ from visualtok.metrics.fid import (
     frechet_distance,
     kernel_inception_distance,
     load_reference,
+    open_npz,
     precision_recall,
 )
 
@@ -55,7 +56,7 @@ def sample_batches(args: argparse.Namespace) -> tuple[Iterator[torch.Tensor], in
     """Batches of samples (uint8 or float [0, 1]) and their count."""
     src = args.samples
     if src.suffix == ".npz":
-        with np.load(src, allow_pickle=False) as z:
+        with open_npz(src) as z:
             if "arr_0" not in z:
                 raise SystemExit(f"{src}: expected 'arr_0' uint8 [N, H, W, 3]; keys {z.files}")
             arr = z["arr_0"][: args.max_images]

@@ -93,6 +93,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     meta = {
         "model": str(args.model),
         "code_layout": json.dumps(model.code_layout.to_dict()),
+        "quantizer_sha256": _quantizer_digest(model),
         "source": str(args.image),
     }
     save_file({"codes": codes.contiguous()}, args.out, metadata=meta)
@@ -104,20 +105,62 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantizer_digest(model) -> str:
+    """sha256 of the quantizer's state (codebooks): codes mean something only through it."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.quantizer.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_recorded_layout(path: str, meta: dict[str, str], model) -> None:
+    """Codes carry the code layout and quantizer digest of the model that made them; both must be
+    this model's (a model with another codebook would decode them into a different picture)."""
+    recorded = meta.get("code_layout")
+    if recorded is None:
+        return
+    from .quantize.layout import CodeLayout
+
+    try:
+        theirs = CodeLayout.from_dict(json.loads(recorded))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: unreadable code_layout metadata ({e})") from None
+    ours = model.code_layout
+    if (theirs.radices, theirs.kind, theirs.residual) != (ours.radices, ours.kind, ours.residual):
+        made_by = meta.get("model", "another model")
+        raise ValueError(
+            f"{path} holds codes of {made_by} (code layout {theirs.kind} {list(theirs.radices)}); "
+            f"the decoding model expects {ours.kind} {list(ours.radices)}"
+        )
+    digest = meta.get("quantizer_sha256")
+    if digest and digest != _quantizer_digest(model):
+        made_by = meta.get("model", "another model")
+        raise ValueError(
+            f"{path} holds codes of {made_by}, whose quantizer (codebook) differs from the "
+            f"decoding model's: decode with --model {made_by}"
+        )
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     import torch
-    from safetensors import safe_open
 
     from .data.image_io import save_image
+    from .generate.tokens import read_codes_file
 
-    with safe_open(args.codes, framework="pt") as f:
-        codes = f.get_tensor("codes")
-        meta = f.metadata() or {}
+    tensors, meta = read_codes_file(args.codes)
+    codes = tensors["codes"]
     model = _load_tokenizer(args.model or meta.get("model", DEFAULT_TOKENIZER))
+    _check_recorded_layout(args.codes, meta, model)
     with torch.no_grad():
         images = model.decode(codes)
-    save_image(images[0], args.out)
-    print(f"decoded {tuple(codes.shape)} codes -> {args.out}")
+    out = save_image(images, args.out)
+    print(f"decoded {tuple(codes.shape)} codes -> {out}")
     return 0
 
 
@@ -168,9 +211,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .data.image_io import save_grid
     from .generate.pipeline import generate_images
 
+    if args.num_tokens is not None and args.num_tokens < 1:
+        raise ValueError(
+            f"--num-tokens must be >= 1 (omit it for all tokens); got {args.num_tokens}"
+        )
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1; got {args.num}")
+    labels = None
+    if args.labels:
+        try:
+            labels = torch.tensor([int(x) for x in args.labels.split(",")])
+        except ValueError:
+            raise ValueError(
+                f"--labels must be comma-separated class ids, e.g. 0,1,2; got {args.labels!r}"
+            ) from None
     tokenizer = _load_tokenizer(args.tokenizer)
     gpt = visualtok.load(args.model)
-    labels = torch.tensor([int(x) for x in args.labels.split(",")]) if args.labels else None
     g = torch.Generator().manual_seed(args.seed)
     images = generate_images(
         gpt,
@@ -268,8 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"visualtok {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"visualtok {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, never a traceback (-v shows it)
+        if args.verbose:
+            raise
+        known = isinstance(e, (ValueError, TypeError, OSError))
+        text = " ".join(str(e).split()) or type(e).__name__
+        if not known:
+            text = f"{type(e).__name__}: {text} (run with -v for the traceback)"
+        print(f"visualtok {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import numbers
 import types
@@ -50,6 +51,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_yaml",
+    "load_json",
     "load_config",
 ]
 
@@ -295,6 +297,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Read a JSON file; a missing file or one that is not JSON is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON {what}: {_parse_error(e)}") from None
+
+
 def _parse_error(e: Exception) -> str:
     """One line saying what a parser found wrong and where."""
     problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
@@ -302,6 +315,8 @@ def _parse_error(e: Exception) -> str:
         return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
     if isinstance(e, UnicodeDecodeError):
         return f"not UTF-8 text (byte {e.start})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} (line {e.lineno}, column {e.colno})"
     return " ".join(str(e).split()) or type(e).__name__
 
 

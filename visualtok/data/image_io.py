@@ -8,6 +8,7 @@ same conversion the FID protocol uses.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -16,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "load_image",
+    "decode_image",
     "save_image",
     "list_images",
     "center_crop_resize",
@@ -103,13 +105,31 @@ def load_image(path: str | Path) -> torch.Tensor:
     """Read an image file -> float ``[3, H, W]`` RGB in [0, 1].
 
     Grayscale / palette / CMYK files become RGB; RGBA / LA are composited on white. Each conversion
-    is logged at INFO level with the file name.
+    is logged at INFO level with the file name. A file PIL cannot read is a ``ValueError``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as im:
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> torch.Tensor:
+    """``load_image`` for encoded bytes (e.g. a tar member); ``name`` is used in messages."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> torch.Tensor:
+    try:
+        im = Image.open(source)
         im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's error types
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(
+            f"{name} is not a readable image file (expected one of "
+            f"{', '.join(IMAGE_EXTENSIONS)}): {reason}"
+        ) from None
+    short = Path(name).name
+    with im:
         mode = im.mode
         if mode == "P":  # palette: may carry transparency
             im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
@@ -120,13 +140,13 @@ def load_image(path: str | Path) -> torch.Tensor:
             rgba = im.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             im = Image.alpha_composite(background, rgba).convert("RGB")
-            log.info("%s: %s image with alpha composited on white -> RGB", path.name,
+            log.info("%s: %s image with alpha composited on white -> RGB", short,
                      mode_note or mode)
         elif im.mode != "RGB":
-            log.info("%s: converted %s image to RGB", path.name, im.mode)
+            log.info("%s: converted %s image to RGB", short, im.mode)
             im = im.convert("RGB")
         elif mode_note:
-            log.info("%s: converted %s", path.name, mode_note)
+            log.info("%s: converted %s", short, mode_note)
         arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 

@@ -135,14 +135,11 @@ class ImageShardDataset(Dataset):
         return state
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
-        import numpy as np
-        from PIL import Image
+        from .image_io import decode_image
 
         index, seed = item if isinstance(item, tuple) else (item, None)
         shard, img_m, cls_m = self.samples[index]
-        with Image.open(io.BytesIO(self._read(shard, img_m))) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        img = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+        img = decode_image(self._read(shard, img_m), f"{self.shards[shard]}:{img_m.name}")
         gen = item_generator(seed) if (self.train and seed is not None) else None
         img = random_crop_resize(
             img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range

@@ -17,6 +17,7 @@ batches (``arr_0``: uint8 ``[N, H, W, 3]`` images, optionally with precomputed `
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,13 +142,38 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             if "mu" not in z or "sigma" not in z:
                 raise ValueError(f"{path}: reference statistics need 'mu' and 'sigma'; "
                                  f"found keys {sorted(z.files)}")
-            n = int(z["num_samples"]) if "num_samples" in z else -1
-            name = str(z["feature_name"]) if "feature_name" in z else ""
-            return cls(z["mu"], z["sigma"], n, name)
+            try:
+                n = int(z["num_samples"]) if "num_samples" in z else -1
+                name = str(z["feature_name"]) if "feature_name" in z else ""
+                return cls(z["mu"], z["sigma"], n, name)
+            except (ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{path}: unreadable reference statistics: {e}") from None
+
+
+def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
+    """``np.load`` of a ``.npz`` reference file (no pickles); anything else is a ``ValueError``
+    naming the file. Use as a context manager."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics not found: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(
+            f"{path} is not a .npz reference file (expected 'mu'/'sigma' statistics or 'arr_0' "
+            f"images): {reason}"
+        ) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise ValueError(
+            f"{path} is a single .npy array, not a .npz reference file with 'mu'/'sigma' "
+            f"statistics or 'arr_0' images"
+        )
+    return z
 
 
 def feature_statistics(features: np.ndarray | torch.Tensor, feature_name: str = "") -> FeatureStats:
@@ -288,10 +314,13 @@ def load_reference(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference statistics not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
+    with open_npz(path) as z:
         files = set(z.files)
         has_stats = {"mu", "sigma"} <= files
-        images = z["arr_0"] if "arr_0" in files else None
+        try:
+            images = z["arr_0"] if "arr_0" in files else None
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: unreadable 'arr_0' images: {e}") from None
         stats = FeatureStats.load(path) if has_stats else None
     feats = None
     if images is not None and extractor is not None:

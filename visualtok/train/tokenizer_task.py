@@ -344,12 +344,6 @@ def _decoder_params(model: nn.Module) -> list[nn.Parameter]:
 
 def _load_token_file(path: str | Path) -> torch.Tensor:
     """``codes [N, *S, F]`` int64 aligned with the dataset order, from a safetensors file."""
-    from safetensors.torch import load_file
+    from ..generate.tokens import read_codes_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.token_file not found: {path}")
-    data = load_file(str(path))
-    if "codes" not in data:
-        raise ValueError(f"{path} must hold a 'codes' tensor [N, *S, F]; it has {sorted(data)}")
-    return data["codes"].long()
+    return read_codes_file(path, what="data.token_file")[0]["codes"].long()
