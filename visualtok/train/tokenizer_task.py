@@ -214,6 +214,15 @@ class TokenizerTask(Task):
             self._check_batch(images)
         return self._model_loss(images, batch, step) if name == "model" else self._disc_loss(images)
 
+    def build_dataset(self, train: bool = True):
+        """The configured dataset; its first image is checked before training writes anything."""
+        ds = super().build_dataset(train)
+        if len(ds):
+            first = ds[0]
+            if isinstance(first, dict) and isinstance(first.get("image"), torch.Tensor):
+                self._check_batch(first["image"][None])
+        return ds
+
     def _check_batch(self, images: torch.Tensor) -> None:
         """Training images must have the model's input size (shape only: no device sync)."""
         h, w = self.model.image_size
