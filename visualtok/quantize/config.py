@@ -125,8 +125,8 @@ class QuantizerConfig(Config):
             )
         if self.type == "fsq" and self.dim != len(self.levels):
             raise ValueError(
-                f"FSQ has one level per channel: dim must equal len(levels) = {len(self.levels)} "
-                f"for levels {self.levels}; got dim={self.dim}"
+                f"FSQ has one level per channel: dim must equal the number of levels "
+                f"(len(levels) = {len(self.levels)} for levels {self.levels}); got dim={self.dim}"
             )
         if self.type == "lfq" and (self.group_size > 16 or self.dim % self.group_size):
             raise ValueError(
