@@ -110,6 +110,7 @@ def test_quantizer_config_errors(kwargs, exc, field):
         (dict(rope_base=NAN), ValueError, "rope_base"),
         (dict(norm_eps=0.0), ValueError, "norm_eps"),
         (dict(factor_head_heads=3), ValueError, "factor_head_heads"),
+        (dict(layout_kind="bits"), ValueError, "layout_kind"),
     ],
 )
 def test_gpt_config_errors(overrides, exc, field):
@@ -286,7 +287,17 @@ def test_files_that_are_not_what_they_claim(tmp_path):
     nostats = tmp_path / "nostats.npz"
     np.savez(nostats, other=np.zeros(3))
     text_npz = _write(tmp_path / "ref.npz", b"not a zip")
+    ckpt = tmp_path / "ckpt"
+    create_model("titok_tiny", **SMALL).save_pretrained(ckpt)
+    ckpt_list = tmp_path / "ckpt_list"
+    create_model("titok_tiny", **SMALL).save_pretrained(ckpt_list)
+    _write(ckpt / "config.json", bytes(range(200, 256)))
+    _write(ckpt_list / "config.json", b"[1, 2]")
+    from visualtok.hub import load
+
     cases = [
+        (lambda: load(ckpt), ckpt / "config.json"),
+        (lambda: load(ckpt_list), ckpt_list / "config.json"),
         (lambda: load_image(png), png),
         (lambda: load_image(truncated), truncated),
         (lambda: load_yaml(bad_yaml), bad_yaml),
@@ -401,3 +412,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, match):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert match in err, err
     assert not paths["out"].exists() and not paths["out_dir"].exists()
+
+
+def test_pixels_of_another_size_cannot_be_trained_on(tmp_path, real_photos):
+    """Legacy patch 8 + MaskGIT decoder decodes 32x32 inputs to 64x64: a pixel loss is refused."""
+    photos = write_photos(tmp_path / "photos", real_photos[:2])
+    cfg = tiny_config(photos, tmp_path / "out")
+    cfg["model"]["overrides"].update(
+        patch_size=8, is_legacy=True, decoder_head="proxy_codes", pixel_decoder=True,
+        pixel_decoder_channels=32, proxy_codebook_size=16, proxy_code_dim=8)
+    with pytest.raises(ValueError, match=r"decodes \(32, 32\) images to \(64, 64\)"):
+        Trainer(load_train_config(write_config(tmp_path / "c.yaml", cfg)))
+    assert not (tmp_path / "out").exists()

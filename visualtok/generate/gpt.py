@@ -48,7 +48,7 @@ class GPTConfig(Config):
 
     # the tokenizer's CodeLayout radices
     radices: Annotated[tuple[Radix, ...], Range(ge=1)] = (16384,)
-    layout_kind: str = "vq"  # CodeLayout.kind
+    layout_kind: Literal["vq", "rvq", "fsq", "lfq", "ptq"] = "vq"  # CodeLayout.kind
     layout_residual: bool = False
     # N, the longest token sequence (context = N for AR, N + 1 for MaskGIT)
     num_tokens: PositiveInt = 256

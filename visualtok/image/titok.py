@@ -247,6 +247,15 @@ class TiTok(ImageTokenizer):
         return (self.config.num_latent_tokens,)
 
     @property
+    def decoded_size(self) -> tuple[int, int]:
+        """(H, W) of decoded images: the input size, except with the MaskGIT-VQGAN pixel decoder,
+        which upsamples the patch grid by 16 whatever the patch size (as the official code)."""
+        if self.config.pixel_decoder:
+            side = self.decoder.grid_size * 16
+            return (side, side)
+        return self.image_size
+
+    @property
     def code_layout(self):
         if self.quantizer is None:
             raise ValueError(_NO_PTQ)

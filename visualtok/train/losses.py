@@ -1,8 +1,8 @@
 """Tokenizer training losses: reconstruction, LPIPS perceptual, PatchGAN (hinge + LeCam).
 
 * ``reconstruction_loss``: L1 or L2 on the [0, 1] scale.
-* ``PerceptualLoss``: LPIPS (VGG16 trunk + learned 1x1 heads). It needs weights; without them the
-  task logs a loud warning and trains without it rather than using random features.
+* ``PerceptualLoss``: LPIPS (VGG16 trunk + learned 1x1 heads). It needs weights: a config with
+  ``perceptual_weight > 0`` and no weights file is refused when it is built.
 * ``PatchDiscriminator``: the PatchGAN of pix2pix/taming (``n_layers`` strided 4x4 convs,
   BatchNorm, LeakyReLU 0.2), fed images scaled to [-1, 1].
 * ``hinge_d_loss``, ``hinge_g_loss``, ``LeCam`` (Tseng et al. 2021, EMA anchors of D outputs) and

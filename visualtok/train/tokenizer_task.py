@@ -181,6 +181,13 @@ class TokenizerTask(Task):
                 f"trainer.nested_dropout needs a 1D tokenizer with supports_prefix; "
                 f"{type(model).__name__} has token_shape {model.token_shape}"
             )
+        decoded = tuple(getattr(model, "decoded_size", model.image_size))
+        if decoded != tuple(model.image_size) and not c.proxy_teacher:
+            raise ValueError(
+                f"{type(model).__name__} decodes {model.image_size} images to {decoded} (a "
+                "patch size other than 16 with the MaskGIT-VQGAN pixel decoder): pixels cannot "
+                "be compared; train the proxy-code stage (loss.proxy_teacher) or use patch_size 16"
+            )
         self.modules = {"model": TokenizerStep(model)}
         self.perceptual = None
         if c.perceptual_weight > 0:  # the config made sure the weights file exists
