@@ -235,29 +235,42 @@ class Config:
         return self
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
+def config_from_dict(
+    cls: type[T], data: dict[str, Any], where: str | None = None, source: str | None = None
+) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise ``ValueError``.
 
     Nested dataclass fields accept nested dicts; tuples accept lists (as YAML/JSON give them).
-    Every value is checked against its annotation; errors name ``where`` and the key.
+    Every value is checked against its annotation. Errors name the entry by its dotted path from
+    ``where`` (default: the class name; ``""`` for a top-level file section) and start with
+    ``source`` (e.g. the YAML file) when given.
     """
-    where = where or cls.__name__
+    if source is not None:
+        try:
+            return config_from_dict(cls, data, "" if where is None else where)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{source}: {e}") from None
+    where = cls.__name__ if where is None else where
+    label = where or cls.__name__
     if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping of {cls.__name__} fields, got {_got(data)}")
+        raise TypeError(f"{label}: expected a mapping of {cls.__name__} fields, got {_got(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ValueError(
-            f"{where}: unknown config key(s) {unknown}; valid keys are {sorted(fields)}"
+            f"{label}: unknown config key(s) {unknown}; valid keys are {sorted(fields)}"
         )
     hints = _hints(cls)
-    kwargs = {k: check_value(hints.get(k, Any), v, f"{where}.{k}") for k, v in data.items()}
+    kwargs = {
+        k: check_value(hints.get(k, Any), v, f"{where}.{k}" if where else k)
+        for k, v in data.items()
+    }
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # a cross-field rule: say which entry it came from
-        if where == cls.__name__ or str(e).startswith(where):
+        if label == cls.__name__ or str(e).startswith(label):
             raise
-        raise type(e)(f"{where}: {e}") from None
+        raise type(e)(f"{label}: {e}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -322,4 +335,4 @@ def _parse_error(e: Exception) -> str:
 
 def load_config(cls: type[T], path: str | Path) -> T:
     """YAML file -> dataclass ``cls`` (strict)."""
-    return config_from_dict(cls, load_yaml(path), where=str(path))
+    return config_from_dict(cls, load_yaml(path), source=str(path))

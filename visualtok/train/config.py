@@ -232,7 +232,7 @@ def load_train_config(
     if env_data:
         data.setdefault("data", {})["path"] = env_data
     apply_overrides(data, overrides)
-    cfg = config_from_dict(TrainConfig, data, where=str(path) if path else "TrainConfig")
+    cfg = config_from_dict(TrainConfig, data, source=str(path) if path else None)
     if path is not None:
         folder = Path(path).resolve().parent
         base = folder.parent if folder.name == "configs" else folder
