@@ -47,12 +47,17 @@ def ref_vq(dim: int, k: int, cosine: bool):
     )
 
 
-def ref_lfq(bits: int):
+def ref_lfq(bits: int, group_size: int | None = None):
+    """The reference LFQ over ``bits`` channels: one codebook of ``2**bits`` codes (its full
+    entropy), or, with ``group_size``, ``bits // group_size`` codebooks of ``2**group_size`` codes
+    each (the group-wise entropy visualtok computes: like for like)."""
     from vector_quantize_pytorch import LFQ
 
+    g = group_size or bits
     return LFQ(
-        dim=bits, codebook_size=2**bits, entropy_loss_weight=0.1, commitment_loss_weight=BETA,
-        diversity_gamma=1.0, num_codebooks=1, codebook_scale=1.0, frac_per_sample_entropy=1.0,
+        dim=bits, codebook_size=2**g, entropy_loss_weight=0.1, commitment_loss_weight=BETA,
+        diversity_gamma=1.0, num_codebooks=bits // g, codebook_scale=1.0,
+        frac_per_sample_entropy=1.0,
         has_projections=False, soft_clamp_input_value=None, spherical=False,
         force_quantization_f32=True,
     )
@@ -88,11 +93,21 @@ SETTINGS: dict[str, tuple[dict, Callable, float | None, int | None]] = {
     "VQ EMA 65536x32": (
         dict(type="vq", dim=32, codebook_size=65536, ema=True, ema_decay=DECAY),
         lambda: ref_vq(32, 65536, False), 2 * 65536 * 32, None),
-    "LFQ 2^14 (g=7)": (
+    # like for like: the reference with the same group-wise entropy (bits / g codebooks)
+    "LFQ 2^14 (g=7) vs ref 2x2^7": (
+        dict(type="lfq", dim=14, group_size=7, beta=BETA, entropy_weight=0.1,
+             diversity_gamma=1.0, entropy_temperature=0.01),
+        lambda: ref_lfq(14, 7), None, None),
+    "LFQ 2^18 (g=9) vs ref 2x2^9": (
+        dict(type="lfq", dim=18, group_size=9, beta=BETA, entropy_weight=0.1,
+             diversity_gamma=1.0, entropy_temperature=0.01),
+        lambda: ref_lfq(18, 9), None, None),
+    # against the reference's full 2^bits entropy (a different, costlier computation)
+    "LFQ 2^14 (g=7) vs ref full 2^14": (
         dict(type="lfq", dim=14, group_size=7, beta=BETA, entropy_weight=0.1,
              diversity_gamma=1.0, entropy_temperature=0.01),
         lambda: ref_lfq(14), None, None),
-    "LFQ 2^18 (g=9)": (
+    "LFQ 2^18 (g=9) vs ref full 2^18": (
         dict(type="lfq", dim=18, group_size=9, beta=BETA, entropy_weight=0.1,
              diversity_gamma=1.0, entropy_temperature=0.01),
         lambda: ref_lfq(18), None, 256),
@@ -168,7 +183,8 @@ def main() -> None:
     for name, (cfg, make_ref, flops_per_tok, ref_cap) in SETTINGS.items():
         if args.only and args.only.lower() not in name.lower():
             continue
-        if args.quick and name.startswith(("VQ EMA 65536", "LFQ 2^18", "VQ EMA 16384")):
+        if args.quick and name.startswith(("VQ EMA 65536", "LFQ 2^18 (g=9) vs ref full",
+                                           "VQ EMA 16384")):
             continue
         d = cfg["dim"]
         z = torch.randn(4, tokens // 4, d, device=device, requires_grad=True)

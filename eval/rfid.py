@@ -30,7 +30,7 @@ from visualtok.metrics.fid import (
     load_reference,
 )
 from visualtok.metrics.image import code_statistics, psnr, ssim
-from visualtok.metrics.pfid import DEFAULT_RATE, default_strength, perturb_codes, pfid_label
+from visualtok.metrics.pfid import DEFAULT_RATE, compute_pfid, default_strength, perturb_codes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,11 +55,10 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     strength = args.pfid_strength or default_strength(tok.code_layout)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    feats = {"orig": [], "recon": [], "perturbed": []}
-    psnrs, ssims, all_codes, changed = [], [], [], []
+    feats = {"orig": [], "recon": []}
+    psnrs, ssims, all_codes = [], [], []
     grid = None
     for batch in iter_image_batches(paths, tok.image_size, args.batch_size):
         x = batch.to(args.device)
@@ -70,15 +69,13 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         psnrs.append(psnr(x, recon).cpu())
         ssims.append(ssim(x, recon).cpu())
         all_codes.append(codes.cpu())
-        pert = None
-        if not args.no_pfid:
-            new, frac = perturb_codes(tok, codes, args.pfid_rate, strength, gen)
-            pert = tok.decode(new)
-            feats["perturbed"].append(extract_features(pert, ext, device=args.device))
-            changed.append(frac * x.shape[0])
         if grid is None:
             k = args.grid_images
-            grid = [x[:k].cpu(), recon[:k].cpu()] + ([pert[:k].cpu()] if pert is not None else [])
+            grid = [x[:k].cpu(), recon[:k].cpu()]
+            if not args.no_pfid:  # the first batch's perturbed decode, as compute_pfid draws it
+                gen = torch.Generator(device=args.device).manual_seed(args.seed)
+                new, _ = perturb_codes(tok, codes, args.pfid_rate, strength, gen)
+                grid.append(tok.decode(new)[:k].cpu())
         if not args.no_progress:
             print(f"  {sum(len(p) for p in psnrs)}/{len(paths)} images", file=sys.stderr)
     n = len(paths)
@@ -107,11 +104,11 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         "bits_per_image": float(tok.bits_per_image),
     }
     if not args.no_pfid:
-        pfid = frechet_distance(feature_statistics(np.concatenate(feats["perturbed"]), name), ref)
-        results["pfid"] = {"pfid": pfid, "rate": args.pfid_rate, "strength": strength,
-                           "num_samples": n, "seed": args.seed,
-                           "changed_fraction": sum(changed) / n,
-                           "label": pfid_label(args.pfid_rate, strength, n)}
+        result = compute_pfid(tok, iter_image_batches(paths, tok.image_size, args.batch_size),
+                              ref, ext, rate=args.pfid_rate, strength=strength,
+                              batch_size=args.batch_size, device=args.device, seed=args.seed,
+                              progress=not args.no_progress)
+        results["pfid"] = {**result.to_dict(), "seed": args.seed}
     results["seconds"] = time.perf_counter() - t0
     results["environment"] = environment(args.device)
     labels = ["original", "recon"] + ([] if args.no_pfid else ["perturbed"])

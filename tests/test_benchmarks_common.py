@@ -1,13 +1,9 @@
-"""The shared benchmark helpers measure what they claim (``benchmarks/_common.py``) and the host
-overhead script runs."""
+"""The shared benchmark helpers measure what they claim (``benchmarks/_common.py``)."""
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from benchmarks import quantizer_host_overhead as qho
 from benchmarks._common import peak_memory_bytes
 
 
@@ -29,15 +25,3 @@ def test_cpu_peak_memory_counts_short_lived_tensors_and_reuse():
     peak = peak_memory_bytes(two_alive_then_one)
     assert 4 * 2**20 <= peak < 4.1 * 2**20, peak
     assert 2 * 2**20 <= peak_memory_bytes(one_at_a_time) < 2.1 * 2**20
-
-
-def test_quantizer_host_overhead_script_runs(tmp_path):
-    out = tmp_path / "host.json"
-    rows = qho.main(["--only", "FSQ", "--calls", "5", "--json", str(out)])
-    assert [r["setting"] for r in rows] == ["FSQ [8,8,8,5,5,5]"]
-    r = rows[0]
-    assert r["ours train us"] > 0 and r["ref infer us"] > 0
-    assert r["train x"] == r["ref train us"] / r["ours train us"]
-    assert json.loads(out.read_text())["path"] == "accelerator"
-    cfg, make_ref = qho.shrunk("VQ EMA 65536x32")
-    assert cfg["codebook_size"] == qho.MAX_CODES and make_ref().codebook_size == qho.MAX_CODES

@@ -126,18 +126,18 @@ def _tiny_test_net(**overrides) -> _TinyNet:
 
 
 @pytest.fixture
-def tiny_registry(monkeypatch):
-    """Register ``_TinyNet`` / ``_tiny_test_net`` in a copy of the registry, for one test only:
+def tiny_registry():
+    """Register ``_TinyNet`` / ``_tiny_test_net`` for one test only and take them out again
+    (request it before ``monkeypatch`` so patches of the entry are undone first):
     the global registry is left as it was (no registration at import time)."""
     from visualtok import registry
 
-    list_models()  # load the library's own models into the real registry first
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
-    monkeypatch.setattr(registry, "_MODEL_CLASSES", dict(registry._MODEL_CLASSES))
     register_model_class(_TinyNet)
     record = PretrainedRecord(hub_id="nobody/not-a-repo", sha256="0" * 64)
     register_model(_tiny_test_net, task="test", pretrained=record)
     yield
+    registry.MODELS.remove("_tiny_test_net")
+    registry.MODEL_CLASSES.remove("_TinyNet")
 
 
 def test_save_load_bit_exact(tmp_path, tiny_registry):
@@ -196,7 +196,7 @@ def test_config_json_cannot_name_arbitrary_classes(tmp_path, tiny_registry):
         get_model_class("subprocess.Popen")
 
 
-def test_offline_load_names_file_and_place(tmp_path, monkeypatch, tiny_registry):
+def test_offline_load_names_file_and_place(tiny_registry, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("VISUALTOK_WEIGHTS", str(tmp_path / "w"))
     with pytest.raises(FileNotFoundError) as e:
@@ -212,10 +212,10 @@ def test_offline_load_names_file_and_place(tmp_path, monkeypatch, tiny_registry)
     from visualtok import registry
     from visualtok.hub import sha256_file
 
-    entry = registry._MODELS["_tiny_test_net"]
+    entry = registry.MODELS._entries["_tiny_test_net"]
     good = dataclasses.replace(entry.pretrained, sha256=sha256_file(placed / "model.safetensors"))
     monkeypatch.setitem(
-        registry._MODELS, "_tiny_test_net", dataclasses.replace(entry, pretrained=good)
+        registry.MODELS._entries, "_tiny_test_net", dataclasses.replace(entry, pretrained=good)
     )
     assert isinstance(load("_tiny_test_net"), _TinyNet)
 

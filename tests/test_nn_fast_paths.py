@@ -26,7 +26,7 @@ needs_onednn = pytest.mark.skipif(
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (2, 3, 4, 48)])
+@pytest.mark.parametrize("shape", [(70, 48), (3, 25, 48), (2, 3, 12, 48)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_matches_stock(shape, bias):
     torch.manual_seed(0)
@@ -44,8 +44,20 @@ def test_onednn_linear_matches_stock(shape, bias):
         torch.testing.assert_close(linear(xt, w, b), F.linear(xt, w, b), rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
+def test_few_rows_take_the_stock_path():
+    """Below ONEDNN_MIN_ROWS rows (a cached decode step of a small batch) F.linear is used."""
+    w = torch.randn(40, 48)
+    n = linear_mod.ONEDNN_MIN_ROWS
+    with torch.no_grad():
+        assert not linear_mod._use_onednn(torch.randn(n - 1, 48), w, None)
+        assert not linear_mod._use_onednn(torch.randn(16, 1, 48), w, None)
+        assert linear_mod._use_onednn(torch.randn(n, 48), w, None)
+        assert linear_mod._use_onednn(torch.randn(2, n // 2, 48), w, None)
+
+
 def test_stock_path_where_onednn_does_not_apply():
-    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    x, w = torch.randn(64, 8), torch.randn(6, 8)
     lin = Linear(8, 6)
     assert not linear_mod._use_onednn(x.bfloat16(), w.bfloat16(), None)  # not fp32
     assert not linear_mod._use_onednn(x, w.t().contiguous().t(), None)  # weight not contiguous
@@ -137,3 +149,44 @@ def test_traced_and_exported_graphs_use_the_portable_op():
     exported = torch.export.export(lin, (x,))
     assert "mkldnn" not in str(exported.graph)
     torch.testing.assert_close(exported.module()(x), lin(x))
+
+
+@pytest.mark.parametrize("route", ["onednn", "aten"])
+def test_both_routes_within_fp32_rounding_of_float64(route):
+    if route == "onednn" and not linear_mod.onednn_linear_works():
+        pytest.skip("oneDNN linear op unavailable in this build")
+    torch.manual_seed(1)
+    x, w, b = torch.randn(5, 33, 257), torch.randn(300, 257), torch.randn(300)
+    with cpu_linear_backend_as(route), torch.no_grad():
+        assert linear_mod._use_onednn(x, w, b) == (route == "onednn")
+        out = linear(x, w, b)
+    ref = x.double() @ w.double().T + b.double()
+    bound = 257 * 2.0**-24 * (x.abs().double() @ w.abs().double().T + b.abs().double())
+    assert bool(((out.double() - ref).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("failure", ["missing", "raises", "wrong"])
+def test_onednn_probe_falls_back_to_stock(monkeypatch, failure):
+    """A missing op, an op that raises, or one that gives wrong numbers: the probe says no and
+    every call takes F.linear (with the right answer)."""
+    class FakeOps:
+        def __getattr__(self, name):
+            if name != "_linear_pointwise" or failure == "missing":
+                raise AttributeError(name)
+            if failure == "raises":
+                def op(*a):
+                    raise RuntimeError("not supported on this CPU")
+                return op
+            return lambda x, w, b, *a: F.linear(x, w, b) + 1e-3  # off by more than rounding
+
+    monkeypatch.setattr(torch.ops, "mkldnn", FakeOps())
+    monkeypatch.setattr(linear_mod, "_onednn_ok", None)
+    monkeypatch.setattr(linear_mod, "_backend", "onednn")
+    assert not linear_mod.onednn_linear_works()
+    assert cpu_linear_backend() == "aten"
+    x, w = torch.randn(64, 8), torch.randn(6, 8)
+    with torch.no_grad():
+        assert not linear_mod._use_onednn(x, w, None)
+        assert torch.equal(linear(x, w), F.linear(x, w))
+    with pytest.raises(ValueError, match="self-check"):
+        set_cpu_linear_backend("onednn")

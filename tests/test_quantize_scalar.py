@@ -170,3 +170,23 @@ def test_ptq_per_channel_calibration():
     assert float(err_cal[0]) < float(err_glob[0])  # narrow channel: finer bins
     with pytest.raises(ValueError, match="channels"):
         q.calibrate([torch.randn(2, 3, 5)])
+
+
+@pytest.mark.parametrize("widths", [(7, 7), (1, 3, 8, 2), (20, 20), (62,)])
+def test_bit_packer_round_trip_matches_the_definition(widths):
+    from visualtok.quantize.bits import BitPacker
+
+    packer = BitPacker(widths)
+    g = torch.Generator().manual_seed(0)
+    codes = torch.stack([torch.randint(0, 2**min(w, 40), (64,), generator=g) for w in widths], -1)
+    bits = packer.unpack(codes)
+    assert bits.shape == (64, sum(widths)) and set(bits.unique().tolist()) <= {0, 1}
+    offset = 0
+    for f, w in enumerate(widths):  # bit j of factor f has weight 2**j
+        expected = sum(bits[:, offset + j] << j for j in range(w))
+        assert torch.equal(expected, codes[:, f])
+        offset += w
+    assert torch.equal(packer.pack(bits), codes)
+    assert torch.equal(packer.pack(bits.bool()), codes)
+    with pytest.raises(ValueError, match="bit widths"):
+        BitPacker((0, 3))

@@ -63,6 +63,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     for attr in ("image_size", "num_tokens", "token_shape", "bits_per_image"):
         if hasattr(model, attr):
             info[attr] = getattr(model, attr)
+    from .registry import MODELS
+
+    rec = MODELS.get(args.model).pretrained if args.model in MODELS else None
+    if rec is not None:
+        info["weights"] = {"hub_id": rec.hub_id, "file": rec.filename, "format": rec.format,
+                           "sha256": rec.sha256 or "not recorded: the file is unverified"}
     print(json.dumps(info, indent=2, default=str))
     return 0
 

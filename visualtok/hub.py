@@ -15,11 +15,13 @@ names the file and the directory to put it in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,9 @@ __all__ = [
     "load_state_dict_strict",
     "sha256_file",
     "weights_dir",
+    "atomic_write",
     "atomic_write_bytes",
+    "read_official_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,26 +70,77 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return file_digest(path, "sha256", chunk)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """The one atomic writer: yields a temporary path in ``path``'s directory; when the block
+    ends without error the file is fsynced and renamed over ``path`` (readers see the old file or
+    the complete new one, never a partial one), otherwise it is removed.
+
+        with atomic_write(out / "model.safetensors") as tmp:
+            save_file(state, tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_write``)."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_official_state_dict(path: str | Path) -> dict:
+    """Read an official ``.bin``/``.pt``/``.pth``/``.safetensors`` state dict safely.
+
+    Pickles are read with ``weights_only=True`` only. Common wrappers (``state_dict``, ``model``,
+    ``module``) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"official checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"{path} could not be read as a weights-only torch checkpoint: {e}"
+            ) from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return sd
+
+
 def weights_dir() -> Path:
-    """Directory of shipped weights: ``$VISUALTOK_WEIGHTS`` or the repository's ``weights/``."""
+    """Directory of shipped weights: ``$VISUALTOK_WEIGHTS``; else, running from a source checkout,
+    the repository's ``weights/``; else the copy a wheel installs inside the package
+    (``visualtok/weights/``, written by ``setup.py``)."""
     env = os.environ.get("VISUALTOK_WEIGHTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "weights").is_dir():
+        return checkout / "weights"
+    return package / "weights"
 
 
 def describe_state_dict_mismatch(
@@ -162,14 +217,9 @@ class PretrainedMixin:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "pt", "model_class": type(self).__name__})
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt",
+                                                 "model_class": type(self).__name__})
         layout = getattr(self, "code_layout", None)
         meta = {
             "format": "visualtok",
@@ -271,9 +321,20 @@ def _fetch_from_hub(name: str) -> Path:
             f"(sha256 of {rec.filename}: {rec.sha256 or 'not recorded'}). "
             f"({type(e).__name__}: {e})"
         ) from None
-    if rec.sha256 and sha256_file(paths[0]) != rec.sha256:
-        raise CheckpointError(f"{paths[0]} does not have the sha256 recorded for {name!r}")
+    _check_recorded_digest(name, paths[0], rec.sha256)
     return paths[0].parent
+
+
+def _check_recorded_digest(name: str, path: Path, sha256: str | None) -> None:
+    """``CheckpointError`` unless ``path`` has the registry's sha256; without a recorded digest
+    the file is loaded with a warning that it is unverified."""
+    if sha256 is None:
+        log.warning("no sha256 is recorded for %r: %s is loaded unverified", name, path)
+    elif sha256_file(path) != sha256:
+        raise CheckpointError(
+            f"{path} does not have the sha256 recorded for {name!r} in the registry "
+            f"({sha256[:12]}...): re-fetch or retrain it"
+        )
 
 
 def _load_official(name: str, directory: Path) -> nn.Module:
@@ -285,8 +346,7 @@ def _load_official(name: str, directory: Path) -> nn.Module:
     rec = get_model_entry(name).pretrained
     assert rec is not None
     weights = directory / rec.filename
-    if rec.sha256 and sha256_file(weights) != rec.sha256:
-        raise CheckpointError(f"{weights} does not have the sha256 recorded for {name!r}")
+    _check_recorded_digest(name, weights, rec.sha256)
     config = directory / rec.config_filename if rec.config_filename else None
     return convert_checkpoint(rec.format, weights, config=config, preset=name).eval()
 
@@ -305,12 +365,8 @@ def load(name_or_path: str | Path, map_location: str | torch.device = "cpu") -> 
     if (local / CONFIG_NAME).is_file():
         if name in list_models():  # shipped weights: check the sha256 the registry records
             rec = get_model_entry(name).pretrained
-            if rec is not None and rec.sha256 and rec.format == "visualtok":
-                if sha256_file(local / rec.filename) != rec.sha256:
-                    raise CheckpointError(
-                        f"{local / rec.filename} does not have the sha256 recorded for {name!r} "
-                        f"in the registry ({rec.sha256[:12]}...): re-fetch or retrain it"
-                    )
+            if rec is not None and rec.format == "visualtok":
+                _check_recorded_digest(name, local / rec.filename, rec.sha256)
         return _load_directory(local, map_location)
 
     entry = get_model_entry(name)  # raises for unknown names

@@ -1,34 +1,96 @@
-"""Model registry: ``@register_model`` presets, ``list_models``, ``create_model``, pretrained
-records.
+"""The one registry: model presets, model classes, checkpoint converters, training tasks and
+quantizer families, each a name -> object table filled by decorators.
 
-Two tables, both keyed by short names and never by import paths:
+One lazy-import rule for every table: it lists the modules whose import registers its entries,
+and the first lookup or listing of that table imports them all. ``import visualtok`` stays cheap,
+import cycles are impossible, and nothing is ever imported by a name read from a file: a
+checkpoint's ``model_class`` is looked up in ``MODEL_CLASSES``, never imported.
 
-* **model classes** (``@register_model_class``): the classes a ``config.json`` may name. Loading a
-  checkpoint looks the class up here, so a checkpoint can never make us import arbitrary code.
-* **presets** (``@register_model``): functions ``preset(**overrides) -> model`` with an optional
-  ``PretrainedRecord`` saying where official or shipped weights live and what they expect.
+* ``MODELS``: ``@register_model`` functions ``preset(**overrides) -> model`` (``ModelEntry``: task,
+  optional ``PretrainedRecord`` saying where official or shipped weights live);
+* ``MODEL_CLASSES``: ``@register_model_class``, the classes a ``config.json`` may name;
+* ``CONVERTERS``: ``@register_converter(family)``, ``fn(weights, config=None, preset=None)``;
+* ``TASKS``: ``@register_task(name)``, the training tasks a config's ``task:`` picks;
+* ``QUANTIZERS``: ``@register_quantizer(type)``, the quantizer families ``QuantizerConfig.type``
+  names.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 __all__ = [
+    "Registry",
     "PretrainedRecord",
     "ModelEntry",
+    "MODELS",
+    "MODEL_CLASSES",
+    "CONVERTERS",
+    "TASKS",
+    "QUANTIZERS",
     "register_model",
     "register_model_class",
+    "register_converter",
+    "register_task",
+    "register_quantizer",
     "get_model_class",
     "list_models",
     "create_model",
     "get_model_entry",
 ]
+
+
+class Registry:
+    """A name -> object table of one ``kind``, filled by the decorators of ``modules``."""
+
+    def __init__(self, kind: str, modules: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.modules = modules
+        self._entries: dict[str, Any] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self.modules:
+                importlib.import_module(module)
+
+    def add(self, name: str, obj: Any) -> Any:
+        """Register ``obj`` under ``name``; registering another object under a taken name is an
+        error (the same object again is a no-op, e.g. a module re-imported by a test)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} name must be a non-empty string; got {name!r}")
+        if name in self._entries and self._entries[name] is not obj:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = obj
+        return obj
+
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (tests register temporary entries and take them out again)."""
+        self._entries.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        self._load()
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {self.names()}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
 
 
 @dataclass(frozen=True)
@@ -62,48 +124,54 @@ class ModelEntry:
     tags: tuple[str, ...] = field(default=())
 
 
-_MODEL_CLASSES: dict[str, type[nn.Module]] = {}
-_MODELS: dict[str, ModelEntry] = {}
-
-# Modules whose import registers models. Imported lazily on first registry query so that
-# ``import visualtok`` stays cheap and import cycles are impossible.
+# The modules that fill each table (the one lazy-import rule above).
 _MODEL_MODULES = (
     "visualtok.image.titok",
     "visualtok.generate.gpt",
 )
-_loaded = False
-
-
-def _ensure_loaded() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _MODEL_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a family not written yet must not break the others
-            if e.name != mod:
-                raise
+MODELS = Registry("model preset", _MODEL_MODULES)
+MODEL_CLASSES = Registry("model class", _MODEL_MODULES)
+CONVERTERS = Registry("converter", ("visualtok.convert.titok",))
+TASKS = Registry("task", (
+    "visualtok.train.tokenizer_task",
+    "visualtok.train.generator_task",
+))
+QUANTIZERS = Registry("quantizer type", (
+    "visualtok.quantize.vq",
+    "visualtok.quantize.lfq",
+    "visualtok.quantize.fsq",
+    "visualtok.quantize.rvq",
+    "visualtok.quantize.ptq",
+))
 
 
 def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator: allow ``cls`` to be named by ``config.json`` ``model_class``."""
-    name = cls.__name__
-    if name in _MODEL_CLASSES and _MODEL_CLASSES[name] is not cls:
-        raise ValueError(f"model class {name!r} registered twice")
-    _MODEL_CLASSES[name] = cls
-    return cls
+    return MODEL_CLASSES.add(cls.__name__, cls)
 
 
 def get_model_class(name: str) -> type[nn.Module]:
-    _ensure_loaded()
-    if name not in _MODEL_CLASSES:
+    if name not in MODEL_CLASSES:
         raise ValueError(
-            f"unknown model class {name!r} in checkpoint config; "
-            f"known classes: {sorted(_MODEL_CLASSES)}"
+            f"unknown model class {name!r} in checkpoint config; known classes: "
+            f"{MODEL_CLASSES.names()}"
         )
-    return _MODEL_CLASSES[name]
+    return MODEL_CLASSES.get(name)
+
+
+def register_converter(family: str) -> Callable[[Callable[..., nn.Module]], Callable]:
+    """Function decorator: ``fn(weights, config=None, preset=None) -> model`` for ``family``."""
+    return lambda fn: CONVERTERS.add(family, fn)
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator: make a ``Task`` subclass selectable as ``task: <name>`` in a config."""
+    return lambda cls: TASKS.add(name, cls)
+
+
+def register_quantizer(type_name: str) -> Callable[[type], type]:
+    """Class decorator: the quantizer family built for ``QuantizerConfig(type=type_name)``."""
+    return lambda cls: QUANTIZERS.add(type_name, cls)
 
 
 def register_model(
@@ -118,9 +186,7 @@ def register_model(
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or f.__name__
-        if key in _MODELS:
-            raise ValueError(f"model preset {key!r} registered twice")
-        _MODELS[key] = ModelEntry(key, f, task, pretrained, tuple(tags))
+        MODELS.add(key, ModelEntry(key, f, task, pretrained, tuple(tags)))
         return f
 
     return wrap(fn) if fn is not None else wrap
@@ -128,25 +194,24 @@ def register_model(
 
 def list_models(pattern: str = "*", task: str | None = None, pretrained: bool = False) -> list[str]:
     """Sorted preset names matching a glob ``pattern``; optionally only one task / with weights."""
-    _ensure_loaded()
     out = []
-    for key, entry in _MODELS.items():
+    for key in MODELS.names():
+        entry = MODELS.get(key)
         if not fnmatch.fnmatch(key, pattern):
             continue
         if task is not None and entry.task != task:
             continue
-        if pretrained and (entry.pretrained is None):
+        if pretrained and entry.pretrained is None:
             continue
         out.append(key)
-    return sorted(out)
+    return out
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
-    if name not in _MODELS:
-        close = [m for m in _MODELS if name.split("_")[0] in m][:8]
+    if name not in MODELS:
+        close = [m for m in MODELS.names() if name.split("_")[0] in m][:8]
         raise ValueError(f"unknown model {name!r}; similar: {close}; see visualtok.list_models()")
-    return _MODELS[name]
+    return MODELS.get(name)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

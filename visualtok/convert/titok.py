@@ -22,9 +22,14 @@ from typing import Any
 import torch
 
 from ..config import load_json, load_yaml
-from ..hub import CheckpointError, describe_state_dict_mismatch, load_state_dict_strict
+from ..hub import (
+    CheckpointError,
+    describe_state_dict_mismatch,
+    load_state_dict_strict,
+    read_official_state_dict,
+)
 from ..image.titok import VIT_SIZES, TiTok, TiTokConfig, titok_config
-from . import read_official_state_dict, register_converter
+from ..registry import register_converter
 
 __all__ = [
     "titok_config_from_official",

@@ -3,16 +3,12 @@ resumable sampler. ``build_dataset(DataConfig, train)`` builds the one a config 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch.utils.data import Dataset
 
+from .config import DataConfig
 from .sampler import ResumableSampler
 
-if TYPE_CHECKING:
-    from ..train.config import DataConfig
-
-__all__ = ["build_dataset", "ResumableSampler"]
+__all__ = ["build_dataset", "DataConfig", "ResumableSampler"]
 
 
 def build_dataset(config: DataConfig, train: bool = True) -> Dataset:

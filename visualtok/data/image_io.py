@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,6 +190,21 @@ def iter_image_batches(
             batch = []
     if batch:
         yield torch.stack(batch)
+
+
+def image_batches(
+    images: torch.Tensor | Iterable[Any], batch_size: int
+) -> Iterator[torch.Tensor]:
+    """The one image batcher: a ``[N, 3, H, W]`` tensor in slices of ``batch_size``, or the
+    batches of an iterable as they come (``(images, labels)`` pairs from a DataLoader unwrapped)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    if isinstance(images, torch.Tensor):
+        for i in range(0, images.shape[0], batch_size):
+            yield images[i : i + batch_size]
+        return
+    for b in images:
+        yield b[0] if isinstance(b, (tuple, list)) else b
 
 
 def center_crop_resize(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:

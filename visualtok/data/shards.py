@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..hub import atomic_write
 from .images import find_images, random_crop_resize
 from .sampler import item_generator
 
@@ -47,16 +48,13 @@ def write_image_shards(
     out: list[Path] = []
     for s in range(0, len(files), max_per_shard):
         path = Path(str(out_pattern) % (s // max_per_shard))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tarfile.open(tmp, "w") as tar:
+        with atomic_write(path) as tmp, tarfile.open(tmp, "w") as tar:
             for i, f in enumerate(files[s : s + max_per_shard], start=s):
                 key = f"{i:08d}"
                 ext = f.suffix.lower().lstrip(".")
                 _add(tar, f"{key}.{ext}", f.read_bytes())
                 cls = label[f.parent] if label_from_parent else 0
                 _add(tar, f"{key}.cls", str(cls).encode())
-        tmp.replace(path)
         out.append(path)
     return out
 

@@ -7,8 +7,8 @@
 Files: ``gpt.py`` (model + presets), ``blocks.py`` (RMSNorm/SwiGLU block), ``heads.py`` (flat,
 per-factor causal, per-bit heads; code embeddings), ``sampling.py`` (top-k/top-p, CFG schedules),
 ``autoregressive.py`` (cached AR loop), ``maskgit.py`` (parallel decoding), ``tokens.py`` (token
-shards), ``tokenbridge.py`` (continuous tokenizer + PTQ), ``pipeline.py`` (codes <-> images),
-``train.py`` (``GeneratorTask`` for the shared trainer).
+shards), ``tokenbridge.py`` (continuous tokenizer + PTQ), ``pipeline.py`` (codes <-> images).
+Its training task is ``visualtok.train.generator_task``.
 """
 
 from .autoregressive import generate_ar

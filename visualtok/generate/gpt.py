@@ -325,22 +325,13 @@ class GPT(nn.Module, PretrainedMixin):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def generate(
-        self,
-        labels: Any = None,
-        num_samples: int | None = None,
-        num_tokens: int | None = None,
-        sampling: Any = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        **sampling_kwargs: Any,
-    ) -> torch.Tensor:
-        """Sample codes ``[B, k, F]``, ``k = num_tokens <= N`` (``autoregressive.generate_ar``)."""
+    def generate(self, labels: Any = None, **kwargs: Any) -> torch.Tensor:
+        """Sample codes ``[B, k, F]``, ``k = num_tokens <= N``; keyword arguments as
+        ``autoregressive.generate_ar`` (``num_samples``, ``num_tokens``, ``sampling``,
+        ``generator``, ``use_cache``, ``compile``, sampling fields such as ``cfg_scale``)."""
         from .autoregressive import generate_ar
 
-        return generate_ar(
-            self, labels, num_samples, num_tokens, sampling, generator, use_cache, **sampling_kwargs
-        )
+        return generate_ar(self, labels, **kwargs)
 
 
 # ---------------------------------------------------------------------- presets

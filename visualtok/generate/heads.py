@@ -28,6 +28,7 @@ from torch import nn
 
 from ..nn.attention import rotary_tables
 from ..nn.linear import Linear
+from ..quantize.bits import BitPacker
 from ..quantize.layout import CodeLayout
 from .blocks import Block, RMSNorm, ffn_hidden_dim
 from .sampling import SamplingConfig, apply_cfg, sample_from_logits
@@ -59,23 +60,32 @@ def _fits_flat(layout: CodeLayout) -> bool:
     return layout.flat_vocab is not None and layout.flat_vocab <= MAX_FLAT_VOCAB
 
 
+def _check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be 'auto' or one of {choices}; got {value!r}")
+
+
+def _require_flat(layout: CodeLayout, what: str, instead: str) -> None:
+    """``ValueError`` unless ``layout`` has a flat vocabulary small enough for ``what``."""
+    if not _fits_flat(layout):
+        raise ValueError(
+            f"{what} does not support code layout {layout.radices} "
+            f"({layout.bits_per_token:.0f} bits per token; flat softmax limit {MAX_FLAT_VOCAB}): "
+            f"use {instead}"
+        )
+
+
 def resolve_head(head: str, layout: CodeLayout) -> str:
     """``auto`` -> ``flat`` for small flat vocabularies, else ``factor``; validate the choice."""
     if head == "auto":
         return "flat" if _fits_flat(layout) else "factor"
-    if head not in HEAD_TYPES:
-        raise ValueError(f"head must be 'auto' or one of {HEAD_TYPES}; got {head!r}")
-    if head == "flat" and not _fits_flat(layout):
-        raise ValueError(
-            f"the flat head does not support code layout {layout.radices} "
-            f"({layout.bits_per_token:.0f} bits "
-            f"per token; flat softmax limit {MAX_FLAT_VOCAB}): use head='factor' or head='bit'"
-        )
+    _check_choice(head, HEAD_TYPES, "head")
+    if head == "flat":
+        _require_flat(layout, "the flat head", "head='factor' or head='bit'")
     if head == "bit" and not all(_is_pow2(r) for r in layout.radices):
         raise ValueError(
             f"the bit head needs binary codes (every radix a power of two); "
-            f"got radices {layout.radices}: "
-            f"use head='factor'"
+            f"got radices {layout.radices}: use head='factor'"
         )
     return head
 
@@ -84,13 +94,9 @@ def resolve_input(kind: str, head: str, layout: CodeLayout) -> str:
     """``auto`` -> ``embedding`` with the flat head, else ``factor_embedding``."""
     if kind == "auto":
         return "embedding" if head == "flat" else "factor_embedding"
-    if kind not in INPUT_TYPES:
-        raise ValueError(f"input must be 'auto' or one of {INPUT_TYPES}; got {kind!r}")
-    if kind == "embedding" and not _fits_flat(layout):
-        raise ValueError(
-            f"a flat input embedding does not support code layout {layout.radices}; "
-            f"use input='factor_embedding' or 'features'"
-        )
+    _check_choice(kind, INPUT_TYPES, "input")
+    if kind == "embedding":
+        _require_flat(layout, "a flat input embedding", "input='factor_embedding' or 'features'")
     return kind
 
 
@@ -223,28 +229,19 @@ class BitHead(nn.Module):
     def __init__(self, dim: int, layout: CodeLayout) -> None:
         super().__init__()
         self.layout = layout
-        bits = [r.bit_length() - 1 for r in layout.radices]
-        self.num_bits = sum(bits)
-        self.register_buffer(
-            "factor_of_bit",
-            torch.repeat_interleave(torch.arange(len(bits)), torch.tensor(bits)),
-            persistent=False,
-        )
-        self.register_buffer("shift", torch.cat([torch.arange(b) for b in bits]), persistent=False)
+        self.bits = BitPacker([r.bit_length() - 1 for r in layout.radices])
+        self.num_bits = self.bits.num_bits
         self.output = Linear(dim, self.num_bits)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
     def to_bits(self, codes: torch.Tensor) -> torch.Tensor:
         """``[M, F]`` codes -> ``[M, num_bits]`` {0, 1}."""
-        return (codes[:, self.factor_of_bit] >> self.shift) & 1
+        return self.bits.unpack(codes)
 
     def from_bits(self, bits: torch.Tensor) -> torch.Tensor:
-        vals = bits.long() << self.shift
-        out = torch.zeros(
-            bits.shape[0], self.layout.num_factors, dtype=torch.long, device=bits.device
-        )
-        return out.index_add_(1, self.factor_of_bit, vals)
+        """``[M, num_bits]`` bits -> ``[M, F]`` codes."""
+        return self.bits.pack(bits)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.output(h).float()

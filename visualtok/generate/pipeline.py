@@ -67,7 +67,8 @@ def generate_images(
     check_compatible(gpt, tokenizer)
     n = math.prod(tokenizer.token_shape)
     if sampler == "ar":
-        codes = gpt.generate(labels, num_samples, num_tokens or n, generator=generator, **sampling)
+        codes = gpt.generate(labels, num_samples=num_samples, num_tokens=num_tokens or n,
+                             generator=generator, **sampling)
     elif sampler == "maskgit":
         from .maskgit import generate_maskgit
 

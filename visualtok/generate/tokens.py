@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from ..config import load_json
-from ..hub import atomic_write_bytes
+from ..hub import atomic_write, atomic_write_bytes
 from ..quantize.layout import CodeLayout
 
 __all__ = [
@@ -59,14 +57,8 @@ def labels_from_folders(root: str | Path, files: list[Path]) -> tuple[list[int],
 
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 @torch.no_grad()

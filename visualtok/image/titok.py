@@ -20,6 +20,7 @@ tokens; with all N it computes exactly what the official code computes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -398,49 +399,29 @@ _VQ8K = "8192 (VQ, 64-d)"
 _VAE = "continuous 16-d KL; PTQ 64^16 when tokenized"
 
 
-@register_model(pretrained=_record("s128", 128, _VQ4K, "rFID 1.71"))
-def titok_s128(**overrides: Any) -> TiTok:
-    return _preset(_paper_vq("small", "small", 128), overrides)
+# The paper checkpoints: preset name suffix -> (config builder, encoder, decoder, tokens, vocab,
+# reported ImageNet rFID). Each becomes ``titok_<suffix>(**overrides)`` with its hub record.
+_PAPER_PRESETS = {
+    "s128": (_paper_vq, "small", "small", 128, _VQ4K, "rFID 1.71"),
+    "b64": (_paper_vq, "base", "base", 64, _VQ4K, "rFID 1.70"),
+    "l32": (_paper_vq, "large", "large", 32, _VQ4K, "rFID 2.21"),
+    "sl256_vq8k": (_single_stage_vq, "small", "large", 256, _VQ8K, "rFID 1.03"),
+    "bl128_vq8k": (_single_stage_vq, "base", "large", 128, _VQ8K, "rFID 1.49"),
+    "bl64_vq8k": (_single_stage_vq, "base", "large", 64, _VQ8K, "rFID 2.06"),
+    "ll32_vae_c16": (_single_stage_vae, "large", "large", 32, _VAE, "rFID 1.61"),
+    "bl64_vae_c16": (_single_stage_vae, "base", "large", 64, _VAE, "rFID 1.25"),
+    "bl128_vae_c16": (_single_stage_vae, "base", "large", 128, _VAE, "rFID 0.84"),
+}
 
 
-@register_model(pretrained=_record("b64", 64, _VQ4K, "rFID 1.70"))
-def titok_b64(**overrides: Any) -> TiTok:
-    return _preset(_paper_vq("base", "base", 64), overrides)
+def _paper_preset(build, encoder: str, decoder: str, tokens: int, **overrides: Any) -> TiTok:
+    return _preset(build(encoder, decoder, tokens), overrides)
 
 
-@register_model(pretrained=_record("l32", 32, _VQ4K, "rFID 2.21"))
-def titok_l32(**overrides: Any) -> TiTok:
-    return _preset(_paper_vq("large", "large", 32), overrides)
-
-
-@register_model(pretrained=_record("sl256_vq8k", 256, _VQ8K, "rFID 1.03"))
-def titok_sl256_vq8k(**overrides: Any) -> TiTok:
-    return _preset(_single_stage_vq("small", "large", 256), overrides)
-
-
-@register_model(pretrained=_record("bl128_vq8k", 128, _VQ8K, "rFID 1.49"))
-def titok_bl128_vq8k(**overrides: Any) -> TiTok:
-    return _preset(_single_stage_vq("base", "large", 128), overrides)
-
-
-@register_model(pretrained=_record("bl64_vq8k", 64, _VQ8K, "rFID 2.06"))
-def titok_bl64_vq8k(**overrides: Any) -> TiTok:
-    return _preset(_single_stage_vq("base", "large", 64), overrides)
-
-
-@register_model(pretrained=_record("ll32_vae_c16", 32, _VAE, "rFID 1.61"))
-def titok_ll32_vae_c16(**overrides: Any) -> TiTok:
-    return _preset(_single_stage_vae("large", "large", 32), overrides)
-
-
-@register_model(pretrained=_record("bl64_vae_c16", 64, _VAE, "rFID 1.25"))
-def titok_bl64_vae_c16(**overrides: Any) -> TiTok:
-    return _preset(_single_stage_vae("base", "large", 64), overrides)
-
-
-@register_model(pretrained=_record("bl128_vae_c16", 128, _VAE, "rFID 0.84"))
-def titok_bl128_vae_c16(**overrides: Any) -> TiTok:
-    return _preset(_single_stage_vae("base", "large", 128), overrides)
+for _suffix, (_build, _enc, _dec, _tokens, _vocab, _rfid) in _PAPER_PRESETS.items():
+    register_model(functools.partial(_paper_preset, _build, _enc, _dec, _tokens),
+                   name=f"titok_{_suffix}", pretrained=_record(_suffix, _tokens, _vocab, _rfid))
+del _suffix, _build, _enc, _dec, _tokens, _vocab, _rfid
 
 
 @register_model

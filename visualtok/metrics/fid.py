@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.image_io import to_uint8, validate_images
+from ..data.image_io import image_batches, to_uint8, validate_images
 from .inception import (
     FeatureExtractor,
     InceptionFeatures,
@@ -60,20 +60,6 @@ def prepare_images(images: object, name: str = "images") -> torch.Tensor:
     return to_uint8(validate_images(images, name))
 
 
-def _batches(
-    images: torch.Tensor | Iterable[torch.Tensor], batch_size: int
-) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        prepare_images(images)  # validate the whole set once, before any work
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i : i + batch_size]
-    else:
-        for b in images:
-            if isinstance(b, (tuple, list)):  # (images, labels) from a DataLoader
-                b = b[0]
-            yield b
-
-
 @torch.no_grad()
 def extract_features(
     images: torch.Tensor | Iterable[torch.Tensor],
@@ -99,7 +85,9 @@ def extract_features(
     feats = []
     bar = tqdm(total=total, desc=f"features ({getattr(extractor, 'name', 'extractor')})",
                unit="img", disable=not progress)
-    for i, b in enumerate(_batches(images, batch_size)):
+    if isinstance(images, torch.Tensor):
+        prepare_images(images)  # validate the whole set once, before any work
+    for i, b in enumerate(image_batches(images, batch_size)):
         u8 = prepare_images(b, name=f"images (batch {i})").to(device)
         f = extractor(u8)
         if f.ndim != 2 or f.shape[0] != u8.shape[0]:

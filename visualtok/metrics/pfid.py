@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.image_io import image_batches
 from ..quantize.layout import CodeLayout
 from .fid import (
     FeatureExtractor,
@@ -105,15 +106,6 @@ class PFIDResult:
         return {**asdict(self), "label": self.label}
 
 
-def _image_batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int):
-    if isinstance(images, torch.Tensor):
-        for i in range(0, images.shape[0], batch_size):
-            yield images[i : i + batch_size]
-    else:
-        for b in images:
-            yield b[0] if isinstance(b, (tuple, list)) else b
-
-
 @torch.no_grad()
 def compute_pfid(
     tokenizer: torch.nn.Module,
@@ -138,7 +130,7 @@ def compute_pfid(
     gen = torch.Generator(device=device).manual_seed(seed)
     feats, changed, n = [], 0.0, 0
     bar = tqdm(desc=f"pFID[{rate:g}, {strength}]", unit="img", disable=not progress)
-    for b in _image_batches(images, batch_size):
+    for b in image_batches(images, batch_size):
         codes = tokenizer.encode(b.to(device))
         new, frac = perturb_codes(tokenizer, codes, rate, strength, gen)
         decoded = tokenizer.decode(new)

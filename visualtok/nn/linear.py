@@ -1,24 +1,28 @@
-"""The one linear layer of visualtok: CPU fp32 inference runs through oneDNN, everything else
-through ``F.linear``.
+"""The one linear layer of visualtok: CPU fp32 inference may run through oneDNN, everything else
+runs through ``F.linear``.
 
-Why: on x86 PyTorch sends fp32 ``F.linear`` to MKL's sgemm. On AMD processors MKL runs its AVX2
-kernels, so on the project's 2-core AMD EPYC (AVX-512) a 2312x1024x3072 GEMM reaches about
-180 GFLOP/s, while oneDNN's fp32 GEMM (the library PyTorch already uses for convolutions) reaches
-about 430 GFLOP/s on the same shapes, still in full fp32 (no bf16/tf32 down-conversion; the error
-against a float64 product is of the same order as MKL's). ``benchmarks/bench_titok.py`` measures
-both peaks in every run.
+Why: on x86, PyTorch's stock fp32 ``F.linear`` calls the BLAS it was built with (MKL in the
+official wheels); MKL dispatches its kernels by CPU vendor and on non-Intel processors may use its
+AVX2 code path even where AVX-512 exists. oneDNN (the library PyTorch already uses for its CPU
+convolutions) dispatches by instruction set and computes the same fp32 product (no bf16 or tf32
+down-conversion). ``benchmarks/bench_titok.py`` measures both GEMM peaks in every run.
 
-The oneDNN path is taken only where it is a drop-in replacement:
+The oneDNN route is fail-safe: the private op (``torch.ops.mkldnn._linear_pointwise``) is probed
+once, on first use, by a small GEMM checked against a float64 product. If the op is missing, raises,
+or disagrees beyond fp32 rounding, every call takes ``F.linear``. It is used only where it is a
+drop-in replacement:
 
-* CPU tensors, float32 input, weight and bias, weight contiguous;
-* no autograd graph is being built (inference, ``torch.no_grad``/``inference_mode`` or no
-  ``requires_grad`` anywhere), because the oneDNN op has no backward;
+* x86 CPU tensors, float32 input, weight and bias, weight contiguous;
+* at least ``ONEDNN_MIN_ROWS`` rows (``x.numel() / in_features``): for a few rows (a cached decode
+  step of a small batch) the stock BLAS GEMV/small-GEMM kernels are faster, for many rows
+  (prefill, image tokens, codebook search) oneDNN's GEMM is; ``benchmarks/bench_linear.py`` times
+  both per shape and shows what this rule picks;
+* no autograd graph is being built (the op has no backward);
 * CPU autocast off (under autocast ``F.linear`` runs the bf16 path it is meant to run);
-* not inside ``torch.compile``/``torch.export``/``torch.jit.trace`` tracing (Inductor packs weights
-  for oneDNN itself, and traced graphs must stay portable).
+* not while ``torch.compile``/``torch.export``/``torch.jit.trace`` traces (traced graphs stay
+  portable; Inductor packs weights for oneDNN itself).
 
-``set_cpu_linear_backend("aten")`` (or ``VISUALTOK_CPU_LINEAR=aten`` in the environment) turns it
-off, e.g. to compare against the stock path.
+``set_cpu_linear_backend("aten")`` (or ``VISUALTOK_CPU_LINEAR=aten``) turns it off.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from torch import nn
 
 __all__ = [
     "Linear",
+    "onednn_linear_works",
     "cpu_linear_backend",
     "cpu_linear_backend_as",
     "linear",
@@ -41,6 +46,41 @@ __all__ = [
 ]
 
 _BACKENDS = ("onednn", "aten")
+ONEDNN_MIN_ROWS = 64  # fewer rows: F.linear (see the module docstring)
+_onednn_ok: bool | None = None  # the probe's verdict, computed once
+
+
+def onednn_linear_works() -> bool:
+    """Whether the oneDNN linear op exists in this build and matches a float64 product (probed on
+    first call: a 67x129 @ 129x35 GEMM with bias, 2-D and 3-D inputs, within fp32 rounding)."""
+    global _onednn_ok
+    if _onednn_ok is None:
+        _onednn_ok = _probe_onednn()
+    return _onednn_ok
+
+
+def _probe_onednn() -> bool:
+    if not (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(67, 129, generator=g)
+    w = torch.randn(35, 129, generator=g)
+    b = torch.randn(35, generator=g)
+    try:
+        with torch.no_grad():
+            out2 = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+            out3 = torch.ops.mkldnn._linear_pointwise(x.view(1, 67, 129), w, b, "none", [], "")
+    except Exception:  # the op exists but does not run here
+        return False
+    ref = x.double() @ w.double().T + b.double()
+    # fp32 GEMM error bound: K * eps * (|x| @ |w|^T + |b|), with K = 129 and eps = 2**-24
+    bound = 129 * 2.0**-24 * (x.abs().double() @ w.abs().double().T + b.abs().double())
+    return all(
+        o.dtype == torch.float32 and o.shape[-2:] == ref.shape
+        and bool(((o.reshape(ref.shape).double() - ref).abs() <= bound).all())
+        for o in (out2, out3)
+    )
 
 
 def _default_backend() -> str:
@@ -50,11 +90,10 @@ def _default_backend() -> str:
             raise ValueError(f"VISUALTOK_CPU_LINEAR must be one of {_BACKENDS}, got {env!r}")
         return env
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-    has_op = hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    return "onednn" if x86 and has_op and torch.backends.mkldnn.is_available() else "aten"
+    return "onednn" if x86 else "aten"
 
 
-_backend = _default_backend()
+_backend = _default_backend()  # requested; "onednn" still needs onednn_linear_works()
 
 
 def set_cpu_linear_backend(name: str) -> str:
@@ -62,17 +101,16 @@ def set_cpu_linear_backend(name: str) -> str:
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"CPU linear backend must be one of {_BACKENDS}, got {name!r}")
-    if name == "onednn" and not (
-        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    ):
-        raise ValueError("the oneDNN linear backend is not available in this PyTorch build")
-    previous, _backend = _backend, name
+    if name == "onednn" and not onednn_linear_works():
+        raise ValueError("the oneDNN linear op is missing or failed its self-check in this "
+                         "PyTorch build; use 'aten'")
+    previous, _backend = cpu_linear_backend(), name
     return previous
 
 
 def cpu_linear_backend() -> str:
-    """The CPU fp32 inference GEMM currently in use (``"onednn"`` or ``"aten"``)."""
-    return _backend
+    """The CPU fp32 inference GEMM in use (``"onednn"`` or ``"aten"``)."""
+    return "onednn" if _backend == "onednn" and onednn_linear_works() else "aten"
 
 
 @contextlib.contextmanager
@@ -94,7 +132,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return False
     if bias is not None and bias.dtype != torch.float32:
         return False
-    if x.dim() < 2 or x.numel() == 0:
+    if x.dim() < 2 or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1] or x.numel() == 0:
         return False
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -102,7 +140,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return False
     if torch.is_autocast_enabled("cpu"):
         return False
-    return True
+    return onednn_linear_works()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,8 +5,8 @@ Families (one file each): ``vq`` (VectorQuantizer), ``lfq`` (LookupFreeQuantizer
 Build any of them with ``build_quantizer(QuantizerConfig(type=..., ...))``.
 """
 
-from .base import LazyStats, Quantizer, QuantOutput, check_latents, fp32_no_autocast
-from .config import QUANTIZER_TYPES, QuantizerConfig, build_quantizer
+from .base import Quantizer, QuantOutput, check_latents, fp32_no_autocast, input_checks
+from .config import QuantizerConfig, build_quantizer
 from .layout import CodeLayout
 
 __all__ = [
@@ -14,9 +14,8 @@ __all__ = [
     "QuantOutput",
     "Quantizer",
     "QuantizerConfig",
-    "QUANTIZER_TYPES",
     "build_quantizer",
     "check_latents",
-    "LazyStats",
+    "input_checks",
     "fp32_no_autocast",
 ]

@@ -8,57 +8,34 @@ Contract (DESIGN.md §3-4):
   ``decode(encode(z)) == forward(z).z_q`` exactly;
 * ``losses`` always has the same keys for a given config (zeros in eval) and a ``total`` that the
   trainer adds to its loss;
+* ``stats`` are detached training-batch diagnostics (tensors; empty in eval, where ``usage(codes)``
+  is the tool);
 * quantization math runs in fp32 with autocast disabled for the input's device type, then casts
   back.
 
-Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` (statistics computed
-lazily, ``LazyStats``) and
+Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` and
 ``_dequantize(codes)``, both on fp32 tensors of shape ``[N, D]`` / ``[N, F]`` (tokens flattened),
 and set ``self.layout``.
-Public entry points validate inputs here, once.
+
+Inputs are validated here, once, eagerly: wrong type, rank or channel count and NaN/inf raise a
+``ValueError``/``TypeError`` naming the problem. The NaN/inf check reads one value back to the
+host; a hot loop whose latents come from a model (the trainer) turns it off with
+``input_checks(model, False)``. Codes given to ``decode`` are always checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .codepaths import DeferredCheck, check_mode
 from .layout import CodeLayout
 
-__all__ = ["QuantOutput", "Quantizer", "LazyStats", "fp32_no_autocast", "check_latents"]
-
-
-class LazyStats(Mapping[str, torch.Tensor]):
-    """Batch statistics, each computed on first access and kept.
-
-    ``_quantize`` returns its statistics as a dict of tensors or zero-argument callables that
-    compute one from values captured during the call (code counts, not live buffers): a training
-    step that does not log them, or an inference call, launches none of their kernels. Keys are
-    known without computing anything.
-    """
-
-    def __init__(self, entries: Mapping[str, torch.Tensor | Callable[[], torch.Tensor]]) -> None:
-        self._entries = dict(entries)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        value = self._entries[key]
-        if callable(value):
-            value = self._entries[key] = value()
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __repr__(self) -> str:
-        return f"LazyStats({sorted(self._entries)})"
+__all__ = ["QuantOutput", "Quantizer", "fp32_no_autocast", "check_latents", "input_checks"]
 
 
 @dataclass
@@ -68,8 +45,7 @@ class QuantOutput:
     z_q: torch.Tensor  # [B, *S, D] quantized latents, input dtype, straight-through gradients
     codes: torch.Tensor  # [B, *S, F] int64 factor codes
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # always has "total"
-    # detached diagnostics (a LazyStats from forward: computed when read)
-    stats: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, training only
 
 
 class fp32_no_autocast:
@@ -94,20 +70,11 @@ class fp32_no_autocast:
             self._ctx.__exit__(*exc)
 
 
-def _no_pending_check() -> None:
-    return None
+def check_latents(z: object, dim: int, name: str = "z", *, finite: bool = True) -> None:
+    """Validate latents ``[B, *S, D]``: a floating tensor with ``D == dim``, finite if ``finite``.
 
-
-def check_latents(
-    z: object, dim: int, name: str = "z", *, stateless: bool = False
-) -> Callable[[], None]:
-    """Validate latents ``[B, *S, D]``: a finite floating tensor with ``D == dim``.
-
-    Type, rank and channel errors are raised at once. The NaN/inf check follows
-    ``codepaths.check_mode``: eager on CPU; on CUDA queued with ``torch._assert_async`` in a
-    training step, or, for a ``stateless`` call (eval mode), deferred: the returned ``finish()``
-    reads the queued result and raises the ``ValueError``. Call ``finish()`` before handing results
-    back; it is a no-op when the check already ran.
+    The finiteness check is one reduction (NaN/inf propagate through a sum) and one host read; the
+    elementwise test runs only when the sum is not finite (finite values can overflow a sum).
     """
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, *S, {dim}]; got {type(z).__name__}")
@@ -124,29 +91,28 @@ def check_latents(
             f"{name} must have {dim} channels in its last dim ([B, *S, {dim}], channels last); "
             f"got shape {tuple(z.shape)}"
         )
-    if not z.numel():
-        return _no_pending_check
-    mode = check_mode(z, stateless)
-    if mode == "async":
-        # No host sync: max |z| (one reduction, no overflow, NaN propagates) is < inf exactly
-        # when every value is finite.
-        torch._assert_async(torch.linalg.vector_norm(z, math.inf) < math.inf,
-                            f"{name} contains NaN or inf values")
-        return _no_pending_check
-    # One reduction (NaN/inf propagate through a sum), read now or at the end of the call.
-    total = z.sum(dtype=torch.float32)
-    if mode == "eager":
-        _raise_if_not_finite(total.item(), z, name)
-        return _no_pending_check
-    pending = DeferredCheck(total)
-    return lambda: _raise_if_not_finite(pending.read(), z, name)
+    if finite and z.numel():
+        total = float(z.detach().sum(dtype=torch.float32))
+        if not math.isfinite(total) and not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
 
 
-def _raise_if_not_finite(total: float, z: torch.Tensor, name: str) -> None:
-    """``ValueError`` unless ``z`` is finite, given its sum ``total``: the elementwise check runs
-    only when the sum is not finite (which also covers finite values whose sum overflows)."""
-    if not math.isfinite(total) and not bool(torch.isfinite(z).all()):
-        raise ValueError(f"{name} contains NaN or inf values")
+@contextlib.contextmanager
+def input_checks(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Turn the NaN/inf input check of every quantizer inside ``module`` on or off, then restore.
+
+    The trainer runs its steps with the checks off (latents come from the model, and a diverging
+    run is caught by its own non-finite-loss check), so a CUDA step does not wait on the host.
+    """
+    quantizers = [m for m in module.modules() if isinstance(m, Quantizer)]
+    previous = [q.check_inputs for q in quantizers]
+    for q in quantizers:
+        q.check_inputs = enabled
+    try:
+        yield
+    finally:
+        for q, p in zip(quantizers, previous):
+            q.check_inputs = p
 
 
 class Quantizer(nn.Module):
@@ -155,15 +121,15 @@ class Quantizer(nn.Module):
     layout: CodeLayout
     dim: int
     loss_keys: tuple[str, ...] = ("total",)
+    check_inputs: bool = True  # NaN/inf check of forward's latents (see ``input_checks``)
 
     # ------------------------------------------------------------------ to implement
     def _quantize(
         self, z: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, object]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """fp32 ``[N, D]`` -> (z_q, codes, losses, stats).
 
-        ``z_q: [N, D]`` carries straight-through gradients; ``codes: [N, F]``. ``stats`` values
-        are tensors or zero-argument callables that compute one (see ``LazyStats``).
+        ``z_q: [N, D]`` carries straight-through gradients; ``codes: [N, F]``.
         """
         raise NotImplementedError
 
@@ -173,19 +139,16 @@ class Quantizer(nn.Module):
 
     # ------------------------------------------------------------------ protocol
     def forward(self, z: torch.Tensor) -> QuantOutput:
-        finish_check = check_latents(z, self.dim, stateless=not self.training)
+        check_latents(z, self.dim, finite=self.check_inputs)
         lead = z.shape[:-1]
         with fp32_no_autocast(z.device.type):
             z_q, codes, losses, stats = self._quantize(z.reshape(-1, self.dim).float())
-        losses = self._complete_losses(losses, z)
-        out = QuantOutput(
+        return QuantOutput(
             z_q=z_q.reshape(*lead, self.dim).to(z.dtype),
             codes=codes.reshape(*lead, self.layout.num_factors),
-            losses=losses,
-            stats=LazyStats(stats),
+            losses=self._complete_losses(losses, z),
+            stats=stats,
         )
-        finish_check()  # a deferred check (eval on CUDA) raises here, before results leave
-        return out
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:

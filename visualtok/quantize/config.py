@@ -8,7 +8,6 @@ misplaced option is an error rather than silently ignored.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, fields
 from typing import Annotated
 
@@ -22,17 +21,9 @@ from ..config import (
     Range,
     UnitFloat,
 )
+from ..registry import QUANTIZERS
 
-__all__ = ["QuantizerConfig", "build_quantizer", "QUANTIZER_TYPES"]
-
-# type -> (module, class name). Each module holds one family and one class.
-QUANTIZER_TYPES: dict[str, tuple[str, str]] = {
-    "vq": ("visualtok.quantize.vq", "VectorQuantizer"),
-    "lfq": ("visualtok.quantize.lfq", "LookupFreeQuantizer"),
-    "fsq": ("visualtok.quantize.fsq", "FiniteScalarQuantizer"),
-    "rvq": ("visualtok.quantize.rvq", "ResidualVectorQuantizer"),
-    "ptq": ("visualtok.quantize.ptq", "DimensionwiseQuantizer"),
-}
+__all__ = ["QuantizerConfig", "build_quantizer"]
 
 # Fields each family reads (beyond the common ``type`` and ``dim``). RVQ stacks VQ codebooks, so it
 # reads every VQ field plus its own.
@@ -108,9 +99,9 @@ class QuantizerConfig(Config):
 
     def validate(self) -> QuantizerConfig:
         super().validate()
-        if self.type not in QUANTIZER_TYPES:
+        if self.type not in QUANTIZERS:
             raise ValueError(
-                f"quantizer type must be one of {sorted(QUANTIZER_TYPES)}; got {self.type!r}"
+                f"quantizer type must be one of {QUANTIZERS.names()}; got {self.type!r}"
             )
         allowed = _FAMILY_FIELDS[self.type] | {"type", "dim"}
         stray = [
@@ -143,5 +134,4 @@ def build_quantizer(config: QuantizerConfig | dict):
     if isinstance(config, dict):
         config = config_from_dict(QuantizerConfig, config)
     config.validate()
-    module, cls = QUANTIZER_TYPES[config.type]
-    return getattr(importlib.import_module(module), cls)(config)
+    return QUANTIZERS.get(config.type)(config)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..registry import register_quantizer
 from .base import Quantizer
 from .config import QuantizerConfig
 from .layout import CodeLayout
@@ -45,6 +46,7 @@ def shift_digits(codes: torch.Tensor, radices: tuple[int, ...], mask: torch.Tens
     return codes
 
 
+@register_quantizer("fsq")
 class FiniteScalarQuantizer(Quantizer):
     """FSQ. Codes ``[B, *S, D]``, one digit per channel, layout = ``levels``."""
 

@@ -109,7 +109,7 @@ class CodeLayout:
             uniform = len(set(self.radices)) == 1  # a Python scalar radix: no tensor at all
             radix = self.radices[0] if uniform else self._device_radices(codes.device)
             # codes come from users (decode, from_ids, a generator's inputs): always the exact
-            # check, one host read (see codepaths)
+            # check, one host read
             bad = (codes < 0) | (codes >= radix)
             if bool(bad.any()):
                 f = int(bad.reshape(-1, self.num_factors).any(0).nonzero()[0])

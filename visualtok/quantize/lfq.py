@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..registry import register_quantizer
 from .base import Quantizer
+from .bits import BitPacker
 from .config import QuantizerConfig
 from .layout import CodeLayout
 from .search import check_strength, token_mask
@@ -31,6 +33,7 @@ def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * p.clamp(min=1e-12).log()).sum(dim)
 
 
+@register_quantizer("lfq")
 class LookupFreeQuantizer(Quantizer):
     """LFQ / binary quantizer. Codes ``[B, *S, D // g]`` with layout ``(2**g,) * (D // g)``."""
 
@@ -49,25 +52,20 @@ class LookupFreeQuantizer(Quantizer):
         self.dim = d
         self.group_size = g
         self.num_groups = d // g
-        # Bit weights of one group and the 2**g sub-codes as bits {0, 1}: [g], [2**g, g].
-        weights = 2 ** torch.arange(g)
-        self.register_buffer("_bit_weights", weights, persistent=False)
-        self.register_buffer("_bit_weights_f", weights.float(), persistent=False)
-        sub = (torch.arange(2**g).unsqueeze(1) // weights) % 2
+        self.bits = BitPacker((g,) * self.num_groups)
+        # the 2**g sub-codes of one group as bits {0, 1}: [2**g, g]
+        sub = BitPacker((g,)).unpack(torch.arange(2**g).unsqueeze(1))
         self.register_buffer("_sub_codes", sub.float(), persistent=False)
         self.layout = CodeLayout((2**g,) * self.num_groups, kind="lfq")
 
     # ------------------------------------------------------------------ bits <-> codes
     def codes_to_bits(self, codes: torch.Tensor) -> torch.Tensor:
         """``[N, D // g]`` codes -> ``[N, D]`` bits in {0, 1} (int64)."""
-        bits = (codes.unsqueeze(-1) // self._bit_weights) % 2
-        return bits.reshape(codes.shape[0], self.dim)
+        return self.bits.unpack(codes)
 
     def bits_to_codes(self, bits: torch.Tensor) -> torch.Tensor:
         """``[N, D]`` bits in {0, 1} -> ``[N, D // g]`` codes."""
-        # a float matmul with the bit weights is exact (g <= 16 bits) and cheaper than an int sum
-        grouped = bits.to(torch.float32).view(-1, self.num_groups, self.group_size)
-        return (grouped @ self._bit_weights_f).long()
+        return self.bits.pack(bits)
 
     # ------------------------------------------------------------------ protocol
     def _quantize(self, z: torch.Tensor):

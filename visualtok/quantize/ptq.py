@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch.special import ndtr, ndtri
 
+from ..registry import register_quantizer
 from .base import Quantizer, check_latents
 from .config import QuantizerConfig
 from .fsq import shift_digits
@@ -46,6 +47,7 @@ def gaussian_bins(bins: int, sigmas: float = _SIGMAS) -> tuple[torch.Tensor, tor
     return edges, centroids
 
 
+@register_quantizer("ptq")
 class DimensionwiseQuantizer(Quantizer):
     """TokenBridge post-training quantizer. Codes ``[B, *S, C]``, layout ``(bins,) * C``."""
 

@@ -6,8 +6,10 @@ outputs. Codes ``[B, *S, Q]`` with layout ``(K,) * Q`` (kind ``rvq``, residual),
 
 Training: each level adds its commitment / codebook losses (summed over levels); with probability
 ``quantizer_dropout`` a batch trains on a random prefix of ``1..Q`` levels (the codes of the
-remaining levels are still computed, without state updates). The gradient reaches ``z`` through
-level 0's straight-through (or rotation-trick) path, every level's output value being included.
+remaining levels are still computed, without state updates). Under DDP the prefix length is rank
+0's draw, broadcast, so every rank runs the same levels' EMA all-reduces in the same order. The
+gradient reaches ``z`` through level 0's straight-through (or rotation-trick) path, every level's
+output value being included.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..registry import register_quantizer
 from .base import Quantizer, fp32_no_autocast
 from .config import QuantizerConfig
+from .distributed import broadcast_, is_distributed
 from .layout import CodeLayout
 from .search import check_strength, token_mask
 from .vq import VectorQuantizer
@@ -26,6 +30,7 @@ from .vq import VectorQuantizer
 __all__ = ["ResidualVectorQuantizer"]
 
 
+@register_quantizer("rvq")
 class ResidualVectorQuantizer(Quantizer):
     """RVQ with ``num_quantizers`` levels of ``VectorQuantizer`` (one codebook each)."""
 
@@ -51,10 +56,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     def _quantize(self, z: torch.Tensor):
         q_total = self.num_quantizers
-        active = q_total
-        if self.training and self.config.quantizer_dropout > 0:
-            if float(torch.rand(())) < self.config.quantizer_dropout:
-                active = int(torch.randint(1, q_total + 1, ()))
+        active = self._active_levels(z.device) if self.training else q_total
         residual = z
         z_q = None
         codes, stats = [], {}
@@ -78,8 +80,23 @@ class ResidualVectorQuantizer(Quantizer):
             codes.append(c)
         # summed over levels: one stack + sum per loss instead of a chain of adds
         losses = {k: v[0] if len(v) == 1 else torch.stack(v).sum() for k, v in level_losses.items()}
-        stats["active_levels"] = lambda: torch.tensor(float(active))
+        if self.training:
+            stats["active_levels"] = torch.tensor(float(active))
         return z_q, torch.cat(codes, dim=-1), losses, stats
+
+    def _active_levels(self, device: torch.device) -> int:
+        """How many levels this training batch uses: ``Q``, or with probability
+        ``quantizer_dropout`` a uniform draw from ``1..Q``; one draw shared by all ranks."""
+        q_total, p = self.num_quantizers, self.config.quantizer_dropout
+        if p <= 0:
+            return q_total
+        active = q_total
+        if float(torch.rand(())) < p:
+            active = int(torch.randint(1, q_total + 1, ()))
+        if is_distributed():  # the collective needs a tensor on the process group's device
+            shared = torch.tensor([active], device=device)
+            active = int(broadcast_(shared)[0])
+        return active
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         out = self.levels[0]._dequantize(codes[:, 0:1])

@@ -5,7 +5,7 @@ maximises the score ``z.e - |e|^2 / 2``: one linear layer ``z @ e^T + b`` with t
 ``b = -|e|^2 / 2`` and the codebook itself as the (contiguous ``[K, d]``) weight, through
 ``visualtok.nn.linear.linear`` (oneDNN for CPU fp32, ``F.linear`` elsewhere). No one-hot is built.
 
-* CPU (``codepaths.tiled_search``): scores in cache-sized tiles (``rows x cols``) with a running max
+* CPU: scores in cache-sized tiles (``rows x cols``) with a running max
   over codebook tiles, which keeps small-``d`` codebooks (TiTok 4096 x 12) compute- rather than
   memory-bound; a single call when ``K <= 1024`` and the tokens fit in one row tile.
 * Accelerators (a step there is bound by kernel launches): one ``linear`` + ``argmax``, no Python
@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 
 from ..nn.linear import linear
-from .codepaths import tiled_search
 
 __all__ = [
     "nearest_code", "topk_nearest", "l2_normalize", "token_mask", "check_strength",
@@ -69,7 +68,7 @@ def nearest_code(
     """
     n, k = x.shape[0], codebook.shape[0]
     e, b = _weight_and_bias(codebook)
-    if not tiled_search(x.device):  # one pass when the scores fit, else row chunks
+    if x.device.type != "cpu":  # one pass when the scores fit, else row chunks
         rows = n if n * k <= max_elements else max(1, min(chunk_size, max_elements // k))
         return _argmax_in_row_chunks(x, e, b, rows)
     if k <= CPU_TILE_COLS:

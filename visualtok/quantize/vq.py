@@ -12,11 +12,8 @@
 * the rotation trick (Fifer et al. 2024) instead of the straight-through gradient;
 * bounded nearest-neighbour search (``search.nearest_code``): cache-sized tiles on CPU, at most
   ``2**26`` scores at once on accelerators, never a one-hot;
-* no host syncs in a steady-state training step on CUDA (code counts by ``index_add_``, statistics
-  as tensors computed only when read, the input check queued on the device; see ``codepaths``),
-  except that dead-code restart reads the number of dead codes once per step; an inference call
-  reads one value at its end (the deferred input check that turns bad latents into a
-  ``ValueError``).
+* code counts by ``index_add_`` (unlike ``bincount``, no read of the index range on CUDA);
+  training-batch statistics (perplexity, usage, dead codes) are device tensors.
 
 In eval mode the output is the codebook row itself, so ``forward(z).z_q == decode(encode(z))``
 exactly. In distributed training the EMA statistics are all-reduced and the k-means / restart
@@ -25,7 +22,6 @@ decisions are broadcast from rank 0; whether a process group exists is checked a
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.linear import Linear
+from ..registry import register_quantizer
 from .base import Quantizer, check_latents
 from .config import QuantizerConfig
 from .distributed import all_reduce_sum_, broadcast_, is_distributed
@@ -76,6 +73,7 @@ def _usage(counts: torch.Tensor) -> torch.Tensor:
     return counts.count_nonzero() / counts.numel()
 
 
+@register_quantizer("vq")
 class VectorQuantizer(Quantizer):
     """Codebook VQ. Codes ``[B, *S, 1]`` with layout ``(K,)``; see the module docstring."""
 
@@ -103,7 +101,6 @@ class VectorQuantizer(Quantizer):
             self.register_buffer("cluster_size", torch.ones(k))
         if config.kmeans_init:
             self.register_buffer("initted", torch.tensor(False))
-        self._initted_seen = False  # host copy of `initted` once True: no device read per step
         self.register_buffer("_one", torch.ones(()), persistent=False)  # for _code_counts
         self.layout = CodeLayout((k,), kind="vq")
 
@@ -131,7 +128,7 @@ class VectorQuantizer(Quantizer):
     def _quantize(self, z: torch.Tensor):
         cfg = self.config
         x = self._to_codebook_space(z)  # [N, c]
-        if self.training and cfg.kmeans_init and not self._is_initted():
+        if self.training and cfg.kmeans_init and not bool(self.initted):
             self._init_from(x.detach())
         if self.training and cfg.dead_code_threshold > 0:
             # before the lookup: the codebook must not change after this step's graph used it
@@ -139,11 +136,12 @@ class VectorQuantizer(Quantizer):
         codebook = self.codebook()
         idx = nearest_code(x.detach(), codebook.detach(), cfg.chunk_size)  # [N]
         e = F.embedding(idx, codebook)  # [N, c]; grads reach the codebook unless EMA
-        # this process's code counts: needed now by a training step, else only if stats are read
-        counts = self._code_counts(idx) if self.training else None
-        stats: dict[str, object] = self._batch_stats(idx, counts)
         losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {}
         if self.training:
+            counts = self._code_counts(idx)  # this process's, before any all-reduce
+            stats = {"perplexity": _perplexity(counts, max(idx.shape[0], 1)),
+                     "usage": _usage(counts)}
             commitment = cfg.beta * F.mse_loss(x, e.detach())
             if cfg.ema:  # no codebook loss: "codebook" is filled with zeros by the caller
                 losses = {"commitment": commitment, "total": commitment}
@@ -155,40 +153,18 @@ class VectorQuantizer(Quantizer):
             self._update_state(x.detach(), idx, counts)
         else:
             x_q = e  # the codebook rows themselves: decode(encode(z)) == forward(z).z_q
-        if hasattr(self, "cluster_size") and cfg.dead_code_threshold > 0:  # after the update
-            # now, not lazily: cluster_size changes at the next step
+        if self.training and cfg.dead_code_threshold > 0:  # after the update
             stats["dead_codes"] = (self.cluster_size < cfg.dead_code_threshold).sum().float()
         return self.project_out(x_q), idx.unsqueeze(-1), losses, stats
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return self.project_out(F.embedding(codes[:, 0], self.codebook()))
 
-    def _is_initted(self) -> bool:
-        """``bool(self.initted)``, read from the device only until it has been seen True."""
-        if not self._initted_seen:
-            self._initted_seen = bool(self.initted)
-        return self._initted_seen
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._initted_seen = False  # a loaded `initted` may be False again: read it next time
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @torch.no_grad()
     def _code_counts(self, idx: torch.Tensor) -> torch.Tensor:
-        """float32 ``[K]`` histogram of ``idx``: one ``index_add_``, which (unlike ``bincount``)
-        does not read the index range back to the host on CUDA."""
+        """float32 ``[K]`` histogram of ``idx`` (one ``index_add_``)."""
         ones = self._one.float().expand(idx.shape[0])  # a stored scalar: no fill per call
         return torch.zeros(self.codebook_size, device=idx.device).index_add_(0, idx, ones)
-
-    def _batch_stats(self, idx: torch.Tensor, counts: torch.Tensor | None) -> dict[str, object]:
-        """Perplexity and usage of this batch's codes ``idx``, as ``LazyStats`` entries: computed
-        from ``counts`` (``_code_counts(idx)``, counted on first read when None) only when read;
-        tensors, no host reads."""
-        count_codes = (lambda: counts) if counts is not None else functools.cache(
-            lambda: self._code_counts(idx))
-        num_tokens = max(idx.shape[0], 1)
-        return {"perplexity": lambda: _perplexity(count_codes(), num_tokens),
-                "usage": lambda: _usage(count_codes())}
 
     # ------------------------------------------------------------------ state updates (training)
     @torch.no_grad()
@@ -196,7 +172,7 @@ class VectorQuantizer(Quantizer):
         """EMA codebook + usage statistics (all-reduced); dead codes restart at the next step.
 
         ``counts``: this process's ``_code_counts(idx)``, left as they are (the batch statistics
-        read them later); a copy is all-reduced.
+        use them); a copy is all-reduced.
         """
         cfg = self.config
         if not hasattr(self, "cluster_size"):
@@ -246,7 +222,6 @@ class VectorQuantizer(Quantizer):
             self.embed_avg.copy_(centroids * self.cluster_size.unsqueeze(1))
         if hasattr(self, "initted"):
             self.initted.fill_(True)
-            self._initted_seen = True
 
     @torch.no_grad()
     def calibrate(

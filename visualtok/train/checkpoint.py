@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hub import CheckpointError, atomic_write_bytes
+from ..hub import CheckpointError, atomic_write, atomic_write_bytes
 
 __all__ = [
     "save_state_file",
@@ -46,17 +46,9 @@ LATEST_NAME = "latest"
 
 
 def save_state_file(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through a temporary file + ``os.replace`` (never a half-written ``path``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``hub.atomic_write`` (never a half-written ``path``)."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def load_state_file(path: Path) -> dict[str, Any]:

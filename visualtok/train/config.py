@@ -31,9 +31,9 @@ from ..config import (
     config_from_dict,
     load_yaml,
 )
+from ..data.config import DataConfig
 
 Beta = Annotated[float, Range(ge=0, lt=1)]  # an Adam beta
-ScaleFraction = Annotated[float, Range(gt=0, le=1)]  # a crop side over the short side
 
 __all__ = [
     "ModelSection",
@@ -55,29 +55,6 @@ class ModelSection(Config):
     name: str = "titok_tiny"  # registry preset, built with create_model(name, **overrides)
     overrides: dict[str, Any] = field(default_factory=dict)  # preset config overrides
     init_from: str | None = None  # a visualtok checkpoint dir to start from (fine-tuning)
-
-
-@dataclass
-class DataConfig(Config):
-    type: str = "images"  # images | shards | video | audio | tokens (task specific)
-    # folder / shard pattern; relative paths resolve against the config file
-    path: str | None = None
-    image_size: PositiveInt = 64  # square crop side for image datasets
-    random_crop: bool = True  # train: seeded random crop + flip; False: centre crop
-    random_flip: bool = True
-    # resize the short side to this before cropping (None = crop size)
-    resize_short: PositiveInt | None = None
-    # train: random-resized crop whose side is a uniform fraction [lo, hi] of the short side
-    scale_range: tuple[ScaleFraction, ScaleFraction] | None = None
-    recursive: bool = True
-    num_workers: NonNegativeInt = 0
-    # video / audio
-    num_frames: PositiveInt = 8
-    frame_stride: PositiveInt = 1
-    sample_rate: PositiveInt = 16000
-    num_samples: PositiveInt = 16000  # audio crop length
-    # decoder post-training / generator data
-    token_file: str | None = None  # safetensors file with ``codes`` aligned with the dataset order
 
 
 @dataclass
@@ -165,9 +142,6 @@ class TrainConfig(Config):
         loss_cls = get_task_class(self.task).loss_config_class
         if loss_cls is not None:
             config_from_dict(loss_cls, self.loss, where="loss")
-        sr = self.data.scale_range
-        if sr is not None and sr[0] > sr[1]:
-            raise ValueError(f"data.scale_range must be [lo, hi] with lo <= hi; got {list(sr)}")
         return self
 
 

@@ -19,17 +19,18 @@ Register a task with ``@register_task("name")``; the YAML ``task:`` field picks 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..registry import TASKS, register_task
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["StepOutput", "Task", "register_task", "get_task_class", "TASKS"]
+__all__ = ["StepOutput", "Task", "register_task", "get_task_class"]
 
 
 @dataclass
@@ -106,34 +107,6 @@ def _to_device(x: Any, device: torch.device) -> Any:
     return x
 
 
-TASKS: dict[str, type[Task]] = {}
-
-# Modules that register tasks on import (looked up lazily so a task not written yet is not fatal).
-_TASK_MODULES = {
-    "tokenizer": "visualtok.train.tokenizer_task",
-    "generator": "visualtok.generate.train",
-}
-
-
-def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator: make ``cls`` selectable as ``task: <name>`` in a training config."""
-
-    def wrap(cls: type[Task]) -> type[Task]:
-        if name in TASKS and TASKS[name] is not cls:
-            raise ValueError(f"task {name!r} registered twice")
-        TASKS[name] = cls
-        return cls
-
-    return wrap
-
-
 def get_task_class(name: str) -> type[Task]:
-    if name not in TASKS and name in _TASK_MODULES:
-        import importlib
-
-        importlib.import_module(_TASK_MODULES[name])
-    if name not in TASKS:
-        raise ValueError(
-            f"unknown task {name!r}; known tasks: {sorted(set(TASKS) | set(_TASK_MODULES))}"
-        )
-    return TASKS[name]
+    """The ``Task`` subclass registered as ``name`` (``visualtok.registry.TASKS``)."""
+    return TASKS.get(name)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, NonNegativeFloat, NonNegativeInt, OpenUnitFloat, PositiveInt, UnitFloat
+from ..registry import register_task
 from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
 from .losses import (
     LeCam,
@@ -41,7 +42,7 @@ from .losses import (
     hinge_g_loss,
     reconstruction_loss,
 )
-from .task import StepOutput, Task, register_task
+from .task import StepOutput, Task
 
 __all__ = [
     "TokenizerLossConfig",

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from ..config import config_from_dict, config_to_dict
 from ..data.sampler import ResumableSampler
 from ..hub import CheckpointError, load_state_dict_strict
+from ..quantize import input_checks
 from . import checkpoint as ckpt
 from .config import TrainConfig, load_train_config
 from .optim import EMA, build_optimizer, lr_factor
@@ -123,6 +124,7 @@ class Trainer:
         self.step = 0
         _seed_all(t.seed + 1000 * (self.rank + 1))  # per-process stream for dropout/perturbation
         self._writer = None
+        self._unchecked_losses: list[tuple[str, int, torch.Tensor]] = []  # see _check_losses
         self.history: list[dict[str, float]] = []  # logged scalars (main process), with "step"
 
     # ------------------------------------------------------------------ checkpoints
@@ -239,9 +241,11 @@ class Trainer:
                 g["lr"] = base * f
         return {f"lr/{n}": self.base_lrs[n][0] * f for n in self.names}
 
-    def train_step(self, batch: Any) -> dict[str, float]:
+    def train_step(self, batch: Any) -> dict[str, float | torch.Tensor]:
+        """One optimisation step of every active module; logs stay on the device (read at
+        ``log_every`` by ``_log_scalars``, so a GPU step does not wait on the host)."""
         acc, clip = self.accelerator, self.cfg.optim.grad_clip
-        logs: dict[str, float] = self._set_lr()
+        logs: dict[str, float | torch.Tensor] = self._set_lr()
         for n in self.names:
             if not self.task.is_active(n, self.step):
                 continue
@@ -249,19 +253,27 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             with acc.autocast():
                 out = self.task.compute_loss(n, batch, self.step)
-            if not torch.isfinite(out.loss.detach()):
-                raise FloatingPointError(
-                    f"non-finite {n} loss {float(out.loss)} at step {self.step}"
-                )
+            self._unchecked_losses.append((n, self.step, out.loss.detach()))
             acc.backward(out.loss)
             if clip:
-                gn = acc.clip_grad_norm_(self.task.parameters(n), clip)
-                logs[f"grad_norm/{n}"] = float(gn)
+                logs[f"grad_norm/{n}"] = acc.clip_grad_norm_(self.task.parameters(n), clip)
             opt.step()
-            logs.update({k: float(v) for k, v in out.logs.items() if _is_scalar(v)})
+            logs.update({k: v.detach() if isinstance(v, torch.Tensor) else v
+                         for k, v in out.logs.items() if _is_scalar(v)})
         if self.ema is not None:
             self.ema.update(self.task.model, self.step)
         return logs
+
+    def _check_losses(self) -> None:
+        """``FloatingPointError`` naming the first step whose loss was NaN/inf since the last check
+        (one host read for all of them; run before logging and before every checkpoint)."""
+        pending, self._unchecked_losses = self._unchecked_losses, []
+        if not pending:
+            return
+        finite = torch.isfinite(torch.stack([loss.float() for _, _, loss in pending]))
+        if not bool(finite.all()):
+            n, step, loss = pending[int((~finite).nonzero()[0])]
+            raise FloatingPointError(f"non-finite {n} loss {float(loss)} at step {step}")
 
     def fit(self) -> Path:
         """Run (or resume) to ``trainer.steps``; returns the output directory."""
@@ -288,14 +300,19 @@ class Trainer:
                 it = iter(self._loader())
                 continue
             self.sampler.advance(t.batch_size)
-            logs = self.train_step(self.task.prepare_batch(batch, device))
+            with input_checks(self.task.model, False):  # the loss check below covers NaN
+                logs = self.train_step(self.task.prepare_batch(batch, device))
             self.step += 1
+            log_now = self.step % t.log_every == 0 or self.step == t.steps
+            ckpt_now = self.step % t.ckpt_every == 0 or self.step == t.steps
+            if log_now or ckpt_now:
+                self._check_losses()
             if acc.is_main_process:
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    self._log_scalars(logs)
+                if log_now:
+                    values = self._log_scalars(logs)
                     if bar is not None:
                         bar.set_postfix(
-                            {k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")}
+                            {k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")}
                         )
                 if media_batch is not None and (
                     self.step % t.image_every == 0 or self.step == t.steps
@@ -303,7 +320,7 @@ class Trainer:
                     self._log_media(media_batch)
             if bar is not None:
                 bar.update(1)
-            if self.step % t.ckpt_every == 0 or self.step == t.steps:
+            if ckpt_now:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
@@ -331,12 +348,14 @@ class Trainer:
             self._writer = SummaryWriter(str(self.output_dir / "tensorboard"))
         return self._writer
 
-    def _log_scalars(self, logs: dict[str, float]) -> None:
+    def _log_scalars(self, logs: dict[str, float | torch.Tensor]) -> dict[str, float]:
+        logs = {k: float(v) for k, v in logs.items()}  # the one host read of the logs
         self.history.append({"step": self.step, **logs})
         if self.writer is not None:
             for k, v in logs.items():
                 self.writer.add_scalar(k, v, self.step)
         log.info("step %d: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+        return logs
 
     def _media_batch(self) -> Any:
         n = min(len(self.dataset), 8)

@@ -14,10 +14,11 @@ from typing import Any, Literal
 import torch
 
 from ..config import Config
-from ..train.task import StepOutput, Task, register_task
-from .gpt import GPT
-from .maskgit import random_mask
-from .tokens import TokenDataset
+from ..generate.gpt import GPT
+from ..generate.maskgit import random_mask
+from ..generate.tokens import TokenDataset
+from ..registry import register_task
+from .task import StepOutput, Task
 
 __all__ = ["GeneratorLossConfig", "GeneratorTask"]
 

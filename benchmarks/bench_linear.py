@@ -1,0 +1,100 @@
+"""CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) against the
+stock ``F.linear``, interleaved (A, B, A, B) in one process, and what ``visualtok.nn.linear``'s
+dispatch rule picks for each shape.
+
+The shapes are the model linears that matter: GPT-B (width 768: qkv 2304, proj 768, SwiGLU 2048 and
+head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a prefill, TiTok-S
+(width 512) encode/decode rows, and the VQ search (4096 x 12 codebook).
+
+    python benchmarks/bench_linear.py --json runs/bench_linear.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import machine_info, print_table, write_json  # noqa: E402
+from visualtok.nn import linear as vt_linear  # noqa: E402
+
+# (label, M, K, N)
+SHAPES = [
+    *[(f"GPT-B cached step b={m} qkv", m, 768, 2304) for m in (1, 8, 16)],
+    *[(f"GPT-B cached step b={m} mlp", m, 768, 2048) for m in (1, 8, 16)],
+    *[(f"GPT-B cached step b={m} head", m, 768, 16384) for m in (1, 8, 16)],
+    ("GPT-B step b=32 qkv", 32, 768, 2304),
+    ("GPT-B step b=64 qkv", 64, 768, 2304),
+    ("GPT-B prefill 256 qkv", 256, 768, 2304),
+    ("GPT-B prefill 2048 mlp", 2048, 768, 2048),
+    ("TiTok-S encode rows (8 img) qkv", 8 * 257, 512, 1536),
+    ("TiTok-S encode rows (8 img) mlp", 8 * 257, 512, 2048),
+    ("TiTok-S decode rows (8 img) proj", 8 * 257, 512, 512),
+    ("VQ search 16384 x 4096 x 12", 16384, 12, 4096),
+]
+
+
+def onednn(x, w, b):
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def interleaved(fns, rounds: int, min_time: float) -> list[float]:
+    """Median seconds per call of each fn, timed in alternation."""
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    r = 0
+    while r < rounds or time.perf_counter() - start < min_time:
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+        r += 1
+        if r >= 400:
+            break
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds per shape at least")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if not vt_linear.onednn_linear_works():
+        raise SystemExit("the oneDNN linear op is unavailable in this build: nothing to compare")
+    torch.manual_seed(0)
+    rows = []
+    for label, m, k, n in SHAPES:
+        x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+        for fn in (onednn, F.linear, vt_linear.linear):
+            fn(x, w, b)  # warm-up (oneDNN primitive cache, page faults)
+        calls = [functools.partial(onednn, x, w, b), functools.partial(F.linear, x, w, b)]
+        t_dnn, t_aten = interleaved(calls, args.rounds, args.min_time)
+        picked = "onednn" if vt_linear._use_onednn(x, w, b) else "aten"
+        best = min(t_dnn, t_aten)
+        chosen = t_dnn if picked == "onednn" else t_aten
+        rows.append({
+            "shape": label, "M": m, "K": k, "N": n,
+            "onednn us": 1e6 * t_dnn, "F.linear us": 1e6 * t_aten,
+            "F.linear / onednn": t_aten / t_dnn,
+            "rule picks": picked,
+            "picked / best": chosen / best,
+            "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
+        })
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print_table(rows, title=f"CPU fp32 linear: oneDNN vs F.linear (load average {load:.2f})")
+    write_json(args.json, {"machine": machine_info("cpu"), "load_average_1min": load,
+                           "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
