@@ -253,6 +253,13 @@ def test_empty_batches_are_refused_alike():
         model.decode(torch.zeros(0, 4, 1, dtype=torch.long))
 
 
+def test_empty_code_batches_are_refused_by_the_generator(gpt):
+    with pytest.raises(ValueError, match="at least one"):
+        gpt(torch.zeros(0, 4, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="num_samples"):
+        gpt.generate(num_samples=0, labels=None)
+
+
 def test_training_data_of_the_wrong_size_is_refused_before_training(tmp_path, real_photos):
     photos = write_photos(tmp_path / "photos", real_photos[:2])
     cfg = tiny_config(photos, tmp_path / "out")
@@ -293,11 +300,17 @@ def test_files_that_are_not_what_they_claim(tmp_path):
     create_model("titok_tiny", **SMALL).save_pretrained(ckpt_list)
     _write(ckpt / "config.json", bytes(range(200, 256)))
     _write(ckpt_list / "config.json", b"[1, 2]")
+    ckpt_zero = tmp_path / "ckpt_zero"
+    create_model("titok_tiny", **SMALL).save_pretrained(ckpt_zero)
+    meta = json.loads((ckpt_zero / "config.json").read_text())
+    meta["config"]["num_latent_tokens"] = 0
+    (ckpt_zero / "config.json").write_text(json.dumps(meta))
     from visualtok.hub import load
 
     cases = [
         (lambda: load(ckpt), ckpt / "config.json"),
         (lambda: load(ckpt_list), ckpt_list / "config.json"),
+        (lambda: load(ckpt_zero), ckpt_zero / "config.json"),
         (lambda: load_image(png), png),
         (lambda: load_image(truncated), truncated),
         (lambda: load_yaml(bad_yaml), bad_yaml),

@@ -277,7 +277,10 @@ def _load_directory(directory: Path, map_location: str | torch.device = "cpu") -
             f"{w_path} is corrupt: sha256 differs from the one recorded in {CONFIG_NAME}"
         )
     model_cls = get_model_class(meta["model_class"])
-    model = model_cls.from_config(meta["config"])
+    try:
+        model = model_cls.from_config(meta["config"])
+    except (TypeError, ValueError) as e:  # a config the model refuses: say which file holds it
+        raise CheckpointError(f"{cfg_path}: {e}") from None
     try:
         state = load_file(str(w_path), device=str(map_location))
     except (SafetensorError, OSError) as e:

@@ -170,10 +170,10 @@ class GPT(nn.Module, PretrainedMixin):
     def check_codes(self, codes: Any) -> torch.Tensor:
         """``[B, *S, F]`` -> ``[B, N, F]`` int64, validated against the layout and the context."""
         codes = self.layout.validate(codes)
-        if codes.ndim < 3:
+        if codes.ndim < 3 or codes.shape[0] == 0 or codes[0, ..., 0].numel() == 0:
             raise ValueError(
-                f"codes must be [B, *S, {self.layout.num_factors}] (S = token layout); "
-                f"got shape {tuple(codes.shape)}"
+                f"codes must be [B, *S, {self.layout.num_factors}] (S = token layout) with at "
+                f"least one sequence and one token; got shape {tuple(codes.shape)}"
             )
         codes = codes.reshape(codes.shape[0], -1, self.layout.num_factors)
         if codes.shape[1] > self.config.num_tokens:
