@@ -135,4 +135,6 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
 
 
 if __name__ == "__main__":
-    main()
+    from visualtok.cli import run_script
+
+    run_script(main)

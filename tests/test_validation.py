@@ -437,3 +437,30 @@ def test_pixels_of_another_size_cannot_be_trained_on(tmp_path, real_photos):
     with pytest.raises(ValueError, match=r"decodes \(32, 32\) images to \(64, 64\)"):
         Trainer(load_train_config(write_config(tmp_path / "c.yaml", cfg)))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "script,args,match",
+    [
+        ("train/train_tokenizer.py", ["--config", "configs/titok_tiny.yaml",
+                                      "--set", "trainer.ckpt_every=0"], "ckpt_every"),
+        pytest.param("eval/rfid.py",
+                     ["titok_tiny", "{missing}", "--random-init", "--out", "{out}"], "missing",
+                     marks=pytest.mark.slow),
+    ],
+)
+def test_scripts_report_errors_in_one_line(tmp_path, script, args, match):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    fill = {"missing": tmp_path / "missing", "out": tmp_path / "out.json"}
+    proc = subprocess.run(
+        [sys.executable, str(repo / script), *[a.format(**fill) for a in args]],
+        capture_output=True, text=True, cwd=repo, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(repo)},
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if "Warning" not in ln and ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and match in lines[0], proc.stderr
+    assert not fill["out"].exists()

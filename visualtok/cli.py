@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_TOKENIZER = "titok_photo128"
@@ -322,6 +324,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(prog: str, e: BaseException, hint: str) -> int:
+    """Print ``e`` as one line on stderr (never a traceback); return the exit status."""
+    if isinstance(e, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    text = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, (ValueError, TypeError, OSError)):  # not one of our input errors
+        text = f"{type(e).__name__}: {text} ({hint} for the traceback)"
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return 2
+
+
+def run_script(fn: Callable[[], object]) -> None:
+    """Entry point of the ``train/`` and ``eval/`` scripts: ``fn()`` (an int it returns is the
+    exit status), errors as one line and exit status 2 (``VISUALTOK_TRACEBACK=1``: traceback)."""
+    try:
+        result = fn()
+    except (Exception, KeyboardInterrupt) as e:
+        if os.environ.get("VISUALTOK_TRACEBACK") and not isinstance(e, KeyboardInterrupt):
+            raise
+        sys.exit(_report(Path(sys.argv[0]).name, e, "set VISUALTOK_TRACEBACK=1"))
+    if isinstance(result, int) and not isinstance(result, bool):
+        sys.exit(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -330,18 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except KeyboardInterrupt:
-        print(f"visualtok {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # one line, never a traceback (-v shows it)
-        if args.verbose:
+    except (Exception, KeyboardInterrupt) as e:  # one line, never a traceback (-v shows it)
+        if args.verbose and not isinstance(e, KeyboardInterrupt):
             raise
-        known = isinstance(e, (ValueError, TypeError, OSError))
-        text = " ".join(str(e).split()) or type(e).__name__
-        if not known:
-            text = f"{type(e).__name__}: {text} (run with -v for the traceback)"
-        print(f"visualtok {args.command}: error: {text}", file=sys.stderr)
-        return 2
+        return _report(f"visualtok {args.command}", e, "run with -v")
 
 
 if __name__ == "__main__":
