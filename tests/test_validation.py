@@ -234,6 +234,14 @@ def test_bad_sampling_parameters_never_reach_multinomial(gpt, kwargs, exc, field
             SamplingConfig(**options)
 
 
+def test_generate_images_refuses_zero_tokens(gpt):
+    from visualtok.generate.pipeline import generate_images
+
+    tok = create_model("titok_tiny", **SMALL, quantizer=dict(type="vq", codebook_size=1024))
+    with pytest.raises(ValueError, match="num_tokens"):
+        generate_images(gpt, tok, labels=torch.tensor([0]), num_tokens=0)
+
+
 def test_maskgit_checks_its_own_parameters():
     from visualtok.generate.maskgit import generate_maskgit
 
