@@ -38,11 +38,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
-        if config.num_quantizers < 1:
-            raise ValueError(f"num_quantizers must be >= 1; got {config.num_quantizers}")
-        if not 0.0 <= config.quantizer_dropout <= 1.0:
-            raise ValueError(f"quantizer_dropout must be in [0, 1]; got {config.quantizer_dropout}")
-        self.config = config
+        self.config = config.validate()  # every field is checked there, once
         self.dim = config.dim
         level_cfg = dataclasses.replace(
             config, type="vq", num_quantizers=QuantizerConfig.num_quantizers,
