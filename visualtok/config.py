@@ -17,7 +17,8 @@ Every model, quantizer and training recipe is configured by a ``@dataclass`` tha
 
 ``config_from_dict`` maps a dict onto a dataclass one to one: an unknown key is a ``ValueError``
 that names it and lists the valid keys, so a typo never silently falls back to a default. Errors
-name the path of the offending entry (``configs/x.yaml.trainer.ckpt_every``).
+name the file and the path of the offending entry (``configs/x.yaml: trainer.ckpt_every must be an
+integer >= 1; got 0 (int)``). ``check_value`` applies the same rules to a function argument.
 """
 
 from __future__ import annotations
