@@ -25,6 +25,15 @@ TINY_OVERRIDES: dict[str, dict] = {
     "titok_*_vae_c16": dict(_TITOK_TINY, token_size=4, quantizer=dict(type="ptq", bins=8, dim=4)),
     "titok_photo128*": dict(_TITOK_TINY, patch_size=8, quantizer=dict(
         type="vq", codebook_size=16, l2_normalize=True, kmeans_init=True, dead_code_threshold=0.1)),
+    "vqgan_*": dict(image_size=32, channels=32, num_res_blocks=1, z_channels=32,
+                         quantizer=dict(type="vq", codebook_size=64, l2_normalize=True)),
+    "retok_*": dict(image_size=32, channels=32, encoder_ch_mult=(1, 1, 2, 2),
+                        decoder_ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=32,
+                        encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                        decoder_depth=1, decoder_heads=2, num_latent_tokens=16, redundant_from=4,
+                        distill_depth=1, distill_dim=16,
+                        quantizer=dict(type="vq", codebook_size=64, l2_normalize=True,
+                                       rotation_trick=True)),
 }
 
 
@@ -104,8 +113,12 @@ def test_bad_input(model):
         model.encode(torch.rand(3, h, w))
     with pytest.raises(ValueError, match="channels"):
         model.encode(torch.rand(1, 4, h, w))
-    with pytest.raises(ValueError, match=f"{h}x{w}"):
-        model.encode(torch.rand(1, 3, h + 16, w))
+    if model.size_multiple is None:  # fixed input size
+        with pytest.raises(ValueError, match=f"{h}x{w}"):
+            model.encode(torch.rand(1, 3, h + 16, w))
+    else:  # fully convolutional: any multiple of the downsampling factor
+        with pytest.raises(ValueError, match="divisible by the downsampling factor"):
+            model.encode(torch.rand(1, 3, h + model.size_multiple // 2, w))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         model.encode(torch.rand(1, 3, h, w) * 2 - 1)
     with pytest.raises(TypeError, match="uint8"):

@@ -118,6 +118,31 @@ def test_gpt_config_errors(overrides, exc, field):
         create_model("gpt_tiny", **overrides)
 
 
+@pytest.mark.parametrize(
+    "name,overrides,exc,field",
+    [
+        ("vqgan_tiny", dict(channels="64"), TypeError, "channels"),
+        ("vqgan_tiny", dict(channels=0), ValueError, "channels"),
+        ("vqgan_tiny", dict(encoder_ch_mult=[1, 2.5]), TypeError, "encoder_ch_mult"),
+        ("vqgan_tiny", dict(num_res_blocks=0), ValueError, "num_res_blocks"),
+        ("vqgan_tiny", dict(dropout=NAN), ValueError, "dropout"),
+        ("vqgan_tiny", dict(quantizer="vq"), TypeError, "quantizer"),
+        ("vqgan_tiny", dict(image_size=-8), ValueError, "image_size"),
+        ("retok_tiny", dict(num_latent_tokens=0), ValueError, "num_latent_tokens"),
+        ("retok_tiny", dict(encoder_heads=3), ValueError, "encoder_heads"),
+        ("retok_tiny", dict(decoder_heads=0), ValueError, "decoder_heads"),
+        ("retok_tiny", dict(mlp_ratio="4"), TypeError, "mlp_ratio"),
+        ("retok_tiny", dict(redundant_from=-1), ValueError, "redundant_from"),
+        ("retok_tiny", dict(distill_depth=0), ValueError, "distill_depth"),
+        ("retok_tiny", dict(quantizer=dict(type="vq", ema=True, ema_decay=1.0)), ValueError,
+         "ema_decay"),
+    ],
+)
+def test_cnn_tokenizer_config_errors(name, overrides, exc, field):
+    with pytest.raises(exc, match=field):
+        create_model(name, **overrides)
+
+
 def test_valid_configs_still_build_and_normalise():
     cfg = config_from_dict(QuantizerConfig, {"type": "fsq", "dim": 3, "levels": [8, 5, 5]})
     assert cfg.levels == (8, 5, 5)
@@ -159,6 +184,8 @@ def test_valid_configs_still_build_and_normalise():
         ("loss.lecam_decay", 1.0, ValueError, "lecam_decay"),
         ("loss.bogus", 1, ValueError, "bogus"),
         ("loss.perceptual_weight", 1.0, ValueError, "perceptual_weights"),
+        ("loss.semantic_weight", -1.0, ValueError, "semantic_weight"),
+        ("loss.semantic_min_ratio", 2.0, ValueError, "semantic_min_ratio"),
         ("task", "nope", ValueError, "task"),
         ("model", "titok_tiny", TypeError, "model"),
     ],
@@ -184,6 +211,11 @@ def test_perceptual_weights_file_must_exist(tmp_path):
         load_train_config(None, {"loss.perceptual_weight": 1.0,
                                  "loss.perceptual_weights": str(missing)})
     load_train_config(None, {"loss.perceptual_weight": 0.0})  # off: no weights needed
+
+
+def test_semantic_teacher_must_be_registered():
+    with pytest.raises(ValueError, match="semantic_teacher"):
+        load_train_config(None, {"loss.semantic_weight": 0.5, "loss.semantic_teacher": "nope"})
 
 
 def test_direct_construction_is_checked_too():

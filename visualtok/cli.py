@@ -83,8 +83,10 @@ def _create(name: str):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
+    from .train.config import parse_overrides
 
-    model = convert_checkpoint(args.family, args.checkpoint, config=args.config, preset=args.preset)
+    model = convert_checkpoint(args.family, args.checkpoint, config=args.config, preset=args.preset,
+                               overrides=parse_overrides(args.set) or None)
     out = model.save_pretrained(args.out)
     print(f"wrote {out} ({type(model).__name__}); open it with visualtok.load({str(out)!r})")
     return 0
@@ -273,11 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("convert", help="convert an official checkpoint into a visualtok checkpoint")
-    s.add_argument("family", help="converter family, e.g. titok")
+    s.add_argument("family", help="converter family: titok, vqgan, retok")
     s.add_argument("checkpoint", help="official weights (.bin/.pt/.safetensors)")
     s.add_argument("--config", default=None, help="official config (json/yaml)")
     s.add_argument("--preset", default=None, help="visualtok preset the weights belong to")
     s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model config field the official config lacks, "
+                        "e.g. --set channels=128")
     s.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("encode", help="image -> tokens (.safetensors)")

@@ -100,11 +100,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def read_official_state_dict(path: str | Path) -> dict:
+def read_official_state_dict(
+    path: str | Path, wrappers: tuple[str, ...] = ("state_dict", "model", "module")
+) -> dict:
     """Read an official ``.bin``/``.pt``/``.pth``/``.safetensors`` state dict safely.
 
-    Pickles are read with ``weights_only=True`` only. Common wrappers (``state_dict``, ``model``,
-    ``module``) are unwrapped.
+    Pickles are read with ``weights_only=True`` only. Wrapper keys (``wrappers``, in order, e.g.
+    ``state_dict``, ``model``, ``module``) are unwrapped.
     """
     path = Path(path)
     if not path.is_file():
@@ -121,7 +123,7 @@ def read_official_state_dict(path: str | Path) -> dict:
             raise ValueError(
                 f"{path} could not be read as a weights-only torch checkpoint: {e}"
             ) from None
-    for key in ("state_dict", "model", "module"):
+    for key in wrappers:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -298,9 +300,10 @@ def _fetch_from_hub(name: str) -> Path:
     rec = entry.pretrained
     local_dir = weights_dir() / name
     if rec is None or rec.hub_id is None:
+        wanted = f"; put its official {rec.filename} there" if rec is not None else ""
         raise FileNotFoundError(
             f"no weights for {name!r}: no local checkpoint at {local_dir} "
-            "and the preset has no hub record"
+            f"and the preset has no hub record{wanted}"
         )
     files = [rec.filename] + ([rec.config_filename] if rec.config_filename else [])
     paths: list[Path] = []

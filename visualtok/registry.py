@@ -12,7 +12,9 @@ checkpoint's ``model_class`` is looked up in ``MODEL_CLASSES``, never imported.
 * ``CONVERTERS``: ``@register_converter(family)``, ``fn(weights, config=None, preset=None)``;
 * ``TASKS``: ``@register_task(name)``, the training tasks a config's ``task:`` picks;
 * ``QUANTIZERS``: ``@register_quantizer(type)``, the quantizer families ``QuantizerConfig.type``
-  names.
+  names;
+* ``TEACHERS``: ``@register_teacher(name)``, frozen feature networks (``factory(device)``) for
+  semantic regularisation and feature alignment.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ __all__ = [
     "CONVERTERS",
     "TASKS",
     "QUANTIZERS",
+    "TEACHERS",
     "register_model",
     "register_model_class",
     "register_converter",
     "register_task",
     "register_quantizer",
+    "register_teacher",
     "get_model_class",
     "list_models",
     "create_model",
@@ -128,13 +132,22 @@ class ModelEntry:
 _MODEL_MODULES = (
     "visualtok.image.titok",
     "visualtok.generate.gpt",
+    "visualtok.image.vqgan",
+    "visualtok.image.retok",
 )
 MODELS = Registry("model preset", _MODEL_MODULES)
 MODEL_CLASSES = Registry("model class", _MODEL_MODULES)
-CONVERTERS = Registry("converter", ("visualtok.convert.titok",))
+CONVERTERS = Registry("converter", (
+    "visualtok.convert.titok",
+    "visualtok.convert.vqgan",
+    "visualtok.convert.retok",
+))
 TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",
     "visualtok.train.generator_task",
+))
+TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
+    "visualtok.train.semantic",
 ))
 QUANTIZERS = Registry("quantizer type", (
     "visualtok.quantize.vq",
@@ -167,6 +180,12 @@ def register_converter(family: str) -> Callable[[Callable[..., nn.Module]], Call
 def register_task(name: str) -> Callable[[type], type]:
     """Class decorator: make a ``Task`` subclass selectable as ``task: <name>`` in a config."""
     return lambda cls: TASKS.add(name, cls)
+
+
+def register_teacher(name: str) -> Callable[[Callable], Callable]:
+    """Function decorator: ``factory(device) -> nn.Module``, a frozen feature network selectable
+    by name (e.g. ``loss.semantic_teacher``)."""
+    return lambda factory: TEACHERS.add(name, factory)
 
 
 def register_quantizer(type_name: str) -> Callable[[type], type]:

@@ -30,9 +30,19 @@ def list_converters() -> list[str]:
 
 
 def convert_checkpoint(
-    family: str, weights: str | Path | dict, config: Any = None, preset: str | None = None
+    family: str,
+    weights: str | Path | dict,
+    config: Any = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Convert an official checkpoint of ``family`` into a visualtok model (eval mode)."""
+    """Convert an official checkpoint of ``family`` into a visualtok model (eval mode).
+
+    ``overrides`` (our config field names) set what the official config does not record, e.g.
+    widths the official code hard-codes.
+    """
     if family not in CONVERTERS:
         raise ValueError(f"no converter for {family!r}; available: {list_converters()}")
+    if overrides:
+        return CONVERTERS.get(family)(weights, config=config, preset=preset, overrides=overrides)
     return CONVERTERS.get(family)(weights, config=config, preset=preset)

@@ -11,6 +11,11 @@
 
 Images are float ``[B, 3, H, W]`` in [0, 1] or uint8 (converted by ``check_images``). Subclasses
 convert to the range their weights expect inside ``encode_latents``/``decode_latents``.
+
+Fixed-size tokenizers (learned position tables: TiTok, ReTok) take exactly ``image_size``. Fully
+convolutional ones (the 2D VQGAN) set ``size_multiple`` (their downsampling factor): they take any
+``H, W`` divisible by it, and their codes are any ``[B, H/f, W/f, F]`` grid; ``image_size`` and
+``token_shape`` then describe the nominal (training / evaluation) size.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
     quantizer: Quantizer
     supports_prefix: bool = False  # decode accepts codes[:, :k] (1D, flexible-length tokenizers)
     continuous: bool = False  # KL/VAE mode: latents are continuous, codes come from post-training Q
+    size_multiple: int | None = None  # fully convolutional: any H, W divisible by this are accepted
 
     # ------------------------------------------------------------------ description
     @property
@@ -95,8 +101,24 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
         """Latents -> ``QuantOutput``; VAE-style subclasses override (posterior, KL loss)."""
         return self.quantizer(z)
 
+    def check_input(self, images: object) -> torch.Tensor:
+        """Validate images for this tokenizer -> float ``[B, 3, H, W]`` in [0, 1].
+
+        Exactly ``image_size``, or, with ``size_multiple``, any ``H, W`` divisible by it.
+        """
+        if self.size_multiple is None:
+            return check_images(images, self.image_size)
+        images = check_images(images)
+        f, (h, w) = self.size_multiple, images.shape[-2:]
+        if h % f or w % f:
+            raise ValueError(
+                f"images must have H and W divisible by the downsampling factor {f} "
+                f"(e.g. {self.image_size[0]}x{self.image_size[1]}); got {h}x{w}"
+            )
+        return images
+
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
-        images = check_images(images, self.image_size)
+        images = self.check_input(images)
         quant = self.quantize(self.encode_latents(images))
         return TokenizerOutput(recon=self.decode_latents(quant.z_q), quant=quant)
 
@@ -115,6 +137,9 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
         if ok_rank and self.supports_prefix and len(s) == 1:
             ok_shape = 1 <= codes.shape[1] <= s[0]
             want += f" (or a prefix [B, k, {f}], 1 <= k <= {s[0]})"
+        elif self.size_multiple is not None:
+            ok_shape = ok_rank and min(codes.shape[1:-1], default=1) >= 1
+            want += f" (or any [B, {', '.join('h w'.split()[:len(s)])}, {f}] grid)"
         else:
             ok_shape = ok_rank and tuple(codes.shape[1:-1]) == tuple(s)
         if not ok_shape or codes.shape[0] == 0:
@@ -124,7 +149,7 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` (float [0, 1] or uint8) -> codes ``[B, *S, F]`` int64."""
-        images = check_images(images, self.image_size)
+        images = self.check_input(images)
         z = self._latents_for_codes(self.encode_latents(images))
         return self.quantizer.encode(z)
 

@@ -2,10 +2,13 @@
 
 Every transformer in the library (TiTok's ViT, Q-Formers, the GPT generator) uses ``Attention``.
 Options cover what the official models need: biases or not, QK-norm, a custom softmax scale
-(FlexTok's muP ``8/head_dim``), rotary position embeddings and a static KV cache for decoding.
+(FlexTok's muP ``8/head_dim``), rotary position embeddings and a static KV cache for decoding, and
+cross-attention with DETR-style positional terms (ReTok's Q-Formers): queries from ``x``, keys and
+values from ``context``, with ``q_pos`` added to the query input and ``k_pos`` to the key input only
+(values never see positions), as ``nn.MultiheadAttention(x + q_pos, ctx + k_pos, ctx)`` computes.
 
-Shapes: ``x: [B, L, D]``; ``attn_mask`` is a bool ``[L, S]`` / ``[B, 1|H, L, S]`` mask (True = may
-attend) or an additive float mask, as SDPA takes it.
+Shapes: ``x: [B, L, D]``, ``context: [B, S, D]``; ``attn_mask`` is a bool ``[L, S]`` /
+``[B, 1|H, L, S]`` mask (True = may attend) or an additive float mask, as SDPA takes it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import Linear
+from .linear import Linear, linear
 
 __all__ = ["Attention", "KVCache", "apply_rotary", "rotary_tables"]
 
@@ -105,9 +108,19 @@ class Attention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
         cache_positions: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        q_pos: torch.Tensor | None = None,
+        k_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x: [B, L, D]`` -> ``[B, L, D]``; keys/values from ``context`` (default ``x``)."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if context is None and q_pos is None and k_pos is None:
+            qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        else:
+            if rotary is not None or kv_cache is not None:
+                raise ValueError("context / q_pos / k_pos do not combine with rotary or kv_cache")
+            q, k, v = self._project_separately(x, context, q_pos, k_pos)
         q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
@@ -120,3 +133,24 @@ class Attention(nn.Module):
             q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale
         )
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+    def _project_separately(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        q_pos: torch.Tensor | None,
+        k_pos: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``[B, H, L|S, hd]`` from three inputs, through the rows of the fused ``qkv``."""
+        B, L, D = x.shape
+        kv = x if context is None else context
+        if kv.ndim != 3 or kv.shape[0] != B or kv.shape[2] != D:
+            raise ValueError(f"context must be [B, S, {D}] with B={B}; got {tuple(kv.shape)}")
+        w, b = self.qkv.weight, self.qkv.bias
+        rows = [slice(0, D), slice(D, 2 * D), slice(2 * D, 3 * D)]
+        inputs = (x if q_pos is None else x + q_pos, kv if k_pos is None else kv + k_pos, kv)
+        out = []
+        for r, inp in zip(rows, inputs):
+            y = linear(inp, w[r], None if b is None else b[r])
+            out.append(y.view(B, inp.shape[1], self.num_heads, self.head_dim).transpose(1, 2))
+        return out[0], out[1], out[2]

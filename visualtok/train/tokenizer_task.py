@@ -8,6 +8,7 @@ Per step, optimizer ``"model"``::
     z'' = nested-dropout prefix of z' (option)  # 1D tokenizers with supports_prefix
     x^  = decode_latents(z'')
     L   = w_rec * L1/L2(x^, x) + w_p * LPIPS + w_q * q.losses["total"] + w_g * a * hinge_G(D(x^))
+          + mean_b w_s(k_b) * (1 - cos(decoder features, frozen teacher features))   (option)
 
 ``a`` is the adaptive weight at ``last_layer_weight()``; the GAN terms start at
 ``gan_start_step``. Optimizer ``"discriminator"`` (only when ``gan_weight > 0``) minimises hinge +
@@ -15,7 +16,10 @@ LeCam on ``x`` vs the detached ``x^`` of the same step. With ``proxy_teacher`` s
 recipe, stage 1) the model's legacy head predicts the frozen MaskGIT-VQGAN teacher codes with
 cross-entropy instead of reconstructing pixels. With ``data.token_file`` set (decoder
 post-training), encoder and quantizer are frozen and a fraction of the samples decode the tokens
-from the file (e.g. generator-sampled ones) instead of their own.
+from the file (e.g. generator-sampled ones) instead of their own. With ``semantic_weight > 0``
+(ReTok's Hierarchical Semantic Regularization) the model's ``decode_latents_and_features`` gives
+decoder features that are aligned with a frozen, pluggable teacher (``train/semantic.py``), weighted
+by each sample's prefix length ``k_b``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, NonNegativeFloat, NonNegativeInt, OpenUnitFloat, PositiveInt, UnitFloat
+from ..config import (
+    Config,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+)
 from ..registry import register_task
 from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
 from .losses import (
@@ -72,6 +84,11 @@ class TokenizerLossConfig(Config):
     disc_layers: PositiveInt = 3
     proxy_teacher: str | None = None  # two-stage stage 1: MaskGIT-VQGAN checkpoint for proxy codes
     posttrain_mix: UnitFloat = 0.5  # decoder post-training: share of samples decoding file tokens
+    # HSR / semantic alignment weight at a 1-token prefix (0 = off)
+    semantic_weight: NonNegativeFloat = 0.0
+    semantic_teacher: str = "inception"  # a registered teacher (train/semantic.py); see its label
+    semantic_min_ratio: UnitFloat = 0.1  # weight at the full length, relative to semantic_weight
+    semantic_power: PositiveFloat = 1.0  # decay shape along the prefix length (1 = linear)
 
     def validate(self) -> TokenizerLossConfig:
         super().validate()
@@ -86,6 +103,14 @@ class TokenizerLossConfig(Config):
                 raise FileNotFoundError(
                     f"loss.perceptual_weights: LPIPS weights file not found: "
                     f"{self.perceptual_weights}"
+                )
+        if self.semantic_weight > 0:
+            from ..registry import TEACHERS
+
+            if self.semantic_teacher not in TEACHERS:
+                raise ValueError(
+                    f"unknown semantic_teacher {self.semantic_teacher!r} (loss.semantic_teacher); "
+                    f"registered teachers: {TEACHERS.names()}"
                 )
         return self
 
@@ -134,6 +159,7 @@ class TokenizerStep(nn.Module):
         codes_override: torch.Tensor | None = None,
         override_mask: torch.Tensor | None = None,
         logits: bool = False,
+        features: bool = False,
     ):
         tok = self.tokenizer
         quant = tok.quantize(tok.encode_latents(images))
@@ -149,16 +175,20 @@ class TokenizerStep(nn.Module):
             m = override_mask.view(-1, *([1] * (z.ndim - 1)))
             z = torch.where(m, z_f, z)
         decode = tok.proxy_logits if logits else tok.decode_latents
+        if features:  # (recon, decoder features) for semantic regularization
+            decode = tok.decode_latents_and_features
         if keep is None or bool((keep == z.shape[1]).all()):
             return decode(z), quant, changed
-        out = None
+        outs = None
         for k in keep.unique().tolist():  # one decoder call per distinct prefix length
             idx = (keep == k).nonzero().squeeze(1)
             part = decode(z[idx, :k])
-            if out is None:
-                out = part.new_empty((z.shape[0], *part.shape[1:]))
-            out[idx] = part
-        return out, quant, changed
+            parts = part if isinstance(part, tuple) else (part,)
+            if outs is None:
+                outs = [t.new_empty((z.shape[0], *t.shape[1:])) for t in parts]
+            for o, t in zip(outs, parts):
+                o[idx] = t
+        return (tuple(outs) if features else outs[0]), quant, changed
 
 
 @register_task("tokenizer")
@@ -207,6 +237,16 @@ class TokenizerTask(Task):
             from ..hub import load
 
             self.teacher = load(c.proxy_teacher).eval().requires_grad_(False)
+        self.semantic = None
+        if c.semantic_weight > 0:
+            if not hasattr(model, "decode_latents_and_features"):
+                raise ValueError(
+                    f"loss.semantic_weight needs a model with decoder features "
+                    f"(decode_latents_and_features, e.g. ReTok); {type(model).__name__} has none"
+                )
+            from .semantic import build_teacher
+
+            self.semantic = build_teacher(c.semantic_teacher)
         self.token_file = None
         if train_config.data.token_file:
             self.token_file = _load_token_file(train_config.data.token_file)
@@ -245,7 +285,7 @@ class TokenizerTask(Task):
 
     def _model_loss(self, images: torch.Tensor, batch: Any, step: int) -> StepOutput:
         c, t = self.loss_config, self.train_config.trainer
-        for aux in (self.perceptual, self.teacher, getattr(self, "lecam", None)):
+        for aux in (self.perceptual, self.teacher, getattr(self, "lecam", None), self.semantic):
             if aux is not None:
                 aux.to(images.device)
         if self.token_file is not None:
@@ -263,8 +303,12 @@ class TokenizerTask(Task):
             override = self.token_file[batch["index"].cpu()].to(images.device)
             mask = torch.rand(images.shape[0], device=images.device) < c.posttrain_mix
         out, quant, changed = self.modules["model"](
-            images, rate, strength, keep, override, mask, logits=self.teacher is not None
+            images, rate, strength, keep, override, mask, logits=self.teacher is not None,
+            features=self.semantic is not None,
         )
+        feats = None
+        if self.semantic is not None:
+            out, feats = out
         logs: dict[str, Any] = {"loss/quantizer": quant.losses["total"].detach()}
         if self.teacher is not None:  # stage 1: predict the teacher's codes
             with torch.no_grad():
@@ -294,6 +338,8 @@ class TokenizerTask(Task):
             )
             loss = loss + c.gan_weight * w * g
             logs.update({"loss/gan_g": g.detach(), "gan/adaptive_weight": w})
+        if feats is not None:
+            loss = loss + self._semantic_loss(images, feats, keep, logs)
         if changed is not None:
             logs["robust/perturbed_fraction"] = changed.float().mean()
             logs["robust/rate"] = rate
@@ -304,6 +350,21 @@ class TokenizerTask(Task):
                 logs[f"quantizer/{k}"] = v.detach()
         logs["loss/total"] = loss.detach()
         return StepOutput(loss, logs)
+
+    def _semantic_loss(self, images: torch.Tensor, feats: torch.Tensor,
+                       keep: torch.Tensor | None, logs: dict[str, Any]) -> torch.Tensor:
+        """HSR: prefix-weighted ``1 - cos`` between decoder features and the frozen teacher's."""
+        from .semantic import prefix_weights, semantic_alignment
+
+        c, total = self.loss_config, self.model.token_shape[0]
+        with torch.no_grad():
+            target = self.semantic(images)
+        per_sample = semantic_alignment(feats, target)
+        if keep is None:
+            keep = torch.full((images.shape[0],), total, device=images.device)
+        w = prefix_weights(keep, total, c.semantic_weight, c.semantic_min_ratio, c.semantic_power)
+        logs["loss/semantic"] = per_sample.detach().mean()
+        return (w.to(per_sample.device) * per_sample).mean()
 
     def _disc_loss(self, images: torch.Tensor) -> StepOutput:
         c = self.loss_config

@@ -1,0 +1,255 @@
+"""LlamaGen VQGAN and ReTok encode/decode throughput: visualtok vs the official computation layout,
+fp32 and bf16, on the full-size presets with random weights.
+
+The reference runs the same weights through the official code's layout, rebuilt here:
+
+* VQGAN (``FoundationVision/LlamaGen`` ``vq_model.py``): the spatial ``AttnBlock`` as separate
+  ``q``/``k``/``v`` 1x1 convs, ``bmm`` + softmax + ``bmm`` and a ``proj_out`` conv; the quantizer as
+  a dense ``[N, K]`` distance matrix + ``argmin`` on l2-normalised vectors;
+* ReTok (``zfu006/ReTok``): sequence-first ``[L, B, D]`` Q-Former layers through
+  ``nn.MultiheadAttention`` (DETR pre-norm), 1x1 convs on ``[B, C, 1, L]`` fake-2D tensors, the
+  same dense VQ lookup.
+
+ResnetBlocks, up/downsampling and GroupNorms are the same ops on both sides. Codes and pixels of
+the reference are checked against ours before timing. The reference runs on PyTorch's stock
+kernels (MKL sgemm for fp32 linears), as the official code does; visualtok's CPU fp32 inference
+linears run through oneDNN (``visualtok.nn.linear``). bf16 is autocast on both model halves
+(quantizer math stays fp32); "bf16 same codes" is the fraction of codes equal to fp32 on real
+photos (scikit-image).
+
+    python benchmarks/bench_cnn.py                               # vqgan_16, retok_ss at 256x256
+    python benchmarks/bench_cnn.py --presets vqgan_16 --batch 1 --repeats 1
+    python benchmarks/bench_cnn.py --device cuda --batch 16 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import machine_info, print_table, time_call, write_json  # noqa: E402
+from benchmarks.bench_titok import gflop, real_photos, stock_path  # noqa: E402
+from visualtok import create_model  # noqa: E402
+from visualtok.image.retok import ReTok, multi_level_queries  # noqa: E402
+from visualtok.image.vqgan import VQGAN  # noqa: E402
+from visualtok.nn.conv import AttnBlock  # noqa: E402
+
+
+# ---------------------------------------------------------------------- official-layout reference
+def _ref_attn(blk: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """LlamaGen ``AttnBlock.forward``: q/k/v 1x1 convs, bmm, softmax, bmm, proj_out conv."""
+    b, c, h, w = x.shape
+    hn = blk.norm(x)
+    wq, wk, wv = blk.attn.qkv.weight.view(3, c, c, 1, 1)
+    bq, bk, bv = blk.attn.qkv.bias.view(3, c)
+    q = F.conv2d(hn, wq, bq).reshape(b, c, h * w).permute(0, 2, 1)
+    k = F.conv2d(hn, wk, bk).reshape(b, c, h * w)
+    v = F.conv2d(hn, wv, bv).reshape(b, c, h * w)
+    att = torch.softmax(torch.bmm(q, k) * (int(c) ** -0.5), dim=2)
+    out = torch.bmm(v, att.permute(0, 2, 1)).reshape(b, c, h, w)
+    return x + F.conv2d(out, blk.attn.proj.weight.view(c, c, 1, 1), blk.attn.proj.bias)
+
+
+def _ref_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _ref_attn(blk, x) if isinstance(blk, AttnBlock) else blk(x)
+
+
+def _ref_levels(levels, x: torch.Tensor, adaptive=None, cond=None) -> torch.Tensor:
+    for i, level in enumerate(levels):
+        if adaptive is not None:
+            x = adaptive[i](x, cond)
+        for j, res in enumerate(level.res):
+            x = res(x)
+            if len(level.attn):
+                x = _ref_attn(level.attn[j], x)
+        for name in ("downsample", "upsample"):
+            if hasattr(level, name):
+                x = getattr(level, name)(x)
+    return x
+
+
+def _ref_encoder(enc, x: torch.Tensor) -> torch.Tensor:
+    x = _ref_levels(enc.conv_blocks, enc.conv_in(x))
+    for blk in enc.mid:
+        x = _ref_block(blk, x)
+    return enc.conv_out(F.silu(enc.norm_out(x)))
+
+
+def _ref_decoder(dec, z: torch.Tensor) -> torch.Tensor:
+    x = dec.conv_in(z)
+    for blk in dec.mid:
+        x = _ref_block(blk, x)
+    x = _ref_levels(dec.conv_blocks, x, dec.adaptive, z)
+    return dec.conv_out(F.silu(dec.norm_out(x)))
+
+
+def _ref_vq(quantizer, z: torch.Tensor) -> torch.Tensor:
+    """Official lookup: ``[B, C, *S]`` -> flat codes by a dense distance matrix + argmin."""
+    zf = F.normalize(z.movedim(1, -1).reshape(-1, z.shape[1]).float(), dim=-1)
+    emb = F.normalize(quantizer.embedding.weight, dim=-1)
+    d = zf.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * zf @ emb.t()
+    return d.argmin(1)
+
+
+def _ref_codebook(quantizer, codes: torch.Tensor) -> torch.Tensor:
+    return F.normalize(quantizer.embedding.weight, dim=-1)[codes]
+
+
+class ReferenceVQGAN(nn.Module):
+    def __init__(self, model: VQGAN) -> None:
+        super().__init__()
+        self.m = model
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.m
+        h = m.quant_conv(_ref_encoder(m.encoder, images * 2 - 1))
+        return _ref_vq(m.quantizer, h).view(h.shape[0], h.shape[2], h.shape[3], 1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        q = _ref_codebook(self.m.quantizer, codes[..., 0]).permute(0, 3, 1, 2).contiguous()
+        x = _ref_decoder(self.m.decoder, self.m.post_quant_conv(q))
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+class _RefQFormerLayer(nn.Module):
+    """DETR pre-norm decoder layer, sequence-first, through ``nn.MultiheadAttention``."""
+
+    def __init__(self, layer) -> None:
+        super().__init__()
+        self.layer = layer
+        self.attn = nn.ModuleList()
+        for a in (layer.self_attn, layer.cross_attn):
+            mha = nn.MultiheadAttention(a.qkv.in_features, a.num_heads)
+            mha.in_proj_weight, mha.in_proj_bias = a.qkv.weight, a.qkv.bias
+            mha.out_proj.weight, mha.out_proj.bias = a.proj.weight, a.proj.bias
+            self.attn.append(mha)
+
+    def forward(self, tgt, memory, pos, query_pos):
+        lay = self.layer
+        t2 = lay.norm1(tgt)
+        q = t2 + query_pos
+        tgt = tgt + self.attn[0](q, q, t2, need_weights=False)[0]
+        t2 = lay.norm2(tgt)
+        tgt = tgt + self.attn[1](t2 + query_pos, memory + pos, memory, need_weights=False)[0]
+        return tgt + lay.linear2(F.gelu(lay.linear1(lay.norm3(tgt))))
+
+
+class ReferenceReTok(nn.Module):
+    def __init__(self, model: ReTok) -> None:
+        super().__init__()
+        self.m = model
+        self.enc = nn.ModuleList(_RefQFormerLayer(x) for x in model.s2to1encoder.transformer)
+        self.dec = nn.ModuleList(_RefQFormerLayer(x) for x in model.s1to2decoder.transformer)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        m, e = self.m, self.m.s2to1encoder
+        s = _ref_encoder(m.encoder, images * 2 - 1)
+        B, _, g, _ = s.shape
+        x = e.encoder_embed(e.ln_pre(s.reshape(B, s.shape[1], -1).permute(2, 0, 1)))  # [L, B, W]
+        lat = multi_level_queries(x.permute(1, 2, 0).reshape(B, -1, g, g), e.num_latent_tokens)
+        lat = lat.permute(1, 0, 2)
+        lat = e.global_proj(torch.cat([lat, lat[e.redundant_from:]], dim=0))
+        qpos = torch.cat([e.latent_token_positional_embedding,
+                          e.latent_token_positional_embedding_comp])[:, None]
+        for layer in self.enc:
+            lat = layer(lat, x, e.positional_embedding[:, None], qpos)
+        lat = e.ln_post(lat).permute(1, 2, 0).reshape(B, -1, 1, lat.shape[0])
+        h = m.quant_conv(e.conv_out(lat))  # [B, D, 1, N + M]
+        return _ref_vq(m.quantizer, h).view(B, -1, 1)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        m, d = self.m, self.m.s1to2decoder
+        B, k = codes.shape[:2]
+        q = _ref_codebook(m.quantizer, codes[..., 0]).permute(0, 2, 1)[:, :, None]  # [B, D, 1, k]
+        q = m.post_quant_conv(q)
+        x = d.decoder_embed(d.ln_pre(q.reshape(B, q.shape[1], k).permute(2, 0, 1)))  # [k, B, W]
+        lat = x[:1].repeat(d.grid_size**2, 1, 1)
+        pos = torch.cat([d.latent_token_positional_embedding,
+                         d.latent_token_positional_embedding_comp])[:k, None]
+        for layer in self.dec:
+            lat = layer(lat, x, pos, d.positional_embedding[:, None])
+        g = d.grid_size
+        rec = d.conv_out(d.ln_post(lat).permute(1, 2, 0).reshape(B, d.width, g, g).contiguous())
+        return ((_ref_decoder(m.decoder, rec) + 1) / 2).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------- measurements
+def bench_preset(name: str, args) -> list[dict]:
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    model = create_model(name).eval().to(dev)
+    ref = (ReferenceVQGAN if isinstance(model, VQGAN) else ReferenceReTok)(model).eval()
+    x = real_photos(args.batch, args.size).to(dev)
+    codes = model.encode(x)
+    with stock_path():
+        ref_codes = ref.encode(x)
+        ref_pixels = ref.decode(codes)
+    code_match = float((ref_codes == codes).float().mean())
+    max_diff = float((ref_pixels - model.decode(codes)).abs().max())
+    enc_gf = gflop(lambda: model.encode(x[:1]))
+    dec_gf = gflop(lambda: model.decode(codes[:1]))
+
+    def timed(fn, inp, bf16: bool, stock: bool = False) -> float:
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+        def call():
+            with ctx, (stock_path() if stock else contextlib.nullcontext()):
+                return fn(inp)
+        return time_call(call, dev, warmup=1, repeats=args.repeats)
+
+    t_ref_enc = timed(ref.encode, x, False, stock=True)
+    t_ref_dec = timed(ref.decode, codes, False, stock=True)
+    t_enc, t_dec = timed(model.encode, x, False), timed(model.decode, codes, False)
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        codes_bf16 = model.encode(x)
+    t_enc16, t_dec16 = timed(model.encode, x, True), timed(model.decode, codes, True)
+    B, rows = args.batch, []
+    for stage, gf, t_ref, t32, t16 in (("encode", enc_gf, t_ref_enc, t_enc, t_enc16),
+                                       ("decode", dec_gf, t_ref_dec, t_dec, t_dec16)):
+        rows.append({"preset": name, "stage": stage, "GFLOP/img": gf, "ref img/s": B / t_ref,
+                     "fp32 img/s": B / t32, "fp32/ref": t_ref / t32, "bf16 img/s": B / t16,
+                     "bf16/fp32": t32 / t16})
+    rows[0]["bf16 same codes"] = float((codes_bf16 == codes).float().mean())
+    rows[0]["ref same codes"] = code_match
+    rows[1]["ref max |diff|"] = max_diff
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--presets", default="vqgan_16,retok_ss")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, default=256, help="image side (ReTok is fixed at 256)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    info = machine_info(args.device)
+    print(f"machine: {info}")
+    rows = []
+    with torch.no_grad():  # scoped: a caller's grad mode is left as it was
+        for name in args.presets.split(","):
+            rows += bench_preset(name.strip(), args)
+    cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref", "bf16 img/s",
+            "bf16/fp32", "bf16 same codes", "ref same codes", "ref max |diff|"]
+    print_table(rows, cols, title=f"CNN tokenizers, batch {args.batch}, {args.device}, "
+                                  f"random weights, {args.size}x{args.size}")
+    write_json(args.json, {"machine": info, "args": vars(args), "rows": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
