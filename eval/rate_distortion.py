@@ -21,14 +21,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
+from _common import (
+    environment,
+    load_tokenizer,
+    run_cli,
+    select_images,
+    tokenizer_eval_parser,
+    write_results,
+)
 
-from visualtok.data.image_io import iter_image_batches, list_images
+from visualtok.data.image_io import iter_image_batches
 from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
 )
 from visualtok.metrics.image import psnr, ssim
 
@@ -38,7 +45,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tokens", default=None,
                     help="comma-separated token counts (default: 1, 2, 4, ... and all tokens)")
     ap.add_argument("--no-fid", action="store_true", help="PSNR/SSIM only")
+    ap.add_argument("--decode-steps", type=int, default=None,
+                    help="flow decoders (FlexTok): Euler steps (default: the model's)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="flow decoders (FlexTok): guidance scale (default: the model's)")
+    ap.add_argument("--seed", type=int, default=0, help="flow decoders: fixed sampling seed")
     return ap.parse_args(argv)
+
+
+def decode_kwargs(tok, args: argparse.Namespace) -> dict:
+    """Sampling settings for decoders that sample (FlexTok): fixed seed, steps, guidance."""
+    import inspect
+
+    params = inspect.signature(tok.decode).parameters
+    if "generator" not in params:
+        return {}
+    kw = {"generator": torch.Generator().manual_seed(args.seed)}
+    if args.decode_steps is not None:
+        kw["steps"] = args.decode_steps
+    if args.guidance is not None:
+        kw["guidance_scale"] = args.guidance
+    return kw
 
 
 def token_counts(spec: str | None, total: int) -> list[int]:
@@ -82,7 +109,7 @@ def plot(points: list[dict], bits_per_token: float, path: Path, title: str) -> N
 def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None) -> dict:
     args = parse_args(argv)
     tok = load_tokenizer(args)
-    paths = list_images(args.images)[: args.max_images]
+    paths, subset = select_images(args)
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     flexible = bool(getattr(tok, "supports_prefix", False)) and len(tok.token_shape) == 1
@@ -99,28 +126,31 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         if ext is not None:
             ref_feats.append(extract_features(x, ext, device=args.device))
         for k in ks:
-            recon = tok.decode(codes[:, :k] if flexible else codes)
+            recon = tok.decode(codes[:, :k] if flexible else codes, **decode_kwargs(tok, args))
             acc[k]["psnr"].append(psnr(x, recon).cpu())
             acc[k]["ssim"].append(ssim(x, recon).cpu())
             if ext is not None:
                 acc[k]["feats"].append(extract_features(recon, ext, device=args.device))
     n = len(paths)
     bpt = tok.code_layout.bits_per_token
-    ref = feature_statistics(np.concatenate(ref_feats), ext.name) if ext is not None else None
+    ref_all = np.concatenate(ref_feats) if ext is not None else None
+    ref = feature_statistics(ref_all, ext.name) if ext is not None else None
     points = []
     for k in ks:
         p = {"tokens": k, "bits": k * bpt, "psnr": float(torch.cat(acc[k]["psnr"]).mean()),
              "ssim": float(torch.cat(acc[k]["ssim"]).mean()), "fid": None}
         if ref is not None:
-            p["fid"] = frechet_distance(feature_statistics(np.concatenate(acc[k]["feats"]),
-                                                           ext.name), ref)
+            p["fid"] = fid_from_features(np.concatenate(acc[k]["feats"]), ref_all)
         points.append(p)
     results = {
         "model": args.model, "random_init": args.random_init, "images": str(args.images),
-        "num_samples": n, "image_size": list(tok.image_size), "flexible": flexible,
+        "subset": subset, "num_samples": n, "image_size": list(tok.image_size),
+        "flexible": flexible,
         "bits_per_token": bpt, "features": ext.name if ext is not None else None,
         "fid_reference": f"the {n} evaluated images" if ext is not None else None,
         "points": points, "seconds": time.perf_counter() - t0,
+        "decode": {k: v for k, v in decode_kwargs(tok, args).items() if k != "generator"}
+        | ({"seed": args.seed} if decode_kwargs(tok, args) else {}),
         "environment": environment(args.device),
     }
     if not flexible:
@@ -135,6 +165,4 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
 
 
 if __name__ == "__main__":
-    from visualtok.cli import run_script
-
-    run_script(main)
+    sys.exit(run_cli(main, "rate_distortion.py"))

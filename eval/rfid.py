@@ -19,14 +19,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, load_tokenizer, tokenizer_eval_parser, write_results
+from _common import (
+    environment,
+    load_tokenizer,
+    run_cli,
+    select_images,
+    tokenizer_eval_parser,
+    write_results,
+)
 
-from visualtok.data.image_io import iter_image_batches, list_images, save_grid
+from visualtok.data.image_io import iter_image_batches, save_grid
 from visualtok.metrics.fid import (
     build_feature_extractor,
     extract_features,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
     load_reference,
 )
 from visualtok.metrics.image import code_statistics, psnr, ssim
@@ -51,7 +58,10 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     args = parse_args(argv)
     tok = load_tokenizer(args)
     ext = extractor or build_feature_extractor(args.features, args.fid_weights, args.device)
-    paths = list_images(args.images)[: args.max_images]
+    paths, subset = select_images(args)
+    ref = None
+    if args.reference is not None:  # read and check it before the long part
+        ref, _ = load_reference(args.reference, ext, batch_size=args.batch_size)
     if len(paths) < 2:
         raise SystemExit(f"need at least 2 images in {args.images}; found {len(paths)}")
     strength = args.pfid_strength or default_strength(tok.code_layout)
@@ -80,17 +90,20 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
             print(f"  {sum(len(p) for p in psnrs)}/{len(paths)} images", file=sys.stderr)
     n = len(paths)
     name = getattr(ext, "name", "")
+    recon_feats = np.concatenate(feats["recon"])
     if args.reference is not None:
-        ref, _ = load_reference(args.reference)
         ref_desc = str(args.reference)
+        ref_target = ref
     else:
-        ref = feature_statistics(np.concatenate(feats["orig"]), name)
+        ref_target = np.concatenate(feats["orig"])  # FID through the features: same value, fast
+        ref = feature_statistics(ref_target, name)
         ref_desc = f"the {n} evaluated images, centre-cropped to {tok.image_size}"
-    rfid = frechet_distance(feature_statistics(np.concatenate(feats["recon"]), name), ref)
+    rfid = fid_from_features(recon_feats, ref_target)
     results = {
         "model": args.model,
         "random_init": args.random_init,
         "images": str(args.images),
+        "subset": subset,
         "num_samples": n,
         "image_size": list(tok.image_size),
         "features": name,
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     }
     if not args.no_pfid:
         result = compute_pfid(tok, iter_image_batches(paths, tok.image_size, args.batch_size),
-                              ref, ext, rate=args.pfid_rate, strength=strength,
+                              ref_target, ext, rate=args.pfid_rate, strength=strength,
                               batch_size=args.batch_size, device=args.device, seed=args.seed,
                               progress=not args.no_progress)
         results["pfid"] = {**result.to_dict(), "seed": args.seed}
@@ -117,13 +130,15 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     line = f"{results['rfid_label']} = {rfid:.4g}"
     if not args.no_pfid:
         line += f"   {results['pfid']['label']} = {results['pfid']['pfid']:.4g}"
+    c = results["codes"]
     print(f"{line}   PSNR {results['psnr']:.3f} dB   SSIM {results['ssim']:.4f}   "
-          f"usage {results['codes']['usage']:.3f}   {results['bits_per_image']:.0f} bits/image   "
-          f"(n = {n}, features {name}) -> {args.out}")
+          f"{results['bits_per_image']:.0f} bits/image   (n = {n}, features {name}) -> {args.out}")
+    print(f"codes: {c['used']} of {c['codebook_size']} used over {c['num_tokens']} tokens "
+          f"(usage {c['usage']:.3f}; {c['usage_of_possible']:.3f} of the {c['max_possible_used']} "
+          f"possible), perplexity {c['perplexity']:.4g} "
+          f"({c['perplexity_of_possible']:.3f} of the maximum)")
     return results
 
 
 if __name__ == "__main__":
-    from visualtok.cli import run_script
-
-    run_script(main)
+    sys.exit(run_cli(main, "rfid.py"))

@@ -85,6 +85,7 @@ def test_train_sample_decode(token_setup, tmp_path):
     assert first > 5.0 and last < 0.5 * first, (first, last)  # starts near log(1024) = 6.93
 
     gpt = visualtok.load(Path(out) / "model")
+    assert gpt.config.class_names == ("a", "b")  # from the token folder, saved with the model
     g = torch.Generator().manual_seed(0)
     imgs = generate_images(gpt, tok, torch.tensor([0, 1]), generator=g, cfg_scale=2.0, top_k=50)
     assert imgs.shape == (2, 3, 64, 64) and 0 <= imgs.min() and imgs.max() <= 1
@@ -182,6 +183,10 @@ def test_pretokenize_and_train_generator_scripts(token_setup, tmp_path):
     )
     assert len(written) == 2
     assert torch.equal(TokenDataset(tmp_path / "tokens").codes, TokenDataset(root / "tokens").codes)
+    # --limit takes an evenly strided subset: both class folders, not the first class only
+    pre.main(["--tokenizer", str(tmp_path / "tok"), "--images", str(root / "images"), "--out",
+              str(tmp_path / "tokens2"), "--limit", "2", "--device", "cpu"])
+    assert TokenDataset(tmp_path / "tokens2").labels.tolist() == [0, 1]
     train = _script(REPO / "train" / "train_generator.py")
     out = train.main(
         [

@@ -62,12 +62,18 @@ def test_gfid_script_folder_and_adm_npz(tmp_path, image_folder, real_photos):
     gfid = _script("gfid")
     ext = RandomTinyFeatures(feature_dim=16)
     ref_npz = tmp_path / "ref.npz"
-    gfid.main([str(image_folder), "--size", "64", "--save-stats", str(ref_npz),
-               "--out", str(tmp_path / "a"), "--no-progress"], extractor=ext)
+    gfid.main(["make-ref", str(image_folder), "--size", "64", "--stats-only", "--out",
+               str(ref_npz), "--no-progress"], extractor=ext)
     res = gfid.main([str(image_folder), "--size", "64", "--reference", str(ref_npz),
                      "--out", str(tmp_path / "b"), "--no-progress"], extractor=ext)
     assert res["fid"] == pytest.approx(0.0, abs=1e-6) and res["num_samples"] == 8
     assert res["kid"] is None and "reference features" in res["note"]
+    # --save-stats keeps the features: a reference that KID and precision/recall can use
+    gfid.main([str(image_folder), "--size", "64", "--save-stats", str(tmp_path / "s.npz"),
+               "--out", str(tmp_path / "a"), "--no-progress"], extractor=ext)
+    res = gfid.main([str(image_folder), "--size", "64", "--reference", str(tmp_path / "s.npz"),
+                     "--out", str(tmp_path / "b2"), "--no-progress"], extractor=ext)
+    assert res["kid"] is not None and res["precision"] == 1.0
     # ADM format on both sides: samples and reference batch as arr_0 uint8 [N, H, W, 3]
     u8 = (torch.nn.functional.interpolate(real_photos, size=64) * 255).round().to(torch.uint8)
     np.savez(tmp_path / "samples.npz", arr_0=u8.flip(-1).permute(0, 2, 3, 1).numpy())

@@ -13,6 +13,7 @@ import torch
 import visualtok
 from visualtok import create_model, list_models
 from visualtok.image.base import ImageTokenizer
+from visualtok.image.flextok import TINY_VAE_CONFIG
 
 _TITOK_TINY = dict(patch_size=16, encoder_width=32, encoder_depth=1, encoder_heads=2,
                    decoder_width=32, decoder_depth=1, decoder_heads=2, image_size=32,
@@ -34,6 +35,11 @@ TINY_OVERRIDES: dict[str, dict] = {
                         distill_depth=1, distill_dim=16,
                         quantizer=dict(type="vq", codebook_size=64, l2_normalize=True,
                                        rotation_trick=True)),
+    # tiny f8 VAE; zero_init off so that gradients reach the encoder at step 0 (the official
+    # zero-initialised heads and adaLN block them until the first update)
+    "flextok_*": dict(image_size=32, vae=TINY_VAE_CONFIG, num_registers=8, posemb_grid=2,
+                      encoder_dim=32, encoder_depth=1, decoder_dim=32, decoder_depth=1,
+                      head_dim=32, steps=2, zero_init=False),
 }
 
 

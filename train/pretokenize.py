@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from visualtok.data.image_io import list_images
+from visualtok.data.image_io import list_images, select_subset
 from visualtok.generate.tokens import labels_from_folders, pretokenize_images
 
 
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--out", required=True, help="output token folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=1024)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only N images, evenly strided over the sorted list (never the first "
+                        "N, which in class folders would be one class)")
     p.add_argument("--device", default=None, help="default: accelerate's device (cpu without GPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     except ImportError:  # accelerate is a dependency; this only keeps the script usable without it
         rank, world, device = 0, 1, torch.device("cpu")
     device = torch.device(args.device) if args.device else device
-    files = list_images(args.images)[: args.limit]
+    files, subset = select_subset(list_images(args.images), args.limit)
+    print(f"images: {subset} files under {args.images}")
     labels, classes = labels_from_folders(args.images, files)
     tok = _load_tokenizer(args.tokenizer, args.random_init)
     written = pretokenize_images(

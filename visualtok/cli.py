@@ -28,10 +28,9 @@ def _load_tokenizer(name: str):
 
 
 def _read_image_for(model, path: Path):
-    from .data.image_io import center_crop_resize, load_image
+    from .data.image_io import load_image
 
-    img = load_image(path)
-    return center_crop_resize(img, model.image_size)[None]
+    return load_image(path, model.image_size)[None]  # PIL crop + resize, then float
 
 
 def _psnr(a, b) -> float:
@@ -213,12 +212,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _class_name(gpt, label: int | None) -> str:
+    """Display name of a class label: the checkpoint's ``class_names`` entry, else ``class k``."""
+    if label is None:
+        return "unconditional" if not gpt.config.num_classes else "unconditional (null class)"
+    names = tuple(getattr(gpt.config, "class_names", ()) or ())
+    return names[label] if label < len(names) else f"class {label}"
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_") or "x"
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import visualtok
 
-    from .data.image_io import save_grid
+    from .data.image_io import save_grid, save_image
     from .generate.pipeline import generate_images
 
     if args.num_tokens is not None and args.num_tokens < 1:
@@ -227,16 +238,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     if args.num < 1:
         raise ValueError(f"--num must be >= 1; got {args.num}")
-    labels = None
-    if args.labels:
+    tokenizer = _load_tokenizer(args.tokenizer)
+    gpt = visualtok.load(args.model)
+    if args.labels and args.per_class:
+        raise ValueError("give either --labels or --per-class, not both")
+    if args.per_class is not None:
+        if args.per_class < 1:
+            raise ValueError(f"--per-class must be >= 1; got {args.per_class}")
+        if not gpt.config.num_classes:
+            raise ValueError(f"--per-class needs a class-conditional generator; {args.model} "
+                             "has num_classes = 0")
+        labels = torch.arange(gpt.config.num_classes).repeat_interleave(args.per_class)
+    elif args.labels:
         try:
             labels = torch.tensor([int(x) for x in args.labels.split(",")])
         except ValueError:
             raise ValueError(
-                f"--labels must be comma-separated class ids, e.g. 0,1,2; got {args.labels!r}"
+                f"--labels must be comma-separated class ids; got {args.labels!r}"
             ) from None
-    tokenizer = _load_tokenizer(args.tokenizer)
-    gpt = visualtok.load(args.model)
+        bad = [int(v) for v in labels if not 0 <= int(v) < gpt.config.num_classes]
+        if bad:
+            raise ValueError(f"--labels {bad} out of range: {args.model} has "
+                             f"{gpt.config.num_classes} classes (0..{gpt.config.num_classes - 1})")
+    else:
+        labels = None
     g = torch.Generator().manual_seed(args.seed)
     images = generate_images(
         gpt,
@@ -252,9 +277,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_grid([images], out / "samples.png")
+    per_sample = [None] * len(images) if labels is None else [int(v) for v in labels]
+    # one PNG per sample, named by index and class
+    sample_dir = out / "samples"
+    for i, (img, lab) in enumerate(zip(images, per_sample)):
+        suffix = "" if lab is None else f"_{_file_safe(_class_name(gpt, lab))}"
+        save_image(img, sample_dir / f"{i:03d}{suffix}.png")
+    # the grid: one row per class (in order of first appearance), labelled with its name
+    order = list(dict.fromkeys(per_sample))
+    rows = [images[[i for i, lab in enumerate(per_sample) if lab == c]] for c in order]
+    width = max(len(r) for r in rows)
+    rows = [torch.cat([r, r.new_ones(width - len(r), *r.shape[1:])]) for r in rows]  # white pad
+    grid = save_grid(rows, out / "samples.png", labels=[_class_name(gpt, c) for c in order])
     n = args.num_tokens or tokenizer.num_tokens
-    print(f"generated {len(images)} images from {n} tokens each -> {out / 'samples.png'}")
+    print(f"generated {len(images)} images from {n} tokens each -> {grid} (one row per class) "
+          f"and {len(images)} PNGs in {sample_dir}")
     return 0
 
 
@@ -318,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
     s.add_argument("--num", type=int, default=8)
     s.add_argument("--labels", default=None, help="comma-separated class ids")
+    s.add_argument("--per-class", type=int, default=None, metavar="K",
+                   help="K samples of every class (rows of the grid)")
     s.add_argument("--num-tokens", type=int, default=None, help="generate a prefix of this length")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)
@@ -341,17 +380,21 @@ def _report(prog: str, e: BaseException, hint: str) -> int:
     return 2
 
 
-def run_script(fn: Callable[[], object]) -> None:
-    """Entry point of the ``train/`` and ``eval/`` scripts: ``fn()`` (an int it returns is the
-    exit status), errors as one line and exit status 2 (``VISUALTOK_TRACEBACK=1``: traceback)."""
+def run_cli(fn: Callable[[], object], prog: str) -> int:
+    """Run a script's ``fn()``; an error becomes one line on stderr and exit status 2
+    (``VISUALTOK_TRACEBACK=1`` re-raises it instead). An int ``fn`` returns is the status."""
     try:
         result = fn()
     except (Exception, KeyboardInterrupt) as e:
         if os.environ.get("VISUALTOK_TRACEBACK") and not isinstance(e, KeyboardInterrupt):
             raise
-        sys.exit(_report(Path(sys.argv[0]).name, e, "set VISUALTOK_TRACEBACK=1"))
-    if isinstance(result, int) and not isinstance(result, bool):
-        sys.exit(result)
+        return _report(prog, e, "set VISUALTOK_TRACEBACK=1")
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def run_script(fn: Callable[[], object]) -> None:
+    """Entry point of the ``train/`` and ``eval/`` scripts: ``sys.exit(run_cli(fn, script))``."""
+    sys.exit(run_cli(fn, Path(sys.argv[0]).name))
 
 
 def main(argv: list[str] | None = None) -> int:

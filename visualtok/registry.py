@@ -134,6 +134,7 @@ _MODEL_MODULES = (
     "visualtok.generate.gpt",
     "visualtok.image.vqgan",
     "visualtok.image.retok",
+    "visualtok.image.flextok",
 )
 MODELS = Registry("model preset", _MODEL_MODULES)
 MODEL_CLASSES = Registry("model class", _MODEL_MODULES)
@@ -141,10 +142,12 @@ CONVERTERS = Registry("converter", (
     "visualtok.convert.titok",
     "visualtok.convert.vqgan",
     "visualtok.convert.retok",
+    "visualtok.convert.flextok",
 ))
 TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",
     "visualtok.train.generator_task",
+    "visualtok.train.flextok_task",
 ))
 TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
     "visualtok.train.semantic",

@@ -4,6 +4,12 @@ Tensors follow the library convention (DESIGN §3): float ``[3, H, W]`` (or ``[B
 [0, 1]. Grayscale, palette and RGBA files are converted to RGB explicitly (alpha is composited on
 white) and the conversion is logged, never done silently. Saving rounds to uint8 (not floors), the
 same conversion the FID protocol uses.
+
+Loading is fast: files are decoded, cropped and resized by PIL on uint8 (``load_image(path, size)``,
+``center_crop_resize`` / ``visualtok.data.images.random_crop_resize`` given a ``PIL.Image``), and
+only the small result becomes float. The resize is the same antialiased bicubic (a = -0.5) that
+``F.interpolate(..., antialias=True)`` applies to float tensors, so both agree to uint8 rounding.
+Torch bicubic on full-resolution float images is much slower (``benchmarks/bench_image_io.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "open_image",
+    "pil_to_tensor",
     "load_image",
-    "decode_image",
+    "crop_resize",
+    "image_hw",
+    "select_subset",
     "save_image",
     "list_images",
     "center_crop_resize",
@@ -102,54 +112,69 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file -> float ``[3, H, W]`` RGB in [0, 1].
+def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file (a path, or the bytes of one) -> a loaded RGB ``PIL.Image``.
 
     Grayscale / palette / CMYK files become RGB; RGBA / LA are composited on white. Each conversion
-    is logged at INFO level with the file name. A file PIL cannot read is a ``ValueError``.
+    is logged at INFO level with the file name (``name``, default the path). An unreadable file is
+    a ``ValueError`` naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    return _decode(path, str(path))
-
-
-def decode_image(data: bytes, name: str) -> torch.Tensor:
-    """``load_image`` for encoded bytes (e.g. a tar member); ``name`` is used in messages."""
-    return _decode(io.BytesIO(data), name)
-
-
-def _decode(source: Path | io.BytesIO, name: str) -> torch.Tensor:
+    if isinstance(source, (bytes, bytearray)):
+        label, fp = name or "<bytes>", io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        label, fp = name or path.name, path
     try:
-        im = Image.open(source)
-        im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's error types
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ValueError(
-            f"{name} is not a readable image file (expected one of "
-            f"{', '.join(IMAGE_EXTENSIONS)}): {reason}"
-        ) from None
-    short = Path(name).name
-    with im:
-        mode = im.mode
-        if mode == "P":  # palette: may carry transparency
-            im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-            mode_note = f"palette ({mode}) -> {im.mode}"
-        else:
-            mode_note = ""
-        if im.mode in ("RGBA", "LA", "PA"):
-            rgba = im.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, rgba).convert("RGB")
-            log.info("%s: %s image with alpha composited on white -> RGB", short,
-                     mode_note or mode)
-        elif im.mode != "RGB":
-            log.info("%s: converted %s image to RGB", short, im.mode)
-            im = im.convert("RGB")
-        elif mode_note:
-            log.info("%s: converted %s", short, mode_note)
-        arr = np.asarray(im, dtype=np.uint8)
+        with Image.open(fp) as im:
+            im.load()
+            return _to_rgb(im, label)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{label}: not a readable image file ({e})") from None
+
+
+def _to_rgb(im: Image.Image, label: str) -> Image.Image:
+    mode = im.mode
+    if mode == "P":  # palette: may carry transparency
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode_note = f"palette ({mode}) -> {im.mode}"
+    else:
+        mode_note = ""
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba).convert("RGB")
+        log.info("%s: %s image with alpha composited on white -> RGB", label, mode_note or mode)
+    elif im.mode != "RGB":
+        log.info("%s: converted %s image to RGB", label, im.mode)
+        im = im.convert("RGB")
+    else:
+        if mode_note:
+            log.info("%s: converted %s", label, mode_note)
+        im = im.copy()  # detached from the file handle
+    return im
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """RGB ``PIL.Image`` -> float ``[3, H, W]`` in [0, 1] (``x / 255``)."""
+    if im.mode != "RGB":
+        raise ValueError(f"expected an RGB image; got mode {im.mode!r} (use open_image)")
+    arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def load_image(path: str | Path, size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Read an image file -> float ``[3, H, W]`` RGB in [0, 1].
+
+    With ``size`` (int or ``(H, W)``) the image is centre-cropped to that aspect and resized by PIL
+    before it becomes float: the fast path for datasets and evaluation. Mode conversions are
+    those of ``open_image``.
+    """
+    im = open_image(path)
+    if size is None:
+        return pil_to_tensor(im)
+    return center_crop_resize(im, size)
 
 
 def save_image(tensor: torch.Tensor, path: str | Path) -> Path:
@@ -176,15 +201,48 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+SUBSET_MODES = ("stride", "random")
+
+
+def select_subset(
+    items: Sequence, max_items: int | None, mode: str = "stride", seed: int = 0
+) -> tuple[list, str]:
+    """At most ``max_items`` of ``items``, spread over the whole list -> ``(subset, description)``.
+
+    Never the first N: sorted folders are often sorted by class, so a prefix is one class.
+    ``mode="stride"`` takes items ``floor(i * N / n)`` (evenly strided, deterministic);
+    ``mode="random"`` a seeded random sample without replacement. Both keep the original order.
+    ``description`` says which subset was taken, for the eval output.
+    """
+    if mode not in SUBSET_MODES:
+        raise ValueError(f"subset mode must be one of {SUBSET_MODES}; got {mode!r}")
+    items, n_all = list(items), len(items)
+    if max_items is None or max_items >= n_all:
+        return items, f"all {n_all}"
+    if max_items < 1:
+        raise ValueError(f"max_items must be >= 1; got {max_items}")
+    if mode == "stride":
+        idx = [i * n_all // max_items for i in range(max_items)]
+        desc = f"{max_items} of {n_all}, evenly strided (every {n_all / max_items:.3g}th in order)"
+    else:
+        rng = np.random.default_rng(seed)
+        idx = sorted(int(i) for i in rng.choice(n_all, max_items, replace=False))
+        desc = f"{max_items} of {n_all}, seeded random sample (seed {seed})"
+    return [items[i] for i in idx], desc
+
+
 def iter_image_batches(
     paths: Sequence[str | Path], size: int | Sequence[int], batch_size: int = 32
 ) -> Iterator[torch.Tensor]:
-    """Load, centre-crop and resize ``paths`` -> float batches ``[b, 3, H, W]`` in [0, 1]."""
+    """Load, centre-crop and resize ``paths`` -> float batches ``[b, 3, H, W]`` in [0, 1].
+
+    Decoding and resizing happen in PIL on uint8 (``load_image(path, size)``).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     batch = []
     for p in paths:
-        batch.append(center_crop_resize(load_image(p), size))
+        batch.append(load_image(p, size))
         if len(batch) == batch_size:
             yield torch.stack(batch)
             batch = []
@@ -207,32 +265,66 @@ def image_batches(
         yield b[0] if isinstance(b, (tuple, list)) else b
 
 
-def center_crop_resize(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Centre-crop ``[3, H, W]`` / ``[B, 3, H, W]`` to the target aspect, then resize.
+def image_hw(img: torch.Tensor | Image.Image) -> tuple[int, int]:
+    """``(H, W)`` of a ``PIL.Image`` or an image tensor ``[..., H, W]``."""
+    return (img.height, img.width) if isinstance(img, Image.Image) else tuple(img.shape[-2:])
 
-    The resize is antialiased bicubic.
 
-    ``size`` is an int (square) or ``(H, W)``. Returns float in [0, 1] (uint8 is converted).
+def crop_resize(
+    img: torch.Tensor | Image.Image,
+    box: tuple[int, int, int, int],
+    size: tuple[int, int],
+) -> torch.Tensor | Image.Image:
+    """Crop ``box = (top, left, h, w)`` and resize it to ``size = (H, W)``; same type as ``img``.
+
+    The resize is antialiased bicubic: PIL's ``BICUBIC`` on a ``PIL.Image`` (uint8), or
+    ``F.interpolate(bicubic, antialias=True)`` on a float tensor ``[..., H, W]``; the two use the
+    same kernel and agree to uint8 rounding. No resampling when the crop already has ``size``.
     """
-    t = validate_images(img, "img", batched=False)
+    top, left, ch, cw = box
+    th, tw = size
+    if isinstance(img, Image.Image):
+        if (top, left, ch, cw) != (0, 0, img.height, img.width):
+            # crop first: resize(box=...) would also read pixels outside the box at its edges
+            img = img.crop((left, top, left + cw, top + ch))
+        return img if (ch, cw) == (th, tw) else img.resize((tw, th), Image.Resampling.BICUBIC)
+    x = img[..., top : top + ch, left : left + cw]
+    if (ch, cw) != (th, tw):
+        lead = x.shape[:-3]
+        x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(th, tw), mode="bicubic",
+                          align_corners=False, antialias=True).reshape(*lead, -1, th, tw)
+    return x
+
+
+def center_crop_resize(
+    img: torch.Tensor | Image.Image, size: int | Sequence[int]
+) -> torch.Tensor:
+    """Centre-crop ``[3, H, W]`` / ``[B, 3, H, W]`` (or a ``PIL.Image``) to the target aspect, then
+    resize (antialiased bicubic, see ``crop_resize``).
+
+    ``size`` is an int (square) or ``(H, W)``. Returns float in [0, 1] (uint8 is converted). A
+    ``PIL.Image`` is cropped and resized by PIL before it becomes float: much faster on large files.
+    """
     th, tw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if th < 1 or tw < 1:
         raise ValueError(f"size must be positive; got {size}")
-    single = t.ndim == 3
-    x = to_float(t).float()
-    x = x[None] if single else x
-    h, w = x.shape[-2:]
+    pil = isinstance(img, Image.Image)
+    if pil:
+        x = img if img.mode == "RGB" else _to_rgb(img, "image")
+    else:
+        t = validate_images(img, "img", batched=False)
+        x = to_float(t).float()
+    h, w = image_hw(x)
     # largest crop with the target aspect ratio, centred
     if h * tw > w * th:
         ch, cw = max(1, round(w * th / tw)), w
     else:
         ch, cw = h, max(1, round(h * tw / th))
     top, left = (h - ch) // 2, (w - cw) // 2
-    x = x[..., top : top + ch, left : left + cw]
-    if (ch, cw) != (th, tw):
-        x = F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)
-    x = x.clamp_(0, 1)
-    return x[0] if single else x
+    x = crop_resize(x, (top, left, ch, cw), (th, tw))
+    if pil:
+        return pil_to_tensor(x)
+    return x.clamp(0, 1)  # a new tensor: the input is never modified in place
 
 
 def save_grid(

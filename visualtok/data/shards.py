@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..hub import atomic_write
+from .image_io import open_image
 from .images import find_images, random_crop_resize
 from .sampler import item_generator
 
@@ -133,11 +134,9 @@ class ImageShardDataset(Dataset):
         return state
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
-        from .image_io import decode_image
-
         index, seed = item if isinstance(item, tuple) else (item, None)
         shard, img_m, cls_m = self.samples[index]
-        img = decode_image(self._read(shard, img_m), f"{self.shards[shard]}:{img_m.name}")
+        img = open_image(self._read(shard, img_m), name=f"{self.shards[shard]}:{img_m.name}")
         gen = item_generator(seed) if (self.train and seed is not None) else None
         img = random_crop_resize(
             img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .image_io import list_images, load_image
+from .image_io import list_images, open_image
 from .images import random_crop_resize
 from .sampler import item_generator
 
@@ -89,7 +89,7 @@ class VideoClipDataset(Dataset):
             start = int(torch.randint(0, n - span + 1, (1,), generator=item_generator(seed)))
         if src.is_dir():
             files = list_images(src, recursive=False)[start : start + span : self.stride]
-            frames = [load_image(f) for f in files]
+            frames = [open_image(f) for f in files]  # PIL: resized before float
         else:
             frames = _read_video(src, start, self.num_frames, self.stride)
         if len(frames) < self.num_frames:

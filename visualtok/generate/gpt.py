@@ -72,6 +72,9 @@ class GPTConfig(Config):
     factor_head_layers: PositiveInt = 2
     factor_head_heads: PositiveInt = 4
     init_std: PositiveFloat = 0.02
+    # names of the classes, for people (grid labels, file names); () = unnamed. Filled from the
+    # token folder's class_names when a generator is trained (``GeneratorTask``).
+    class_names: tuple[str, ...] = ()
 
     def validate(self) -> GPTConfig:
         super().validate()
@@ -84,6 +87,11 @@ class GPTConfig(Config):
             raise ValueError(
                 f"GPTConfig.factor_head_heads {self.factor_head_heads} must divide "
                 f"factor_head_dim {self.factor_head_dim}"
+            )
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"GPTConfig.class_names must name all {self.num_classes} classes (or be empty); "
+                f"got {len(self.class_names)} names"
             )
         return self
 
@@ -410,6 +418,7 @@ def gpt_photo128(**overrides: Any) -> GPT:
     """Shipped generator over ``titok_photo128`` codes: 5 x 256, 4 classes (6.1M parameters)."""
     return _build(
         dict(radices=(4096,), num_tokens=128, num_layers=5, dim=256, num_heads=4,
-             ffn_multiple_of=64, num_classes=4),
+             ffn_multiple_of=64, num_classes=4,
+             class_names=("debian_wallpapers", "gcompris", "mdn_cc0", "pypi_samples")),
         overrides,
     )

@@ -81,6 +81,11 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
         return n
 
     @property
+    def max_tokens(self) -> int:
+        """The most tokens ``encode`` emits (``num_tokens=k`` takes a prefix of them)."""
+        return self.num_tokens
+
+    @property
     def code_layout(self) -> CodeLayout:
         return self.quantizer.layout
 
@@ -146,12 +151,34 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
             raise ValueError(f"codes must be {want} with B >= 1; got shape {tuple(codes.shape)}")
         return self.code_layout.validate(codes)
 
+    def check_num_tokens(self, num_tokens: object) -> int | None:
+        """Validate ``encode(..., num_tokens=k)``: None (all tokens) or 1 <= k <= max_tokens."""
+        if num_tokens is None:
+            return None
+        if not self.supports_prefix:
+            raise ValueError(
+                f"{type(self).__name__} emits a fixed {self.num_tokens} tokens: num_tokens must "
+                f"be None; got {num_tokens!r}"
+            )
+        if (isinstance(num_tokens, bool) or not isinstance(num_tokens, int)
+                or not 1 <= num_tokens <= self.max_tokens):
+            raise ValueError(
+                f"num_tokens must be an int in [1, {self.max_tokens}]; got {num_tokens!r}"
+            )
+        return num_tokens
+
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` (float [0, 1] or uint8) -> codes ``[B, *S, F]`` int64."""
+    def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` (float [0, 1] or uint8) -> codes ``[B, *S, F]`` int64.
+
+        1D tokenizers (``supports_prefix``) take ``num_tokens=k`` and return the first k tokens
+        ``[B, k, F]``, which ``decode`` accepts.
+        """
+        k = self.check_num_tokens(num_tokens)
         images = self.check_input(images)
         z = self._latents_for_codes(self.encode_latents(images))
-        return self.quantizer.encode(z)
+        codes = self.quantizer.encode(z)
+        return codes if k is None else codes[:, :k]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@
   ``lpips`` computes it only with a weights file; without one it raises ``MetricUnavailable``.
   Nothing else is ever substituted for it.
 * ``code_statistics`` reports codebook usage, perplexity and bits per token / image from a
-  quantizer's ``CodeLayout`` and ``Quantizer.usage``.
+  quantizer's ``CodeLayout`` and ``Quantizer.usage``, with the number of tokens they were measured
+  on and both normalised by the most codes that many tokens can show.
 """
 
 from __future__ import annotations
@@ -174,24 +175,49 @@ def lpips(a: torch.Tensor, b: torch.Tensor, weights: str | Path | None = None) -
 def code_statistics(quantizer: Quantizer, codes: torch.Tensor) -> dict[str, object]:
     """JSON-ready usage report of ``codes [B, *S, F]``: usage, perplexity, entropy, bits.
 
+    Usage depends on how many tokens it was measured on: 24 images of 128 tokens cannot show more
+    than 3,072 of 4,096 codes. So the report carries ``num_tokens`` (per factor: ``B * prod(S)``)
+    and, per factor, ``max_possible_used = min(codebook size, num_tokens)`` with
+    ``usage_of_possible = used / max_possible_used`` and ``perplexity_of_possible = perplexity /
+    max_possible_used`` (both 1.0 for a set that uses every code it could, equally often). The
+    top-level ``usage``, ``usage_of_possible`` and ``perplexity_of_possible`` are means over
+    factors; ``used`` and ``codebook_size`` are sums over factors; ``perplexity`` is the product.
+
     ``bits_per_image`` is ``bits_per_token * prod(S)`` (the layout's capacity, not the entropy);
     ``entropy_bits_per_token`` is the empirical entropy summed over factors.
     """
     codes = quantizer.layout.validate(codes)
     rep = quantizer.usage(codes)
     tokens_per_image = math.prod(codes.shape[1:-1])
-    factors = [{k: v for k, v in f.items() if k != "histogram"} for f in rep["factors"]]
+    num_tokens = int(codes.shape[0]) * tokens_per_image
+    factors = []
+    for f in rep["factors"]:
+        f = {k: v for k, v in f.items() if k != "histogram"}
+        possible = max(1, min(int(f["radix"]), num_tokens))
+        f.update(max_possible_used=possible, usage_of_possible=f["used"] / possible,
+                 perplexity_of_possible=f["perplexity"] / possible)
+        factors.append(f)
     bpt = quantizer.layout.bits_per_token
+
+    def mean(key: str) -> float:
+        return sum(f[key] for f in factors) / len(factors)
+
     return {
         "num_images": int(codes.shape[0]),
         "tokens_per_image": tokens_per_image,
+        "num_tokens": num_tokens,
         "token_shape": list(codes.shape[1:-1]),
         "radices": list(quantizer.layout.radices),
         "kind": quantizer.layout.kind,
         "bits_per_token": bpt,
         "bits_per_image": bpt * tokens_per_image,
+        "used": sum(f["used"] for f in factors),
+        "codebook_size": sum(int(f["radix"]) for f in factors),
+        "max_possible_used": sum(f["max_possible_used"] for f in factors),
         "usage": rep["usage"],
+        "usage_of_possible": mean("usage_of_possible"),
         "perplexity": rep["perplexity"],
+        "perplexity_of_possible": mean("perplexity_of_possible"),
         "entropy_bits_per_token": rep["entropy_bits"],
         "factors": factors,
     }

@@ -27,13 +27,7 @@ from tqdm.auto import tqdm
 
 from ..data.image_io import image_batches
 from ..quantize.layout import CodeLayout
-from .fid import (
-    FeatureExtractor,
-    FeatureStats,
-    extract_features,
-    feature_statistics,
-    frechet_distance,
-)
+from .fid import FeatureExtractor, FeatureStats, extract_features, fid_from_features
 
 __all__ = [
     "DEFAULT_RATE",
@@ -110,7 +104,7 @@ class PFIDResult:
 def compute_pfid(
     tokenizer: torch.nn.Module,
     images: torch.Tensor | Iterable[torch.Tensor],
-    reference: FeatureStats,
+    reference: FeatureStats | np.ndarray,
     extractor: FeatureExtractor,
     rate: float = DEFAULT_RATE,
     strength: int | None = None,
@@ -119,7 +113,8 @@ def compute_pfid(
     seed: int = 0,
     progress: bool = False,
 ) -> PFIDResult:
-    """pFID of ``tokenizer`` (an ``ImageTokenizer``) on ``images`` against ``reference`` statistics.
+    """pFID of ``tokenizer`` (an ``ImageTokenizer``) on ``images`` against ``reference``
+    statistics or reference features ``[M, D]`` (``fid.fid_from_features``).
 
     ``images``: float ``[N, 3, H, W]`` in [0, 1] (or uint8), or an iterable of such batches, at the
     tokenizer's input size. ``strength=None`` uses ``default_strength(tokenizer.code_layout)``.
@@ -142,9 +137,8 @@ def compute_pfid(
     if n < 2:
         raise ValueError(f"pFID needs at least 2 images; got {n}")
     name = getattr(extractor, "name", "")
-    stats = feature_statistics(np.concatenate(feats), name)
     return PFIDResult(
-        pfid=frechet_distance(stats, reference),
+        pfid=fid_from_features(np.concatenate(feats), reference),
         rate=float(rate),
         strength=strength,
         num_samples=n,

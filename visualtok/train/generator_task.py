@@ -59,6 +59,10 @@ class GeneratorTask(Task):
                 f"token folder {data.path} has code layout {ds.layout.radices} but the GPT "
                 f"expects {self.model.code_layout.radices}: set model.overrides.radices"
             )
+        names = tuple(ds.meta.get("class_names") or ())
+        cfg = self.model.config
+        if names and not cfg.class_names and len(names) == cfg.num_classes:
+            cfg.class_names = names  # saved with the checkpoint: samples are labelled by name
         n = int(torch.tensor(ds.meta["token_shape"]).prod())
         if n > self.model.config.num_tokens:
             raise ValueError(

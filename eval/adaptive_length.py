@@ -1,0 +1,79 @@
+"""Adaptive length on held-out images: the single-pass predictor against the bisection search.
+
+    python eval/adaptive_length.py runs/flextok_tiny/model runs/flextok_tiny_length \
+        ../shared/data/images/kodak --targets 16 17 18 --out runs/adaptive
+
+For each target PSNR every image gets k from the search (bisection with decodes) and from the
+predictor (one encode, no decode); both prefixes are then decoded to check the target. Decoding
+uses the predictor's recorded settings (fixed seed, steps, guidance). Prints a Markdown table
+(success rate, mean tokens, seconds per image, speed-up) and writes ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import visualtok
+from visualtok.data.image_io import iter_image_batches, list_images
+from visualtok.metrics.adaptive import encode_adaptive
+from visualtok.metrics.image import psnr
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("tokenizer")
+    ap.add_argument("predictor")
+    ap.add_argument("images", type=Path)
+    ap.add_argument("--targets", type=float, nargs="+", required=True)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    tok = visualtok.load(args.tokenizer).eval()
+    pred = visualtok.load(args.predictor).eval()
+    kw = dict(pred.config.decode_kwargs)
+    images = torch.cat(list(iter_image_batches(list_images(args.images), tok.image_size[0], 32)))
+    rows = []
+    for target in args.targets:
+        res = {}
+        for method in ("search", "predictor"):
+            t0 = time.perf_counter()
+            out = [encode_adaptive(tok, images[i : i + 1], target, method=method,
+                                   predictor=pred, decode_kwargs=kw)
+                   for i in range(images.shape[0])]
+            secs = (time.perf_counter() - t0) / images.shape[0]
+            lengths = torch.cat([o.lengths for o in out])
+            quality = torch.cat([psnr(tok.decode(o.prefix(0), **kw), images[i : i + 1])
+                                 for i, o in enumerate(out)])
+            res[method] = dict(lengths=lengths.tolist(), psnr=quality.tolist(),
+                               met=float((quality >= target).float().mean()),
+                               mean_tokens=float(lengths.float().mean()), seconds=secs)
+        s, p = res["search"], res["predictor"]
+        rows.append(dict(target=target, images=images.shape[0], search_met=s["met"],
+                         predictor_met=p["met"], search_tokens=s["mean_tokens"],
+                         predictor_tokens=p["mean_tokens"],
+                         token_ratio=p["mean_tokens"] / s["mean_tokens"],
+                         search_s=s["seconds"], predictor_s=p["seconds"],
+                         speedup=s["seconds"] / p["seconds"], detail=res))
+    cols = ["target", "images", "search_met", "predictor_met", "search_tokens",
+            "predictor_tokens", "token_ratio", "search_s", "predictor_s", "speedup"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "|".join("---" for _ in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])
+                                for c in cols) + " |")
+    payload = {"tokenizer": args.tokenizer, "predictor": args.predictor,
+               "images": str(args.images), "decode": kw, "margin": pred.config.margin,
+               "rows": rows}
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Adaptive length (``visualtok.metrics.adaptive``): explicit padding and lengths, the bisection
+baseline's guarantee, the single-pass predictor, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visualtok
+from visualtok.image.flextok import TINY_VAE_CONFIG, FlexTok, FlexTokConfig
+from visualtok.metrics.adaptive import (
+    LengthPredictor,
+    LengthPredictorConfig,
+    decode_adaptive,
+    encode_adaptive,
+    quality_curves,
+)
+from visualtok.metrics.image import psnr
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+KW = {"steps": 2, "guidance_scale": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tok() -> FlexTok:
+    torch.manual_seed(0)
+    cfg = FlexTokConfig(image_size=32, vae=dict(TINY_VAE_CONFIG), num_registers=8, posemb_grid=2,
+                        encoder_dim=32, encoder_depth=1, decoder_dim=32, decoder_depth=1,
+                        head_dim=32, zero_init=False)
+    return FlexTok(cfg).eval()
+
+
+def test_search_meets_target_or_uses_all_tokens(tok):
+    x = torch.rand(3, 3, 32, 32)
+    _, curves = quality_curves(tok, x, decode_kwargs=KW)
+    target = float(curves.median())  # some images meet it early, some late or never
+    out = encode_adaptive(tok, x, target, decode_kwargs=KW)
+    assert out.codes.shape == (3, 8, 6) and out.lengths.shape == (3,)
+    assert out.stats["method"] == "search" and out.stats["decodes"] == 3 * 3  # log2(8) per image
+    full = tok.encode(x)
+    for i, k in enumerate(out.lengths.tolist()):
+        assert 1 <= k <= 8
+        assert torch.equal(out.prefix(i), full[i : i + 1, :k])
+        assert (out.codes[i, k:] == out.pad_value).all()  # padding is explicit
+        assert k == 8 or float(curves[i, k - 1]) >= target
+    rec = decode_adaptive(tok, out, **KW)
+    for i, k in enumerate(out.lengths.tolist()):
+        # the default noise is per image, so an image decodes alike alone or in a group
+        torch.testing.assert_close(rec[i : i + 1], tok.decode(full[i : i + 1, :k], **KW),
+                                   rtol=0, atol=1e-5)
+
+
+def test_predictor_single_pass(tok, tmp_path):
+    x = torch.rand(4, 3, 32, 32)
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, hidden=16))
+    curve = pred(tok.quantizer.decode(tok.encode(x)))
+    assert curve.shape == (4, 8) and (curve.diff(dim=1) >= 0).all()  # monotone by construction
+    handmade = torch.tensor([[10.0, 12, 14, 16, 18, 20, 22, 24], [5.0] * 8])
+    assert pred.choose(handmade, 15.0).tolist() == [4, 8]
+    pred.config.margin = 2.0
+    assert pred.choose(handmade, 15.0).tolist() == [5, 8]
+    out = encode_adaptive(tok, x, 15.0, method="predictor", predictor=pred)
+    assert out.stats["decodes"] == 0
+    assert torch.equal(out.lengths, pred.choose(curve, 15.0))
+    loaded = visualtok.load(pred.save_pretrained(tmp_path / "pred"))
+    assert isinstance(loaded, LengthPredictor) and loaded.config.margin == 2.0
+    assert torch.equal(loaded(tok.quantizer.decode(tok.encode(x))), curve)
+
+
+def test_errors(tok):
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="target must be a PSNR"):
+        encode_adaptive(tok, x, -3)
+    with pytest.raises(ValueError, match="metric"):
+        encode_adaptive(tok, x, 20.0, metric="fid")
+    with pytest.raises(ValueError, match="method"):
+        encode_adaptive(tok, x, 20.0, method="guess")
+    with pytest.raises(ValueError, match="needs a trained LengthPredictor"):
+        encode_adaptive(tok, x, 20.0, method="predictor")
+    wrong = LengthPredictor(LengthPredictorConfig(num_tokens=16, token_dim=6))
+    with pytest.raises(ValueError, match="trained for 16 tokens"):
+        encode_adaptive(tok, x, 20.0, method="predictor", predictor=wrong)
+    with pytest.raises(ValueError, match="supports_prefix"):
+        encode_adaptive(torch.nn.Linear(2, 2), x, 20.0)
+    assert psnr(x, x).item() > 90
+
+
+def test_predictor_on_a_length_grid():
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, hidden=8,
+                                                 lengths=(1, 4, 8)))
+    assert pred(torch.zeros(2, 8, 6)).shape == (2, 3)
+    curve = torch.tensor([[10.0, 16.0, 20.0], [10.0, 12.0, 14.0]])
+    assert pred.choose(curve, 15.0).tolist() == [4, 8]
+    with pytest.raises(ValueError, match="lengths must increase"):
+        LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=(4, 2, 8)))
+    with pytest.raises(ValueError, match="end at 8"):
+        LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=(1, 4)))
+
+
+def test_train_length_predictor_script(tok, tmp_path, real_photos):
+    """The training script end to end: RD curves (cached), fit, held-out margin, checkpoint."""
+    import sys
+    from pathlib import Path
+
+    from _train_helpers import write_photos
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
+    import train_length_predictor as script
+
+    photos = write_photos(tmp_path / "photos", real_photos)
+    (photos / "kodak").mkdir()  # held-out sub-folders are skipped
+    write_photos(photos / "kodak", real_photos[:1])
+    model_dir = tok.save_pretrained(tmp_path / "tok")
+    out = script.main([str(model_dir), str(photos), "--out", str(tmp_path / "pred"), "--steps",
+                       "2", "--guidance", "1.0", "--epochs", "5", "--length-step", "4"])
+    pred = visualtok.load(out)
+    assert pred.lengths == (1, 4, 8) and pred.config.decode_kwargs == KW
+    from safetensors.torch import load_file
+
+    curves = load_file(str(out / "curves.safetensors"))
+    assert curves["psnr"].shape == (4, 3) and curves["z_q"].shape == (4, 8, 6)  # kodak skipped
+    got = encode_adaptive(tok, real_photos[:2, :, :32, :32], 10.0, method="predictor",
+                          predictor=pred)
+    assert set(got.lengths.tolist()) <= {1, 4, 8}

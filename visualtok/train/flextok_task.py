@@ -1,0 +1,209 @@
+"""Training tasks for FlexTok (the official release has no training code).
+
+Two stages, both on the shared trainer:
+
+* ``flextok_vae``: the KL VAE (diffusers ``AutoencoderKL``) inside a ``FlexTok``, alone:
+  ``L = w_rec * L1/L2(D(z), x) + w_kl * KL(q(z|x) || N(0, I))`` with ``z`` sampled from the
+  posterior, images in [-1, 1] as the VAE sees them. Everything but the VAE is frozen.
+* ``flextok``: the tokenizer on the frozen VAE's latents: FlexTok's rectified-flow loss
+  ``|v(x_t, t, registers) - (noise - x0)|^2`` with nested dropout (``keep_sampling``: uniform or
+  powers of two), CFG dropout to the null condition and logit-normal t. Optional REPA-style
+  alignment: the mean-pooled decoder patch features of block ``repa_layer`` (through a 2-layer
+  MLP) are aligned by cosine with a frozen teacher's global features of the clean image. The
+  teacher is pluggable (``visualtok.metrics.inception.build_feature_extractor``); the one
+  available offline is the FID Inception network (``eval`` extra): the "Inception teacher", not
+  the DINOv2 of the papers, and pooled rather than per-patch. With ``calibrate_scaling`` the
+  latent scaling factor is first set to ``1 / std`` of the frozen VAE's posterior means (SD
+  recipe), so the flow sees unit-variance latents; it is saved in the model config.
+
+Start the second stage from the first one's checkpoint with ``model.init_from``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_task
+from .losses import reconstruction_loss
+from .task import StepOutput, Task
+
+__all__ = ["FlexTokVAELossConfig", "FlexTokVAETask", "FlexTokLossConfig", "FlexTokTask"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_flextok(model: nn.Module, task: str) -> None:
+    from ..image.flextok import FlexTok
+
+    if not isinstance(model, FlexTok):
+        raise TypeError(f"task {task!r} trains a FlexTok; got {type(model).__name__}")
+
+
+@dataclass
+class FlexTokVAELossConfig:
+    reconstruction: str = "l1"  # l1 | l2
+    reconstruction_weight: float = 1.0
+    kl_weight: float = 1e-6  # SD / FlexTok VAE recipe
+
+
+class _VAEStep(nn.Module):
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(images * 2.0 - 1.0).latent_dist
+        recon = self.vae.decode(dist.sample()).sample * 0.5 + 0.5
+        return recon, dist.kl().mean()
+
+
+@register_task("flextok_vae")
+class FlexTokVAETask(Task):
+    loss_config_class = FlexTokVAELossConfig
+
+    def __init__(self, model: nn.Module, loss_config: FlexTokVAELossConfig, train_config) -> None:
+        super().__init__(model, loss_config, train_config)
+        _check_flextok(model, "flextok_vae")
+        model.requires_grad_(False)
+        model.vae.requires_grad_(True)
+        self.modules = {"model": _VAEStep(model.vae)}
+
+    def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
+        images = batch["image"]
+        recon, kl = self.modules["model"](images)
+        c = self.loss_config
+        rec = reconstruction_loss(recon, images, c.reconstruction)
+        loss = c.reconstruction_weight * rec + c.kl_weight * kl
+        return StepOutput(loss, {"loss/reconstruction": rec.detach(), "loss/kl": kl.detach(),
+                                 "loss/total": loss.detach()})
+
+    @torch.no_grad()
+    def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        recon = self.model.vae_decode(self.model.vae_encode(images)).clamp(0, 1)
+        return {"vae_reconstruction": torch.cat([images, recon], dim=-2)}
+
+
+@dataclass
+class FlexTokLossConfig:
+    flow_weight: float = 1.0
+    repa_weight: float = 0.0  # REPA-style alignment to a frozen teacher (0 = off)
+    repa_teacher: str = "inception"  # build_feature_extractor name: inception | random-tiny
+    repa_layer: int = 1  # decoder block whose patch outputs are aligned (0-based)
+    calibrate_scaling: bool = False  # first set the latent scaling factor to 1/std (own VAEs)
+    calibrate_batches: int = 4
+
+
+class _FlowStep(nn.Module):
+    """The flow forward as one module (DDP), with the optional REPA head on decoder features."""
+
+    def __init__(self, model: nn.Module, repa_dim: int | None, repa_layer: int) -> None:
+        super().__init__()
+        self.model = model
+        self.repa_layer = repa_layer
+        self.repa_head = None
+        if repa_dim is not None:
+            d = model.config.decoder_dim
+            self.repa_head = nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(),
+                                           nn.Linear(2 * d, repa_dim))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats: list[torch.Tensor] = []
+        hook = None
+        if self.repa_head is not None:
+            block = self.model.decoder.blocks[self.repa_layer]
+            hook = block.register_forward_hook(lambda m, i, o: feats.append(o))
+        try:
+            out = self.model.flow_loss(images)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if feats:
+            n = feats[0].shape[1] - self.model.config.num_registers  # patch tokens come first
+            out["repa_prediction"] = self.repa_head(feats[0][:, :n].mean(dim=1))
+        return out
+
+
+@register_task("flextok")
+class FlexTokTask(Task):
+    loss_config_class = FlexTokLossConfig
+
+    def __init__(self, model: nn.Module, loss_config: FlexTokLossConfig, train_config) -> None:
+        super().__init__(model, loss_config, train_config)
+        _check_flextok(model, "flextok")
+        if not model.config.vae_frozen:
+            raise ValueError("task 'flextok' trains on a frozen VAE: set vae_frozen=True")
+        model.vae.requires_grad_(False)
+        self.teacher = None
+        repa_dim = None
+        if loss_config.repa_weight > 0:
+            if not 0 <= loss_config.repa_layer < model.config.decoder_depth:
+                raise ValueError(f"loss.repa_layer must be in [0, {model.config.decoder_depth})")
+            from ..metrics.inception import build_feature_extractor
+
+            self.teacher = build_feature_extractor(loss_config.repa_teacher)
+            repa_dim = self.teacher.feature_dim
+            log.info("REPA-style alignment to the frozen %s teacher (papers used DINOv2)",
+                     loss_config.repa_teacher)
+        self.modules = {"model": _FlowStep(model, repa_dim, loss_config.repa_layer)}
+        self._calibrated = not loss_config.calibrate_scaling
+        self._seen: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def _calibrate(self, images: torch.Tensor) -> bool:
+        """Collect frozen-VAE posterior means; after ``calibrate_batches`` set 1/std."""
+        dist = self.model.vae.encode(images * 2.0 - 1.0).latent_dist
+        self._seen.append(dist.mode().float())
+        if len(self._seen) < self.loss_config.calibrate_batches:
+            return False
+        scale = 1.0 / float(torch.cat(self._seen).std())
+        self.model.scaling_factor = scale
+        self.model.config.vae_scaling_factor = scale
+        log.info("flextok: latent scaling factor set to 1/std = %.4f", scale)
+        self._calibrated, self._seen = True, []
+        return True
+
+    def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
+        images = batch["image"]
+        if not self._calibrated:
+            self._calibrate(images)
+        out = self.modules["model"](images)
+        c = self.loss_config
+        loss = c.flow_weight * out["flow"]
+        logs = {"loss/flow": out["flow"].detach(), "nested/mean_tokens": out["keep"].float().mean()}
+        if self.teacher is not None:
+            self.teacher.to(images.device)
+            target = self.teacher((images.clamp(0, 1) * 255).round().to(torch.uint8))
+            cos = F.cosine_similarity(out["repa_prediction"].float(), target.float(), dim=-1)
+            loss = loss + c.repa_weight * (1.0 - cos.mean())
+            logs["loss/repa_cosine"] = cos.mean().detach()
+        logs["loss/total"] = loss.detach()
+        return StepOutput(loss, logs)
+
+    @torch.no_grad()
+    def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
+        was = self.model.training
+        self.model.eval()
+        try:
+            images = batch["image"][:4]
+            n = self.model.max_tokens
+            rows = [images] + [self.model.decode(self.model.encode(images, num_tokens=k))
+                               for k in sorted({1, max(1, n // 4), n})]
+        finally:
+            self.model.train(was)
+        return {"prefix_reconstructions": torch.cat(rows, dim=-2)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaling_factor": self.model.scaling_factor, "calibrated": self._calibrated}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.model.scaling_factor = float(state["scaling_factor"])
+            self.model.config.vae_scaling_factor = float(state["scaling_factor"])
+            self._calibrated, self._seen = bool(state["calibrated"]), []
