@@ -143,6 +143,43 @@ def test_cnn_tokenizer_config_errors(name, overrides, exc, field):
         create_model(name, **overrides)
 
 
+@pytest.mark.parametrize(
+    "kwargs,exc,field",
+    [
+        (dict(num_registers=0), ValueError, "num_registers"),
+        (dict(patch_size="2"), TypeError, "patch_size"),
+        (dict(levels=[8, 5.5]), TypeError, "levels"),
+        (dict(head_dim=0), ValueError, "head_dim"),
+        (dict(cfg_dropout=1.5), ValueError, "cfg_dropout"),
+        (dict(guidance_scale=NAN), ValueError, "guidance_scale"),
+        (dict(null_condition="random"), ValueError, "null_condition"),
+        (dict(adaln_expansion=3), ValueError, "adaln_expansion"),
+        (dict(keep_sampling="log"), ValueError, "keep_sampling"),
+        (dict(vae="sd-vae"), TypeError, "vae"),
+        (dict(max_timestep=0.5), ValueError, "max_timestep"),
+    ],
+)
+def test_flextok_config_errors(kwargs, exc, field):
+    from visualtok.image.flextok import FlexTokConfig
+
+    with pytest.raises(exc, match=field):
+        FlexTokConfig(**kwargs)
+
+
+def test_flextok_and_length_predictor_loss_configs():
+    from visualtok.metrics.adaptive import LengthPredictorConfig
+    from visualtok.train.flextok_task import FlexTokLossConfig, FlexTokVAELossConfig
+
+    with pytest.raises(ValueError, match="repa_teacher"):
+        FlexTokLossConfig(repa_teacher="dinov2")
+    with pytest.raises(ValueError, match="kl_weight"):
+        FlexTokVAELossConfig(kl_weight=-1.0)
+    with pytest.raises(TypeError, match="calibrate_batches"):
+        config_from_dict(FlexTokLossConfig, {"calibrate_batches": "4"})
+    with pytest.raises(ValueError, match="num_tokens"):
+        LengthPredictorConfig(num_tokens=0)
+
+
 def test_valid_configs_still_build_and_normalise():
     cfg = config_from_dict(QuantizerConfig, {"type": "fsq", "dim": 3, "levels": [8, 5, 5]})
     assert cfg.levels == (8, 5, 5)
