@@ -23,6 +23,7 @@ __all__ = [
     "matmul_peak_gflops",
     "matmul_peaks",
     "time_call",
+    "time_interleaved",
     "peak_memory_bytes",
     "print_table",
     "write_json",
@@ -79,6 +80,39 @@ def time_call(
         if len(times) >= 50:
             break
     return statistics.median(times)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+    cpu: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, timed in rounds A, B, A, B, ... in one process.
+
+    Same-run comparisons on a shared machine: load that comes and goes hits every contender in
+    the same round instead of one of them, so the ratios hold even when the absolute times move.
+    ``cpu``, if given, is filled with the median process CPU seconds per call
+    (``time.process_time``): with one torch thread, the work each contender did, whatever share of
+    a core the scheduler gave it (with more threads it also counts OpenMP spin-waiting).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpus: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.update({name: statistics.median(cs) for name, cs in cpus.items()})
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def matmul_peaks(

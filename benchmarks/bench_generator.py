@@ -7,34 +7,43 @@ side by side in the same run; above ``--max-uncached-tokens`` it samples only th
 reports the per-step time of those steps (nothing is extrapolated; late steps cost more, so the
 cached/uncached ratio printed for long sequences is a lower bound).
 
-Reference: LlamaGen GPT-B on this project's CPU machine (figures given in the issue, measured with
-the official code): batch 1 30.7 tok/s, batch 8 115 tok/s; CFG 2.0: 16.9 / 83 tok/s; no-cache
-loop 6.3 tok/s at batch 8. ``uncached last-step ms`` is the measured cost of the uncached step
+No figure from another run is divided into these: the LlamaGen reference is timed in the same run
+with ``--official`` (below). ``uncached last-step ms`` is the measured cost of the uncached step
 that samples the final token (one pass over the whole prefix), against the cached mean step.
 On CUDA, ``--compile`` wraps the decode step with ``torch.compile`` and the table adds the
 memory-bandwidth bound per step: weight bytes / ``--bandwidth``.
 
     python benchmarks/bench_generator.py --tokens 32 256 --batch 1 8 --json out.json
     python benchmarks/bench_generator.py --device cuda --compile --batch 1 8 32
+
+With ``--official PATH`` (a checkout of FoundationVision/LlamaGen, see README.md) the reference is
+LlamaGen's own ``GPT_B`` and ``generate`` in the same process: random init, its weights mapped into
+ours (``benchmarks.official.llamagen_gpt_state_dict``) with its position table, greedy tokens
+checked identical from the same class labels (with and without CFG), then both samplers timed
+interleaved (A, B, A, B) at each batch, with and without CFG:
+
+    python benchmarks/bench_generator.py --official /tmp/official/LlamaGen --tokens 256 --batch 1 8
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import machine_info, print_table, time_call, write_json  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    machine_info,
+    print_table,
+    time_call,
+    time_interleaved,
+    write_json,
+)
+from benchmarks.official import build_official_gpt, load_average  # noqa: E402
 from visualtok import create_model  # noqa: E402
 from visualtok.nn.linear import cpu_linear_backend, set_cpu_linear_backend  # noqa: E402
-
-# LlamaGen GPT-B reference on the project CPU (tok/s), keyed by (batch, cfg)
-REFERENCE_TOK_S = {(1, None): 30.7, (8, None): 115.0, (1, 2.0): 16.9, (8, 2.0): 83.0}
-REFERENCE_NO_CACHE_TOK_S = {8: 6.3}
 
 
 def time_generate(
@@ -70,6 +79,70 @@ def time_uncached_last_step(model, batch: int, tokens: int, device: str) -> floa
     return time_call(run, device, warmup=1, repeats=1)
 
 
+@torch.no_grad()
+def main_official(args) -> dict:
+    """Same-run comparison with LlamaGen's code on identical (mapped) weights."""
+    if args.device != "cpu":
+        raise ValueError("--official runs on CPU only")
+    pair = build_official_gpt(args.official)
+    model = pair.ours
+    info = machine_info(args.device)
+    info["cpu_linear"] = cpu_linear_backend()
+    info["load_average_start"] = load_average()
+    print(f"# GPT-B vs LlamaGen GPT-B on {info}", flush=True)
+    n = args.tokens[0]
+    labels = torch.tensor([207, 360, 387, 974, 88, 979, 417, 279])[: args.parity_batch]
+    parity = {}
+    for cfg in (None, *args.cfg):
+        ref = pair.generate(labels, args.parity_tokens, cfg, greedy=True).long()
+        ours = model.generate(labels, num_tokens=args.parity_tokens, cfg_scale=cfg,
+                              temperature=0.0)[..., 0]
+        parity[cfg or "-"] = float((ref == ours).float().mean())
+    print(f"greedy tokens identical (batch {len(labels)}, {args.parity_tokens} tokens): {parity}")
+    if parity["-"] < 1.0:
+        raise SystemExit("parity failed: greedy tokens differ without CFG; not timing")
+
+    rows = []
+    for b in args.batch:
+        for cfg in (None, *args.cfg):
+            lab = torch.arange(b) * 37 % 1000
+            gen = torch.Generator().manual_seed(0)
+
+            def ours_fn(k=n, lab=lab, cfg=cfg, gen=gen):
+                return model.generate(lab, num_tokens=k, cfg_scale=cfg, top_k=0, top_p=1.0,
+                                      generator=gen)
+
+            def ref_fn(k=n, lab=lab, cfg=cfg):
+                return pair.generate(lab, k, cfg)
+
+            ours_fn(4), ref_fn(4)  # warm-up on a short sequence
+            load0 = load_average()
+            cpu: dict[str, float] = {}
+            t = time_interleaved({"visualtok": ours_fn, "LlamaGen": ref_fn}, warmup=0,
+                                 repeats=args.repeats, cpu=cpu)
+            row = {"tokens": n, "batch": b, "cfg": cfg or "-",
+                   "LlamaGen tok/s": b * n / t["LlamaGen"],
+                   "visualtok tok/s": b * n / t["visualtok"],
+                   "visualtok / LlamaGen": t["LlamaGen"] / t["visualtok"],
+                   "LlamaGen ms/step": t["LlamaGen"] / n * 1e3,
+                   "visualtok ms/step": t["visualtok"] / n * 1e3,
+                   "LlamaGen CPU ms/step": cpu["LlamaGen"] / n * 1e3,
+                   "visualtok CPU ms/step": cpu["visualtok"] / n * 1e3,
+                   "CPU time visualtok / LlamaGen": cpu["LlamaGen"] / cpu["visualtok"],
+                   "greedy = LlamaGen": parity[cfg or "-"],
+                   "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}"}
+            rows.append(row)
+            print(row, flush=True)
+    info["load_average_end"] = load_average()
+    title = (f"GPT-B vs LlamaGen, same run, interleaved x{args.repeats}, {n} tokens, "
+             f"{torch.get_num_threads()} threads, load average {info['load_average_start']} -> "
+             f"{info['load_average_end']}")
+    print_table(rows, list(rows[0]), title=title)
+    payload = {"machine": info, "args": vars(args), "parity": parity, "rows": rows}
+    write_json(args.json, payload)
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -95,11 +168,22 @@ def main(argv: list[str] | None = None) -> dict:
         help="CPU fp32 GEMM backend (visualtok.nn.linear); default: the library's choice",
     )
     ap.add_argument("--json", default=None)
+    ap.add_argument("--official", default=None, metavar="PATH",
+                    help="checkout of FoundationVision/LlamaGen: time LlamaGen's code itself")
+    ap.add_argument("--repeats", type=int, default=2, help="--official: interleaved rounds")
+    ap.add_argument("--parity-tokens", type=int, default=256, help="--official: greedy check")
+    ap.add_argument("--parity-batch", type=int, default=2, help="--official: labels in the check")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cpu_linear:
         set_cpu_linear_backend(args.cpu_linear)
+    if args.official:
+        if args.batch == ap.get_default("batch"):
+            args.batch = [1, 8]
+        if args.tokens == ap.get_default("tokens"):
+            args.tokens = [256]
+        return main_official(args)
 
     torch.manual_seed(0)
     model = create_model("gpt_b").to(args.device).eval()
@@ -110,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     bound_ms = weight_bytes / args.bandwidth * 1e3
     info = machine_info(args.device)
     info["cpu_linear"] = cpu_linear_backend()
-    info["load_average_1m"] = os.getloadavg()[0]  # the project CPU is shared: say how busy it was
+    info["load_average_start"] = load_average()  # the project CPU is shared: say how busy it was
     print(f"# GPT-B sampling, {n_params / 1e6:.1f}M params fp32 on {info}")
 
     rows = []
@@ -126,10 +210,6 @@ def main(argv: list[str] | None = None) -> dict:
         row["cached ms/step"] = sec / n * 1e3
         if args.device != "cpu":
             row["bw bound ms/step"] = bound_ms
-        ref = REFERENCE_TOK_S.get((b, cfg))
-        if ref is not None and args.device == "cpu":
-            row["LlamaGen tok/s"] = ref
-            row["ratio vs LlamaGen"] = row["cached tok/s"] / ref
         if args.max_uncached_tokens and cfg is None:
             k = min(n, args.max_uncached_tokens)
             if (b, k) not in first_k:
@@ -142,15 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
             last = time_uncached_last_step(model, b, n, args.device) * 1e3
             row["uncached last-step ms"] = last
             row["last-step ratio"] = last / row["cached ms/step"]
-            if args.device == "cpu" and b in REFERENCE_NO_CACHE_TOK_S:
-                row["LlamaGen no-cache tok/s"] = REFERENCE_NO_CACHE_TOK_S[b]
         rows.append(row)
         print(row, flush=True)
 
     columns = ["tokens", "batch", "cfg", "cached tok/s", "cached img/s", "cached ms/step"]
-    columns += (
-        ["bw bound ms/step"] if args.device != "cpu" else ["LlamaGen tok/s", "ratio vs LlamaGen"]
-    )
+    columns += ["bw bound ms/step"] if args.device != "cpu" else []
     columns += [
         "uncached steps",
         "uncached ms/step",
@@ -159,7 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
         "uncached last-step ms",
         "last-step ratio",
     ]
-    print_table(rows, columns, title=f"GPT-B sampling ({args.device}, compile={args.compile})")
+    info["load_average_end"] = load_average()
+    title = (f"GPT-B sampling ({args.device}, compile={args.compile}), load average "
+             f"{info['load_average_start']} -> {info['load_average_end']}")
+    print_table(rows, columns, title=title)
     payload = {
         "machine": info,
         "params": n_params,

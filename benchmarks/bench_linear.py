@@ -27,9 +27,9 @@ from visualtok.nn import linear as vt_linear  # noqa: E402
 
 # (label, M, K, N)
 SHAPES = [
-    *[(f"GPT-B cached step b={m} qkv", m, 768, 2304) for m in (1, 8, 16)],
-    *[(f"GPT-B cached step b={m} mlp", m, 768, 2048) for m in (1, 8, 16)],
-    *[(f"GPT-B cached step b={m} head", m, 768, 16384) for m in (1, 8, 16)],
+    *[(f"GPT-B cached step b={m} qkv", m, 768, 2304) for m in (1, 2, 4, 8, 16)],
+    *[(f"GPT-B cached step b={m} mlp", m, 768, 2048) for m in (1, 2, 4, 8, 16)],
+    *[(f"GPT-B cached step b={m} head", m, 768, 16384) for m in (1, 2, 4, 8, 16)],
     ("GPT-B step b=32 qkv", 32, 768, 2304),
     ("GPT-B step b=64 qkv", 64, 768, 2304),
     ("GPT-B prefill 256 qkv", 256, 768, 2304),

@@ -9,7 +9,6 @@ The reference runs the same weights through the official code's computation layo
 sequence-first ``[L, B, D]`` tensors through ``nn.MultiheadAttention`` blocks, NCHW 1x1 convs for
 the projections and heads, an einsum over the softmaxed proxy codes and the MaskGIT decoder with
 "same"-padding convs in contiguous NCHW. Its outputs are checked against ours before timing. The
-reference figures quoted in the brief (official code on this CPU) are printed beside it. The
 reference runs on PyTorch's stock kernels (MKL sgemm for fp32 linears), as the official code does;
 visualtok's CPU fp32 inference linears run through oneDNN (``visualtok.nn.linear``). Both GEMM
 peaks are measured and printed; MFU is against the better one.
@@ -17,6 +16,13 @@ peaks are measured and printed; MFU is against the better one.
     python benchmarks/bench_titok.py                       # S-128, B-64, L-32 on CPU
     python benchmarks/bench_titok.py --presets titok_s128 --batch 4 --repeats 2
     python benchmarks/bench_titok.py --device cuda --compile --json out.json
+
+With ``--official PATH`` (a checkout of bytedance/1d-tokenizer, see README.md) the reference is the
+unmodified official model instead: built with random init, its weights converted into ours with
+``visualtok.convert.titok``, parity checked on 8 Kodak photos (codes equal, decode close), then
+visualtok fp32, official fp32 and visualtok bf16 timed interleaved (A, B, C, A, B, C), one process:
+
+    python benchmarks/bench_titok.py --official /tmp/official/1d-tokenizer --presets titok_s128
 """
 
 from __future__ import annotations
@@ -37,14 +43,13 @@ from benchmarks._common import (  # noqa: E402
     matmul_peaks,
     print_table,
     time_call,
+    time_interleaved,
     write_json,
 )
+from benchmarks.official import build_official_titok, kodak_photos, load_average  # noqa: E402
 from visualtok import create_model  # noqa: E402
 from visualtok.image.titok import TiTok  # noqa: E402
 from visualtok.nn.linear import cpu_linear_backend_as  # noqa: E402
-
-# Official code on this CPU, fp32, batch 8 (images/s), from the brief.
-QUOTED_REFERENCE = {"titok_s128": (6.9, 0.76), "titok_b64": (2.6, 0.62), "titok_l32": (0.90, 0.49)}
 
 
 # ---------------------------------------------------------------------- official-layout reference
@@ -230,21 +235,96 @@ def bench_preset(name: str, args, peak: float, peak16: float) -> list[dict]:
     t_enc16 = timed(enc_fn, x, True)
     t_dec16 = timed(dec_fn, codes, True)
     B = args.batch
-    nan2 = (float("nan"), float("nan"))
-    quoted = QUOTED_REFERENCE.get(name, nan2) if dev.type == "cpu" else nan2
-    for stage, gf, t_ref, t32, t16, q in (("encode", enc_gf, t_ref_enc, t_enc, t_enc16, quoted[0]),
-                                          ("decode", dec_gf, t_ref_dec, t_dec, t_dec16, quoted[1])):
+    for stage, gf, t_ref, t32, t16 in (("encode", enc_gf, t_ref_enc, t_enc, t_enc16),
+                                       ("decode", dec_gf, t_ref_dec, t_dec, t_dec16)):
         rows.append({
             "preset": name, "stage": stage, "GFLOP/img": gf,
             "ref img/s": B / t_ref, "fp32 img/s": B / t32, "bf16 img/s": B / t16,
-            "fp32/ref": t_ref / t32, "fp32/quoted": (B / t32) / q, "bf16/fp32": t32 / t16,
+            "fp32/ref": t_ref / t32, "bf16/fp32": t32 / t16,
             "fp32 MFU": gf * B / t32 / peak, "bf16 MFU": gf * B / t16 / peak16,
-            "quoted official img/s": q,
         })
     rows[0]["bf16 same codes"] = float((codes_bf16 == codes).float().mean())
     rows[0]["ref same codes"] = code_match
     rows[1]["ref max |diff|"] = max_diff
     return rows
+
+
+def bench_official(name: str, args) -> list[dict]:
+    """Same-run comparison with the official code on identical (converted) weights."""
+    if args.device != "cpu":
+        raise ValueError("--official runs on CPU only")
+    pair = build_official_titok(args.official, name)
+    model = pair.ours
+    B, P = args.batch, args.parity_images
+    photos = kodak_photos(max(B, P))
+    codes_p = model.encode(photos[:P])
+    same = float((pair.encode(photos[:P]) == codes_p).float().mean())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same16 = float((model.encode(photos[:P]) == codes_p).float().mean())
+    if same < 1.0:
+        raise SystemExit(f"parity failed for {name}: codes equal to the official on {same:.4f} "
+                         "of tokens; not timing different models")
+
+    def bf16(fn):
+        def call(inp):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(inp)
+        return call
+
+    x = photos[:B]
+    codes = codes_p[:B] if B <= P else model.encode(x)
+    enc16, dec16 = bf16(model.encode), bf16(model.decode)
+    # the decode warm-up calls double as the decode parity check (a decode costs seconds per image)
+    max_diff = float((pair.decode(codes) - model.decode(codes)).abs().max())
+    dec16(codes)
+    if max_diff > args.parity_atol:
+        raise SystemExit(f"parity failed for {name}: decode max |diff| {max_diff:.2e} > "
+                         f"{args.parity_atol:g}; not timing different models")
+    rows = []
+    for stage, inp, ours, off, ours16, warm in (
+        ("encode", x, model.encode, pair.encode, enc16, 1),
+        ("decode", codes, model.decode, pair.decode, dec16, 0),
+    ):
+        load0, cpu = load_average(), {}
+        t = time_interleaved(
+            {"fp32": lambda f=ours, i=inp: f(i), "official": lambda f=off, i=inp: f(i),
+             "bf16": lambda f=ours16, i=inp: f(i)},
+            warmup=warm, repeats=args.repeats, cpu=cpu,
+        )
+        rows.append({
+            "preset": name, "stage": stage, "official fp32 img/s": B / t["official"],
+            "visualtok fp32 img/s": B / t["fp32"], "fp32 / official": t["official"] / t["fp32"],
+            "visualtok bf16 img/s": B / t["bf16"],
+            "bf16 / official fp32": t["official"] / t["bf16"],
+            "CPU time fp32 / official": cpu["official"] / cpu["fp32"],
+            "CPU time bf16 / official": cpu["official"] / cpu["bf16"],
+            "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}",
+        })
+    rows[0]["codes = official"] = same
+    rows[0]["bf16 codes = fp32"] = same16
+    rows[1]["decode max |diff|"] = max_diff
+    return rows
+
+
+def main_official(args) -> None:
+    torch.set_grad_enabled(False)
+    info = machine_info(args.device)
+    info["load_average_start"] = load_average()
+    print(f"machine: {info}")
+    rows = []
+    for name in args.presets.split(","):
+        rows += bench_official(name.strip(), args)
+    info["load_average_end"] = load_average()
+    cols = ["preset", "stage", "official fp32 img/s", "visualtok fp32 img/s", "fp32 / official",
+            "visualtok bf16 img/s", "bf16 / official fp32", "codes = official",
+            "bf16 codes = fp32", "decode max |diff|", "CPU time fp32 / official",
+            "CPU time bf16 / official", "load avg (1m) before/after"]
+    title = (f"TiTok vs official 1d-tokenizer, same run, interleaved x{args.repeats}, batch "
+             f"{args.batch} Kodak photos 256x256 (codes checked on {args.parity_images}), "
+             f"{torch.get_num_threads()} threads, load average "
+             f"{info['load_average_start']} -> {info['load_average_end']}")
+    print_table(rows, cols, title=title)
+    write_json(args.json, {"machine": info, "args": vars(args), "rows": rows})
 
 
 def main() -> None:
@@ -258,22 +338,38 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile encoder/decoder (GPU)")
     ap.add_argument("--no-reference", dest="reference", action="store_false")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--official", default=None, metavar="PATH",
+                    help="checkout of bytedance/1d-tokenizer: time the official code itself")
+    ap.add_argument("--parity-images", type=int, default=8,
+                    help="--official: Kodak photos whose codes must equal the official ones")
+    ap.add_argument("--parity-atol", type=float, default=1e-4,
+                    help="--official: largest decode |diff| accepted before timing")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.official:
+        if args.presets == ap.get_default("presets"):
+            args.presets = "titok_s128"
+        return main_official(args)
     torch.set_grad_enabled(False)
     peaks = matmul_peaks(args.device, torch.float32)
     peaks16 = matmul_peaks(args.device, torch.bfloat16)
     peak, peak16 = max(peaks.values()), max(peaks16.values())
     info = machine_info(args.device)
+    info["load_average_start"] = load_average()
     print(f"machine: {info}")
     print("matmul peak GFLOP/s (MFU is against the best of each dtype): "
           f"fp32 {_fmt_peaks(peaks)}; bf16 {_fmt_peaks(peaks16)}")
     rows = []
     for name in args.presets.split(","):
         rows += bench_preset(name.strip(), args, peak, peak16)
-    cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref",
-            "quoted official img/s", "fp32/quoted", "fp32 MFU", "bf16 img/s", "bf16/fp32",
-            "bf16 MFU", "bf16 same codes", "ref same codes", "ref max |diff|"]
-    title = f"TiTok, batch {args.batch}, {args.device}, random weights, 256x256"
+    cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref", "fp32 MFU",
+            "bf16 img/s", "bf16/fp32", "bf16 MFU", "bf16 same codes", "ref same codes",
+            "ref max |diff|"]
+    info["load_average_end"] = load_average()
+    title = (f"TiTok, batch {args.batch}, {args.device}, random weights, 256x256, load average "
+             f"{info['load_average_start']} -> {info['load_average_end']}")
     print_table(rows, cols, title=title)
     write_json(args.json, {"machine": info, "args": vars(args), "matmul_peak_gflops": peak,
                            "matmul_peak_bf16_gflops": peak16, "matmul_peaks_fp32": peaks,

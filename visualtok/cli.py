@@ -39,6 +39,104 @@ def _psnr(a, b) -> float:
     return float(psnr(a, b).mean())
 
 
+# ----------------------------------------------------------------------------- audio
+DEFAULT_AUDIO_CODEC = "encodec_24khz"
+
+
+def _is_audio(path: str) -> bool:
+    from .audio.io import AUDIO_EXTENSIONS
+
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _audio_model_name(args: argparse.Namespace) -> str:
+    return DEFAULT_AUDIO_CODEC if args.model in (None, DEFAULT_TOKENIZER) else args.model
+
+
+def _load_codec(name: str):
+    from .audio.base import AudioCodec
+
+    model = _load_tokenizer(name)
+    if not isinstance(model, AudioCodec):
+        raise ValueError(f"{name} is a {type(model).__name__}, not an audio codec")
+    return model
+
+
+def _read_audio_for(model, path: Path):
+    from .audio.io import read_audio, to_channels
+
+    wav, sr = read_audio(path)
+    if wav.shape[0] != model.channels:
+        wav = to_channels(wav, model.channels)
+    return wav[None], sr
+
+
+def _encode_audio(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    name = _audio_model_name(args)
+    model = _load_codec(name)
+    wav, sr = _read_audio_for(model, Path(args.image))
+    codes = model.encode(wav, sr, n_q=args.n_q, resample=True)
+    tensors = {"codes": codes.codes.contiguous(), "lengths": codes.lengths,
+               "num_samples": codes.num_samples}
+    if codes.scales is not None:
+        tensors["scales"] = codes.scales.contiguous()
+    meta = {"kind": "audio", "model": str(name), "sample_rate": str(model.sample_rate),
+            "quantizer_sha256": _quantizer_digest(model), "source": str(args.image)}
+    save_file(tensors, args.out, metadata=meta)
+    t_f, n_q = codes.codes.shape[1:]
+    print(f"{args.image}: {t_f} frames x {n_q} codebooks at {model.frame_rate:g} Hz, "
+          f"{model.bitrate(n_q) / 1000:.2f} kbps -> {args.out}")
+    return 0
+
+
+def _decode_audio(args: argparse.Namespace, meta: dict) -> int:
+    from .audio.base import AudioCodes
+    from .audio.io import write_audio
+    from .generate.tokens import read_codes_file
+
+    t, _ = read_codes_file(args.codes, ("codes", "lengths", "num_samples"), "audio codes file")
+    model = _load_codec(args.model or meta["model"])
+    _check_recorded_layout(args.codes, meta, model)
+    codes = AudioCodes(t["codes"], t["lengths"], t["num_samples"], t.get("scales"))
+    wav = model.decode(codes)
+    out = Path(args.out if args.out != "decoded.png" else "decoded.wav")
+    write_audio(out, wav[0], model.sample_rate)
+    print(f"decoded {tuple(codes.codes.shape)} codes -> {out} "
+          f"({wav.shape[-1] / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
+    return 0
+
+
+def _reconstruct_audio(args: argparse.Namespace) -> int:
+    from .audio.io import resample, save_spectrograms, write_audio
+    from .metrics.audio import mel_distance, si_sdr
+
+    name = _audio_model_name(args)
+    model = _load_codec(name)
+    path = Path(args.image)
+    wav, sr = _read_audio_for(model, path)
+    wav = resample(wav, sr, model.sample_rate).clamp(-1.0, 1.0)  # sinc overshoot
+    codes = model.encode(wav, model.sample_rate, n_q=args.n_q)
+    recon = model.decode(codes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wav_out = write_audio(out / f"{path.stem}_reconstruction.wav", recon[0], model.sample_rate)
+    picture = save_spectrograms(out / f"{path.stem}_spectrogram.png", [wav[0], recon[0]],
+                                model.sample_rate, ["original", "reconstruction"])
+    n_q = codes.n_q
+    print(f"model       : {getattr(model, 'model_name', None) or name}")
+    print(f"audio       : {path} -> {wav.shape[-1] / model.sample_rate:.2f} s, "
+          f"{model.channels} ch at {model.sample_rate} Hz")
+    print(f"codes       : {codes.codes.shape[1]} frames x {n_q} codebooks "
+          f"({model.frame_rate:g} Hz)")
+    print(f"bitrate     : {model.bitrate(n_q) / 1000:.2f} kbps")
+    print(f"SI-SDR      : {float(si_sdr(recon, wav)[0]):.2f} dB")
+    print(f"mel distance: {float(mel_distance(recon, wav, model.sample_rate)[0]):.4f}")
+    print(f"wrote       : {wav_out}, {picture}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import get_model_entry, list_models
@@ -61,7 +159,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     layout = getattr(model, "code_layout", None)
     if layout is not None:
         info["code_layout"] = layout.to_dict()
-    for attr in ("image_size", "num_tokens", "token_shape", "bits_per_image"):
+    for attr in ("image_size", "num_tokens", "token_shape", "bits_per_image",
+                 "sample_rate", "channels", "hop_length", "frame_rate", "max_codebooks"):
         if hasattr(model, attr):
             info[attr] = getattr(model, attr)
     from .registry import MODELS
@@ -92,6 +191,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    if _is_audio(args.image):
+        return _encode_audio(args)
     import torch
     from safetensors.torch import save_file
 
@@ -131,25 +232,26 @@ def _quantizer_digest(model) -> str:
 def _check_recorded_layout(path: str, meta: dict[str, str], model) -> None:
     """Codes carry the code layout and quantizer digest of the model that made them; both must be
     this model's (a model with another codebook would decode them into a different picture)."""
-    recorded = meta.get("code_layout")
-    if recorded is None:
-        return
     from .quantize.layout import CodeLayout
 
-    try:
-        theirs = CodeLayout.from_dict(json.loads(recorded))
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: unreadable code_layout metadata ({e})") from None
-    ours = model.code_layout
-    if (theirs.radices, theirs.kind, theirs.residual) != (ours.radices, ours.kind, ours.residual):
-        made_by = meta.get("model", "another model")
-        raise ValueError(
-            f"{path} holds codes of {made_by} (code layout {theirs.kind} {list(theirs.radices)}); "
-            f"the decoding model expects {ours.kind} {list(ours.radices)}"
-        )
+    made_by = meta.get("model", "another model")
+    recorded = meta.get("code_layout")
+    if recorded is not None:
+        try:
+            theirs = CodeLayout.from_dict(json.loads(recorded))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: unreadable code_layout metadata ({e})") from None
+        ours = model.code_layout
+        if (theirs.radices, theirs.kind, theirs.residual) != (
+            ours.radices, ours.kind, ours.residual
+        ):
+            raise ValueError(
+                f"{path} holds codes of {made_by} (code layout {theirs.kind} "
+                f"{list(theirs.radices)}); the decoding model expects {ours.kind} "
+                f"{list(ours.radices)}"
+            )
     digest = meta.get("quantizer_sha256")
-    if digest and digest != _quantizer_digest(model):
-        made_by = meta.get("model", "another model")
+    if digest and hasattr(model, "quantizer") and digest != _quantizer_digest(model):
         raise ValueError(
             f"{path} holds codes of {made_by}, whose quantizer (codebook) differs from the "
             f"decoding model's: decode with --model {made_by}"
@@ -164,6 +266,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     tensors, meta = read_codes_file(args.codes)
     codes = tensors["codes"]
+    if meta.get("kind") == "audio":
+        return _decode_audio(args, meta)
     model = _load_tokenizer(args.model or meta.get("model", DEFAULT_TOKENIZER))
     _check_recorded_layout(args.codes, meta, model)
     with torch.no_grad():
@@ -174,6 +278,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    if args.image and _is_audio(args.image):
+        return _reconstruct_audio(args)
     import torch
 
     from .data.image_io import save_grid
@@ -312,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("convert", help="convert an official checkpoint into a visualtok checkpoint")
-    s.add_argument("family", help="converter family: titok, vqgan, retok")
-    s.add_argument("checkpoint", help="official weights (.bin/.pt/.safetensors)")
+    s.add_argument("family", help="converter family: titok, vqgan, retok, encodec, dac")
+    s.add_argument("checkpoint", help="official weights (.bin/.pt/.pth/.th/.safetensors)")
     s.add_argument("--config", default=None, help="official config (json/yaml)")
     s.add_argument("--preset", default=None, help="visualtok preset the weights belong to")
     s.add_argument("--out", required=True, help="output directory")
@@ -322,22 +428,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. --set channels=128")
     s.set_defaults(fn=cmd_convert)
 
-    s = sub.add_parser("encode", help="image -> tokens (.safetensors)")
-    s.add_argument("image")
-    s.add_argument("--model", default=DEFAULT_TOKENIZER)
+    s = sub.add_parser("encode", help="image or audio file -> tokens (.safetensors)")
+    s.add_argument("image", help="an image, or audio (.wav/.flac/.ogg/.mp3)")
+    s.add_argument("--model", default=DEFAULT_TOKENIZER,
+                   help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
     s.add_argument("--out", default="codes.safetensors")
+    s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
     s.set_defaults(fn=cmd_encode)
 
-    s = sub.add_parser("decode", help="tokens (.safetensors) -> image")
+    s = sub.add_parser("decode", help="tokens (.safetensors) -> image or audio")
     s.add_argument("codes")
     s.add_argument("--model", default=None, help="defaults to the model recorded with the codes")
     s.add_argument("--out", default="decoded.png")
     s.set_defaults(fn=cmd_decode)
 
-    s = sub.add_parser("reconstruct", help="encode + decode an image; write it side by side")
+    s = sub.add_parser("reconstruct", help="encode + decode an image or audio file; write it "
+                       "side by side (audio: wav + spectrogram picture, SI-SDR, mel distance)")
     s.add_argument("image", nargs="?", default=None, help="defaults to a bundled real photo")
-    s.add_argument("--model", default=DEFAULT_TOKENIZER)
+    s.add_argument("--model", default=DEFAULT_TOKENIZER,
+                   help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
     s.add_argument("--out", default="outputs")
+    s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
     s.set_defaults(fn=cmd_reconstruct)
 
     s = sub.add_parser("train", help="train from a YAML config (tokenizer or generator)")

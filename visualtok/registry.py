@@ -117,6 +117,11 @@ class PretrainedRecord:
     license: str | None = None
     paper: str | None = None
     notes: str = ""
+    # audio codecs: what the waveform and the codes look like
+    sample_rate: int | None = None  # Hz the model takes
+    hop_length: int | None = None  # samples per code frame
+    num_codebooks: int | None = None  # RVQ levels at the highest bitrate
+    channels: int | None = None  # audio channels
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ _MODEL_MODULES = (
     "visualtok.image.vqgan",
     "visualtok.image.retok",
     "visualtok.image.flextok",
+    "visualtok.audio.encodec",
+    "visualtok.audio.dac",
 )
 MODELS = Registry("model preset", _MODEL_MODULES)
 MODEL_CLASSES = Registry("model class", _MODEL_MODULES)
@@ -143,6 +150,8 @@ CONVERTERS = Registry("converter", (
     "visualtok.convert.vqgan",
     "visualtok.convert.retok",
     "visualtok.convert.flextok",
+    "visualtok.convert.encodec",
+    "visualtok.convert.dac",
 ))
 TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",

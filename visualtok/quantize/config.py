@@ -39,10 +39,12 @@ _VQ_FIELDS = {
     "dead_code_threshold",
     "chunk_size",
     "codebook_dim",
+    "raw_codebook_rows",
 }
 _FAMILY_FIELDS: dict[str, set[str]] = {
     "vq": _VQ_FIELDS,
-    "rvq": _VQ_FIELDS | {"num_quantizers", "quantizer_dropout"},
+    "rvq": _VQ_FIELDS | {"num_quantizers", "quantizer_dropout", "dropout_per_sample",
+                               "all_level_gradients"},
     "lfq": {
         "group_size",
         "entropy_weight",
@@ -68,6 +70,9 @@ class QuantizerConfig(Config):
         None  # factorized codes: project D -> codebook_dim -> D (DAC); None = D
     )
     l2_normalize: bool = False  # cosine codebook: l2-normalise z and codebook before lookup
+    # with l2_normalize: search on normalised vectors, but output / decode the raw codebook rows
+    # and compute the losses on the raw (projected) latents (DAC)
+    raw_codebook_rows: bool = False
     beta: NonNegativeFloat = 0.25  # commitment weight (VQ, RVQ, LFQ)
     ema: bool = False  # EMA codebook updates instead of a codebook loss
     ema_decay: OpenUnitFloat = 0.99
@@ -79,6 +84,8 @@ class QuantizerConfig(Config):
     chunk_size: PositiveInt = 8192  # rows per chunk when the nearest-neighbour scores are chunked
     num_quantizers: PositiveInt = 8  # RVQ levels Q
     quantizer_dropout: UnitFloat = 0.0  # RVQ: probability of training on a random prefix of levels
+    dropout_per_sample: bool = False  # RVQ: draw the prefix per sample (DAC), not per batch
+    all_level_gradients: bool = False  # RVQ: every level's output and residual carry gradients
     # --- LFQ / binary
     # bits per factor g: codes are (2**g,) * (dim // g); entropy is group-wise
     group_size: PositiveInt = 8

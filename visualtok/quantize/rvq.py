@@ -10,6 +10,16 @@ remaining levels are still computed, without state updates). Under DDP the prefi
 0's draw, broadcast, so every rank runs the same levels' EMA all-reduces in the same order. The
 gradient reaches ``z`` through level 0's straight-through (or rotation-trick) path, every level's
 output value being included.
+
+Two options give the official codecs' training math:
+
+* ``all_level_gradients``: every level's output and the residual chain keep their
+  straight-through gradients (EnCodec, DAC), so each level's projections are trained by the
+  reconstruction too, not only level 0's;
+* ``dropout_per_sample``: the prefix is drawn per sample (DAC): the first
+  ``floor(B * quantizer_dropout)`` samples of the batch each use a uniform ``1..Q`` levels, the
+  others all; every level runs on every token, a sample's dropped levels add nothing to ``z_q``
+  and nothing to the losses (masked per token, averaged over all tokens).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import torch
 from torch import nn
 
 from ..registry import register_quantizer
-from .base import Quantizer, fp32_no_autocast
+from .base import Quantizer, check_latents, fp32_no_autocast
 from .config import QuantizerConfig
 from .distributed import broadcast_, is_distributed
 from .layout import CodeLayout
@@ -50,24 +60,46 @@ class ResidualVectorQuantizer(Quantizer):
         self.layout = CodeLayout((config.codebook_size,) * config.num_quantizers, kind="rvq",
                                  residual=True)
 
-    def _quantize(self, z: torch.Tensor):
+    def forward(self, z: torch.Tensor):
+        self._batch_size = z.shape[0] if isinstance(z, torch.Tensor) and z.ndim > 0 else 1
+        return super().forward(z)
+
+    def _per_sample_levels(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """Levels used by each token ``[N]`` under per-sample dropout (see module docstring)."""
+        b = max(1, min(getattr(self, "_batch_size", 1), num_tokens))
         q_total = self.num_quantizers
-        active = self._active_levels(z.device) if self.training else q_total
+        n = torch.full((b,), q_total, dtype=torch.long)
+        n_drop = int(b * self.config.quantizer_dropout)
+        n[:n_drop] = torch.randint(1, q_total + 1, (n_drop,))
+        return n.to(device).repeat_interleave(num_tokens // b)
+
+    def _quantize(self, z: torch.Tensor):
+        cfg = self.config
+        q_total = self.num_quantizers
+        per_sample = self.training and cfg.dropout_per_sample and cfg.quantizer_dropout > 0
+        if per_sample:
+            token_levels, active = self._per_sample_levels(z.shape[0], z.device), q_total
+        else:
+            token_levels = None
+            active = self._active_levels(z.device) if self.training else q_total
         residual = z
         z_q = None
         codes, stats = [], {}
         level_losses: dict[str, list[torch.Tensor]] = {}
         for i, level in enumerate(self.levels):
             if i < active:
-                out, c, losses_i, level_stats = level._quantize(residual)
+                weight = (token_levels > i).float() if token_levels is not None else None
+                out, c, losses_i, level_stats = level._quantize(residual, token_weight=weight)
                 for k, v in losses_i.items():
                     level_losses.setdefault(k, []).append(v)
                 stats.update({f"{k}_{i}": v for k, v in level_stats.items()})
-                if i > 0:  # only level 0 carries the gradient to z (see module docstring)
+                if i > 0 and not cfg.all_level_gradients:  # see the module docstring
                     out = out.detach()
-                z_q = out if z_q is None else z_q + out
                 if i + 1 < q_total:
-                    residual = residual - out.detach()
+                    residual = residual - (out if cfg.all_level_gradients else out.detach())
+                if weight is not None:
+                    out = out * weight.unsqueeze(-1)
+                z_q = out if z_q is None else z_q + out
             else:  # dropped level: codes only, no state update, no loss
                 with torch.no_grad():
                     c = level.nearest(residual).unsqueeze(-1)
@@ -77,7 +109,8 @@ class ResidualVectorQuantizer(Quantizer):
         # summed over levels: one stack + sum per loss instead of a chain of adds
         losses = {k: v[0] if len(v) == 1 else torch.stack(v).sum() for k, v in level_losses.items()}
         if self.training:
-            stats["active_levels"] = torch.tensor(float(active))
+            stats["active_levels"] = (token_levels.float().mean() if token_levels is not None
+                                      else torch.tensor(float(active)))
         return z_q, torch.cat(codes, dim=-1), losses, stats
 
     def _active_levels(self, device: torch.device) -> int:
@@ -93,6 +126,27 @@ class ResidualVectorQuantizer(Quantizer):
             shared = torch.tensor([active], device=device)
             active = int(broadcast_(shared)[0])
         return active
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """``[B, *S, D]`` -> codes ``[B, *S, depth]`` of the first ``depth`` levels (all when
+        None); the levels past ``depth`` are not computed (the codes are a prefix of the full
+        ones: each level sees only the residual of the levels before it)."""
+        if depth is None:
+            return super().encode(z)
+        if isinstance(depth, bool) or not isinstance(depth, int) or not (
+                1 <= depth <= self.num_quantizers):
+            raise ValueError(f"depth must be an int in [1, {self.num_quantizers}]; got {depth!r}")
+        check_latents(z, self.dim)
+        lead = z.shape[:-1]
+        with fp32_no_autocast(z.device.type):
+            residual, codes = z.reshape(-1, self.dim).float(), []
+            for i, level in enumerate(self.levels[:depth]):
+                c = level.nearest(residual).unsqueeze(-1)
+                codes.append(c)
+                if i + 1 < depth:
+                    residual = residual - level._dequantize(c)
+        return torch.cat(codes, dim=-1).reshape(*lead, depth)
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         out = self.levels[0]._dequantize(codes[:, 0:1])

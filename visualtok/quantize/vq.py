@@ -6,6 +6,8 @@
   at lookup, as in TiTok's official quantizer (state key ``embedding.weight``, codebook 4096 x 12);
 * factorized codes (``codebook_dim``): project ``D -> codebook_dim`` before the lookup and back
   after   (Improved VQGAN / DAC);
+* ``raw_codebook_rows`` (with ``l2_normalize``): the search runs on normalised vectors, but the
+  output, ``decode`` and the losses use the raw projected latents and raw codebook rows (DAC);
 * k-means initialisation on the first training batch or through ``calibrate(batches)``;
 * dead-code restart: codes whose EMA usage falls below ``dead_code_threshold`` are replaced by
   random vectors of the current batch;
@@ -59,6 +61,14 @@ def rotate_to(x: torch.Tensor, e: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     # R x = x - 2 w (w.x) + 2 q (u.x), with u, q, w, scale treated as constants.
     rx = x - 2 * w * (w * x).sum(-1, keepdim=True) + 2 * q * (u * x).sum(-1, keepdim=True)
     return scale * rx
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``mse_loss(a, b)``; with ``weight [N]`` each row's mean squared error is weighted and the
+    result divided by ``N`` (masked rows count as zeros, DAC's per-sample loss masking)."""
+    if weight is None:
+        return F.mse_loss(a, b)
+    return ((a - b).pow(2).mean(-1) * weight).mean()
 
 
 @torch.no_grad()
@@ -116,6 +126,11 @@ class VectorQuantizer(Quantizer):
         x = self.project_in(z)
         return l2_normalize(x) if self.config.l2_normalize else x
 
+    def _value_rows(self) -> torch.Tensor:
+        """The rows a code stands for: the raw rows with ``raw_codebook_rows``, else the lookup
+        codebook."""
+        return self.embedding.weight if self.config.raw_codebook_rows else self.codebook()
+
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """fp32 ``[N, D]`` -> nearest code ``[N]`` (no state update, no gradient)."""
         with torch.no_grad():
@@ -123,28 +138,34 @@ class VectorQuantizer(Quantizer):
             return nearest_code(x, self.codebook(), self.config.chunk_size)
 
     # ------------------------------------------------------------------ protocol
-    def _quantize(self, z: torch.Tensor):
+    def _quantize(self, z: torch.Tensor, token_weight: torch.Tensor | None = None):
+        """See ``Quantizer._quantize``; ``token_weight [N]`` (0/1, RVQ per-sample dropout) masks
+        each token's share of the losses (their mean keeps the denominator ``N``)."""
         cfg = self.config
-        x = self._to_codebook_space(z)  # [N, c]
+        x_in = self.project_in(z)  # [N, c]
+        x = l2_normalize(x_in) if cfg.l2_normalize else x_in  # the search space
         if self.training and cfg.kmeans_init and not bool(self.initted):
             self._init_from(x.detach())
         if self.training and cfg.dead_code_threshold > 0:
             # before the lookup: the codebook must not change after this step's graph used it
-            self._restart_dead_codes(x.detach())
+            self._restart_dead_codes((x_in if cfg.raw_codebook_rows else x).detach())
         codebook = self.codebook()
         idx = nearest_code(x.detach(), codebook.detach(), cfg.chunk_size)  # [N]
-        e = F.embedding(idx, codebook)  # [N, c]; grads reach the codebook unless EMA
+        if cfg.raw_codebook_rows:  # values: raw latents and raw rows (DAC)
+            x, e = x_in, F.embedding(idx, self.embedding.weight)
+        else:
+            e = F.embedding(idx, codebook)  # [N, c]; grads reach the codebook unless EMA
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
         if self.training:
             counts = self._code_counts(idx)  # this process's, before any all-reduce
             stats = {"perplexity": _perplexity(counts, max(idx.shape[0], 1)),
                      "usage": _usage(counts)}
-            commitment = cfg.beta * F.mse_loss(x, e.detach())
+            commitment = cfg.beta * _mse(x, e.detach(), token_weight)
             if cfg.ema:  # no codebook loss: "codebook" is filled with zeros by the caller
                 losses = {"commitment": commitment, "total": commitment}
             else:
-                codebook_loss = F.mse_loss(e, x.detach())
+                codebook_loss = _mse(e, x.detach(), token_weight)
                 losses = {"commitment": commitment, "codebook": codebook_loss,
                           "total": commitment + codebook_loss}
             x_q = rotate_to(x, e) if cfg.rotation_trick else x + (e - x).detach()
@@ -156,7 +177,7 @@ class VectorQuantizer(Quantizer):
         return self.project_out(x_q), idx.unsqueeze(-1), losses, stats
 
     def _dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.project_out(F.embedding(codes[:, 0], self.codebook()))
+        return self.project_out(F.embedding(codes[:, 0], self._value_rows()))
 
     @torch.no_grad()
     def _code_counts(self, idx: torch.Tensor) -> torch.Tensor:

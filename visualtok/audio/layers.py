@@ -1,0 +1,104 @@
+"""Convolution building blocks shared by the audio codecs: weight-normalised 1D (transposed)
+convolutions, EnCodec's length-preserving ("same") padding, and the Snake activation (DAC).
+
+Weight normalisation (Salimans & Kingma 2016) stores ``weight_g [C_out, 1, 1]`` and ``weight_v``
+(the official checkpoints' key names) and computes ``weight = g * v / |v|`` per output row with
+``torch._weight_norm``, the op behind ``torch.nn.utils.weight_norm``: converted weights give the
+very same kernel values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["WNConv1d", "WNConvTranspose1d", "Snake", "pad1d", "extra_padding_for_conv1d"]
+
+
+class _WeightNormMixin:
+    """``weight_g``/``weight_v`` parameters of a conv (``weight_norm`` off: a plain ``weight``)."""
+
+    def _init_weight(self, weight: torch.Tensor, weight_norm: bool) -> None:
+        self.weight_norm = weight_norm
+        if weight_norm:
+            self.weight_v = nn.Parameter(weight.detach().clone())
+            self.weight_g = nn.Parameter(torch.norm_except_dim(weight.detach(), 2, 0).clone())
+        else:
+            self.weight = nn.Parameter(weight.detach().clone())
+
+    def kernel(self) -> torch.Tensor:
+        if self.weight_norm:
+            return torch._weight_norm(self.weight_v, self.weight_g, 0)
+        return self.weight
+
+
+class WNConv1d(nn.Module, _WeightNormMixin):
+    """``nn.Conv1d`` with optional weight norm; ``padding`` is applied by the conv itself."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1, padding: int = 0, bias: bool = True,
+                 weight_norm: bool = True) -> None:
+        super().__init__()
+        ref = nn.Conv1d(in_channels, out_channels, kernel_size, stride, bias=bias)
+        self._init_weight(ref.weight, weight_norm)
+        self.bias = nn.Parameter(ref.bias.detach().clone()) if bias else None
+        self.kernel_size, self.stride, self.dilation, self.padding = (
+            kernel_size, stride, dilation, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.kernel(), self.bias, self.stride, self.padding, self.dilation)
+
+
+class WNConvTranspose1d(nn.Module, _WeightNormMixin):
+    """``nn.ConvTranspose1d`` with optional weight norm (``weight [C_in, C_out, k]``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, output_padding: int = 0, weight_norm: bool = True) -> None:
+        super().__init__()
+        ref = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride)
+        self._init_weight(ref.weight, weight_norm)
+        self.bias = nn.Parameter(ref.bias.detach().clone())
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.output_padding = padding, output_padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose1d(x, self.kernel(), self.bias, self.stride, self.padding,
+                                  self.output_padding)
+
+
+def extra_padding_for_conv1d(length: int, kernel_size: int, stride: int, padding_total: int) -> int:
+    """Right padding that makes the last window of a strided conv full, so that a transposed conv
+    can rebuild ``ceil(length / stride) * stride`` samples (EnCodec's rule)."""
+    n_frames = (length - kernel_size + padding_total) / stride + 1
+    ideal = (math.ceil(n_frames) - 1) * stride + (kernel_size - padding_total)
+    return ideal - length
+
+
+def pad1d(x: torch.Tensor, left: int, right: int, mode: str = "reflect") -> torch.Tensor:
+    """``F.pad`` on the last dim; reflect padding of a signal shorter than the pad first extends it
+    with zeros on the right (and drops them again), as EnCodec does."""
+    if mode != "reflect":
+        return F.pad(x, (left, right), mode)
+    length, extra = x.shape[-1], 0
+    if length <= max(left, right):
+        extra = max(left, right) - length + 1
+        x = F.pad(x, (0, extra))
+    y = F.pad(x, (left, right), "reflect")
+    return y[..., : y.shape[-1] - extra]
+
+
+class Snake(nn.Module):
+    """Snake activation ``x + sin^2(alpha x) / alpha`` with a learned ``alpha [1, C, 1]`` (DAC)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(shape[0], shape[1], -1)
+        x = x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        return x.reshape(shape)
