@@ -180,6 +180,27 @@ def test_flextok_and_length_predictor_loss_configs():
         LengthPredictorConfig(num_tokens=0)
 
 
+@pytest.mark.parametrize(
+    "cls,kwargs,exc,field",
+    [
+        ("dac", dict(encoder_dim=0), ValueError, "encoder_dim"),
+        ("dac", dict(encoder_rates=[2, 4.5]), TypeError, "encoder_rates"),
+        ("dac", dict(quantizer_dropout=1.5), ValueError, "quantizer_dropout"),
+        ("dac", dict(codebook_size=1), ValueError, "codebook_size"),
+        ("encodec", dict(sample_rate="24000"), TypeError, "sample_rate"),
+        ("encodec", dict(ratios=[8, 0]), ValueError, "ratios"),
+        ("encodec", dict(target_bandwidths=[1.5, NAN]), ValueError, "target_bandwidths"),
+        ("encodec", dict(quantizer="rvq"), TypeError, "quantizer"),
+    ],
+)
+def test_audio_codec_config_errors(cls, kwargs, exc, field):
+    from visualtok.audio.dac import DACConfig
+    from visualtok.audio.encodec import EncodecConfig
+
+    with pytest.raises(exc, match=field):
+        {"dac": DACConfig, "encodec": EncodecConfig}[cls](**kwargs)
+
+
 def test_valid_configs_still_build_and_normalise():
     cfg = config_from_dict(QuantizerConfig, {"type": "fsq", "dim": 3, "levels": [8, 5, 5]})
     assert cfg.levels == (8, 5, 5)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..registry import register_quantizer
 from .base import Quantizer, check_latents, fp32_no_autocast
-from .config import QuantizerConfig
+from .config import _FAMILY_FIELDS, QuantizerConfig
 from .distributed import broadcast_, is_distributed
 from .layout import CodeLayout
 from .search import check_strength, token_mask
@@ -50,9 +50,9 @@ class ResidualVectorQuantizer(Quantizer):
         super().__init__()
         self.config = config.validate()  # every field is checked there, once
         self.dim = config.dim
+        rvq_only = _FAMILY_FIELDS["rvq"] - _FAMILY_FIELDS["vq"]  # back to defaults for one level
         level_cfg = dataclasses.replace(
-            config, type="vq", num_quantizers=QuantizerConfig.num_quantizers,
-            quantizer_dropout=QuantizerConfig.quantizer_dropout,
+            config, type="vq", **{k: getattr(QuantizerConfig, k) for k in rvq_only}
         )
         q = config.num_quantizers
         self.levels = nn.ModuleList(VectorQuantizer(level_cfg) for _ in range(q))
