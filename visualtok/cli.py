@@ -134,6 +134,77 @@ def _reconstruct_audio(args: argparse.Namespace) -> int:
     print(f"SI-SDR      : {float(si_sdr(recon, wav)[0]):.2f} dB")
     print(f"mel distance: {float(mel_distance(recon, wav, model.sample_rate)[0]):.4f}")
     print(f"wrote       : {wav_out}, {picture}")
+
+
+_VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+
+
+def _is_video(path) -> bool:
+    return Path(path).suffix.lower() in _VIDEO_SUFFIXES
+
+
+def _read_clip_for(model, path: Path, args: argparse.Namespace):
+    """``model.num_frames`` frames ``--stride`` apart from ``--start``, resized + centre-cropped."""
+    from .video.io import probe, read_video
+
+    if getattr(model, "num_frames", None) is None:
+        raise ValueError(f"{path} is a video but {type(model).__name__} is an image tokenizer: "
+                         "pass --model with a video tokenizer (e.g. a titok3d checkpoint)")
+    side = model.image_size[0]
+    clip = read_video(path, model.num_frames, "stride", stride=args.stride, start=args.start,
+                      size=side, crop=side)
+    return clip[None], probe(path).fps / args.stride
+
+
+def _write_video_or_grid(video, out: Path, fps: float) -> Path:
+    """``[T, 3, H, W]`` -> a video file (by suffix) or a frame-grid picture."""
+    from .video.io import save_frame_grid, write_video
+
+    return write_video(out, video, fps) if _is_video(out) else save_frame_grid(out, video)
+
+
+def _encode_video(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    model = _load_tokenizer(args.model)
+    clip, fps = _read_clip_for(model, Path(args.image), args)
+    with torch.no_grad():
+        codes = model.encode(clip)
+    meta = {"model": str(args.model), "code_layout": json.dumps(model.code_layout.to_dict()),
+            "source": str(args.image), "fps": str(fps), "start": str(args.start)}
+    save_file({"codes": codes.contiguous()}, args.out, metadata=meta)
+    bits = model.bits_per_clip
+    print(f"{args.image}: {model.num_frames} frames -> {codes.shape[1]} tokens x "
+          f"{codes.shape[-1]} factor(s), {bits:.0f} bits ({bits * fps / model.num_frames:.0f} "
+          f"bits/s) -> {args.out}")
+    return 0
+
+
+def _reconstruct_video(args: argparse.Namespace, path: Path) -> int:
+    import torch
+
+    from .video.io import write_video
+
+    model = _load_tokenizer(args.model)
+    clip, fps = _read_clip_for(model, path, args)
+    with torch.no_grad():
+        recon = model.decode(model.encode(clip))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    both = torch.cat([clip[0], recon[0]], dim=-1)  # side by side: original | reconstruction
+    h, w = both.shape[-2:]
+    video_out = out / f"{path.stem}_reconstruction.mp4"
+    if h % 2 == 0 and w % 2 == 0:
+        write_video(video_out, both, fps)
+    else:
+        video_out = write_video(out / f"{path.stem}_reconstruction.mkv", both, fps)
+    grid = _write_video_or_grid(torch.cat([clip, recon]), out / f"{path.stem}_frames.png", fps)
+    print(f"model       : {getattr(model, 'model_name', None) or args.model}")
+    print(f"clip        : {path} -> {tuple(clip.shape[1:])}")
+    print(f"tokens      : {model.num_tokens}, {model.bits_per_clip:.0f} bits per clip")
+    print(f"PSNR        : {_psnr(recon[0], clip[0]):.2f} dB")
+    print(f"side by side: {video_out}; frames: {grid}")
     return 0
 
 
@@ -196,6 +267,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
+    if _is_video(args.image):
+        return _encode_video(args)
     model = _load_tokenizer(args.model)
     images = _read_image_for(model, Path(args.image))
     with torch.no_grad():
@@ -272,6 +345,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     _check_recorded_layout(args.codes, meta, model)
     with torch.no_grad():
         images = model.decode(codes)
+    if getattr(model, "num_frames", None) is not None:  # a video tokenizer: video or frame grid
+        out = _write_video_or_grid(images[0], Path(args.out), float(meta.get("fps", 24.0)))
+        print(f"decoded {tuple(codes.shape)} codes -> {out}")
+        return 0
     out = save_image(images, args.out)
     print(f"decoded {tuple(codes.shape)} codes -> {out}")
     return 0
@@ -284,8 +361,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from .data.image_io import save_grid
 
-    model = _load_tokenizer(args.model)
     path = Path(args.image) if args.image else BUNDLED_PHOTO
+    if _is_video(path):
+        return _reconstruct_video(args, path)
+    model = _load_tokenizer(args.model)
     images = _read_image_for(model, path)
     with torch.no_grad():
         codes = model.encode(images)
@@ -402,6 +481,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _add_clip_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--start", type=int, default=0, help="video: first frame")
+    s.add_argument("--stride", type=int, default=1, help="video: frames between samples")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visualtok", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -428,15 +512,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. --set channels=128")
     s.set_defaults(fn=cmd_convert)
 
-    s = sub.add_parser("encode", help="image or audio file -> tokens (.safetensors)")
-    s.add_argument("image", help="an image, or audio (.wav/.flac/.ogg/.mp3)")
+    s = sub.add_parser("encode", help="image, video clip or audio file -> tokens (.safetensors)")
+    s.add_argument("image",
+                   help="an image, a video (.mp4/.webm/.mkv) or audio (.wav/.flac/.ogg/.mp3)")
     s.add_argument("--model", default=DEFAULT_TOKENIZER,
                    help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
     s.add_argument("--out", default="codes.safetensors")
     s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
+    _add_clip_args(s)
     s.set_defaults(fn=cmd_encode)
 
-    s = sub.add_parser("decode", help="tokens (.safetensors) -> image or audio")
+    s = sub.add_parser("decode", help="tokens (.safetensors) -> image, audio, or video (.mp4/.webm/"
+                                      ".mkv or a frame-grid picture)")
     s.add_argument("codes")
     s.add_argument("--model", default=None, help="defaults to the model recorded with the codes")
     s.add_argument("--out", default="decoded.png")
@@ -449,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
     s.add_argument("--out", default="outputs")
     s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
+    _add_clip_args(s)
     s.set_defaults(fn=cmd_reconstruct)
 
     s = sub.add_parser("train", help="train from a YAML config (tokenizer or generator)")

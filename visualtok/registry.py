@@ -136,6 +136,7 @@ class ModelEntry:
 # The modules that fill each table (the one lazy-import rule above).
 _MODEL_MODULES = (
     "visualtok.image.titok",
+    "visualtok.video.titok3d",
     "visualtok.generate.gpt",
     "visualtok.image.vqgan",
     "visualtok.image.retok",
@@ -157,6 +158,7 @@ TASKS = Registry("task", (
     "visualtok.train.tokenizer_task",
     "visualtok.train.generator_task",
     "visualtok.train.flextok_task",
+    "visualtok.train.video_task",
 ))
 TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
     "visualtok.train.semantic",

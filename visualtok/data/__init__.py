@@ -43,8 +43,14 @@ def build_dataset(config: DataConfig, train: bool = True) -> Dataset:
             frame_stride=config.frame_stride,
             train=crop,
         )
+    if config.type == "video_synthetic":  # pans/zooms over still photos: SYNTHETIC video
+        from .synthetic_video import PanZoomDataset
+
+        return PanZoomDataset(config.path, config.image_size, config.num_frames, train=crop)
     if config.type == "audio":
         from .audio import AudioFolderDataset
 
         return AudioFolderDataset(config.path, config.sample_rate, config.num_samples, train=crop)
-    raise ValueError(f"data.type must be images | shards | video | audio; got {config.type!r}")
+    raise ValueError(
+        f"data.type must be images | shards | video | video_synthetic | audio; got {config.type!r}"
+    )

@@ -1,8 +1,10 @@
 """Video clip dataset: fixed-length clips from frame folders or video files.
 
-A clip source is either a folder of frame images (sorted by name) or a video file read with
-OpenCV (``cv2``, when installed). Each item is ``num_frames`` frames ``frame_stride`` apart
-(seeded random start in train mode, the first frames in eval), centre-cropped square and resized:
+A clip source is either a folder of frame images (sorted by name) or a video file decoded with
+PyAV (``visualtok.data.video_io``; frame counts are exact, from one decode pass per file, cached). A
+video file that cannot be read is an error naming it, never silently skipped. Each item is
+``num_frames`` frames ``frame_stride`` apart (seeded random start in train mode, the first frames
+in eval), centre-cropped square and resized:
 ``{"video": [T, 3, S, S] float in [0, 1], "index": int}``.
 """
 
@@ -16,29 +18,11 @@ from torch.utils.data import Dataset
 from .image_io import list_images, open_image
 from .images import random_crop_resize
 from .sampler import item_generator
+from .video_io import frame_times, read_video
 
 __all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
-
-
-def _read_video(path: Path, start: int, count: int, stride: int) -> list[torch.Tensor]:
-    try:
-        import cv2
-    except ImportError as e:
-        raise ImportError(f"reading {path} needs opencv-python (or use a frames folder)") from e
-    cap = cv2.VideoCapture(str(path))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    frames, i = [], 0
-    while len(frames) < count:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        if i % stride == 0:
-            frames.append(torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255.0)
-        i += 1
-    cap.release()
-    return frames
 
 
 class VideoClipDataset(Dataset):
@@ -63,7 +47,7 @@ class VideoClipDataset(Dataset):
             if n >= span:
                 self.sources.append((d, n))
         for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS):
-            n = _count_frames(f)
+            n = len(frame_times(f))  # raises, naming f, when unreadable/truncated
             if n >= span:
                 self.sources.append((f, n))
         if not self.sources:
@@ -91,19 +75,9 @@ class VideoClipDataset(Dataset):
             files = list_images(src, recursive=False)[start : start + span : self.stride]
             frames = [open_image(f) for f in files]  # PIL: resized before float
         else:
-            frames = _read_video(src, start, self.num_frames, self.stride)
+            idx = torch.arange(self.num_frames) * self.stride + start
+            frames = read_video(src, indices=idx, size=self.image_size)  # short side resized
         if len(frames) < self.num_frames:
             raise ValueError(f"{src}: could read only {len(frames)} of {self.num_frames} frames")
         clip = torch.stack([random_crop_resize(f, self.image_size, None) for f in frames])
         return {"video": clip, "index": index}
-
-
-def _count_frames(path: Path) -> int:
-    try:
-        import cv2
-    except ImportError:
-        return 0
-    cap = cv2.VideoCapture(str(path))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    cap.release()
-    return max(n, 0)

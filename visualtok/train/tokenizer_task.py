@@ -273,6 +273,8 @@ class TokenizerTask(Task):
 
     def _check_batch(self, images: torch.Tensor) -> None:
         """Training images must have the model's input size (shape only: no device sync)."""
+        if getattr(self.model, "num_frames", None) is not None:  # video tokenizers check clips
+            return
         h, w = self.model.image_size
         shape = tuple(images.shape)
         if images.ndim != 4 or shape[1] != 3 or shape[2:] != (h, w) or shape[0] == 0:
