@@ -109,10 +109,8 @@ def write_results(out: Path, results: dict[str, Any], name: str = "results.json"
 
 
 def run_cli(main: Callable[[], object], prog: str) -> int:
-    """Run a script's ``main`` and turn input errors into one line on stderr (exit status 2)."""
-    try:
-        main()
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """Run a script's ``main``; errors become one line on stderr, exit status 2 (the CLI's
+    reporter, ``visualtok.cli.run_cli``)."""
+    from visualtok.cli import run_cli as _run
+
+    return _run(main, prog)

@@ -88,4 +88,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from visualtok.cli import run_script
+
+    run_script(main)

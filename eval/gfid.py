@@ -45,6 +45,7 @@ from visualtok.metrics.fid import (
     kernel_inception_distance,
     kid_subset_plan,
     load_reference,
+    open_npz,
     precision_recall,
     save_reference,
 )
@@ -96,9 +97,7 @@ def sample_batches(
     size ``[H, W]``.
     """
     if src.suffix == ".npz":
-        if not src.is_file():
-            raise FileNotFoundError(f"samples file not found: {src}")
-        with np.load(src, allow_pickle=False) as z:
+        with open_npz(src, "samples file", hint="") as z:
             if "arr_0" not in z:
                 raise ValueError(f"{src}: expected 'arr_0' uint8 [N, H, W, 3]; keys {z.files}")
             arr = z["arr_0"]

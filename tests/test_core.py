@@ -59,7 +59,7 @@ def test_config_unknown_key_is_an_error(tmp_path):
 
 
 def test_quantizer_config_rejects_options_of_another_family():
-    QuantizerConfig(type="fsq", levels=(8, 5, 5, 5)).validate()
+    QuantizerConfig(type="fsq", dim=4, levels=(8, 5, 5, 5)).validate()
     with pytest.raises(ValueError, match="does not use option"):
         QuantizerConfig(type="fsq", codebook_size=16).validate()
     with pytest.raises(ValueError, match="quantizer type"):
@@ -111,7 +111,6 @@ class _TinyConfig:
     width: int = 4
 
 
-@register_model_class
 class _TinyNet(nn.Module, PretrainedMixin):
     config_class = _TinyConfig
 
@@ -122,14 +121,26 @@ class _TinyNet(nn.Module, PretrainedMixin):
         self.register_buffer("stat", torch.arange(config.width).float())
 
 
-@register_model(
-    task="test", pretrained=PretrainedRecord(hub_id="nobody/not-a-repo", sha256="0" * 64)
-)
 def _tiny_test_net(**overrides) -> _TinyNet:
     return _TinyNet(config_from_dict(_TinyConfig, overrides))
 
 
-def test_save_load_bit_exact(tmp_path):
+@pytest.fixture
+def tiny_registry():
+    """Register ``_TinyNet`` / ``_tiny_test_net`` for one test only and take them out again
+    (request it before ``monkeypatch`` so patches of the entry are undone first):
+    the global registry is left as it was (no registration at import time)."""
+    from visualtok import registry
+
+    register_model_class(_TinyNet)
+    record = PretrainedRecord(hub_id="nobody/not-a-repo", sha256="0" * 64)
+    register_model(_tiny_test_net, task="test", pretrained=record)
+    yield
+    registry.MODELS.remove("_tiny_test_net")
+    registry.MODEL_CLASSES.remove("_TinyNet")
+
+
+def test_save_load_bit_exact(tmp_path, tiny_registry):
     net = create_model("_tiny_test_net", width=6)
     out = net.save_pretrained(tmp_path / "ckpt")
     meta = json.loads((out / "config.json").read_text())
@@ -140,7 +151,7 @@ def test_save_load_bit_exact(tmp_path):
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
 
 
-def test_corrupt_or_mismatched_checkpoint_lists_keys(tmp_path):
+def test_corrupt_or_mismatched_checkpoint_lists_keys(tmp_path, tiny_registry):
     net = create_model("_tiny_test_net")
     d = net.save_pretrained(tmp_path / "ckpt")
     # flipped bytes -> sha256 mismatch
@@ -173,7 +184,7 @@ def test_corrupt_or_mismatched_checkpoint_lists_keys(tmp_path):
         load(d2)
 
 
-def test_config_json_cannot_name_arbitrary_classes(tmp_path):
+def test_config_json_cannot_name_arbitrary_classes(tmp_path, tiny_registry):
     net = create_model("_tiny_test_net")
     d = net.save_pretrained(tmp_path / "ckpt")
     meta = json.loads((d / "config.json").read_text())
@@ -185,7 +196,7 @@ def test_config_json_cannot_name_arbitrary_classes(tmp_path):
         get_model_class("subprocess.Popen")
 
 
-def test_offline_load_names_file_and_place(tmp_path, monkeypatch):
+def test_offline_load_names_file_and_place(tiny_registry, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("VISUALTOK_WEIGHTS", str(tmp_path / "w"))
     with pytest.raises(FileNotFoundError) as e:
@@ -209,9 +220,18 @@ def test_offline_load_names_file_and_place(tmp_path, monkeypatch):
     assert isinstance(load("_tiny_test_net"), _TinyNet)
 
 
-def test_registry_queries():
+def test_registry_queries(tiny_registry):
     assert "_tiny_test_net" in list_models("_tiny*")
+    assert "titok_tiny" in list_models("titok*")
     assert list_models("_tiny*", task="generator") == []
     with pytest.raises(ValueError, match="unknown model"):
         create_model("definitely_not_a_model")
     assert visualtok.__version__
+
+
+
+def test_test_registrations_do_not_leak():
+    """Without the fixture the test model is unknown: nothing registered it at import time."""
+    assert "_tiny_test_net" not in list_models("_tiny*")
+    with pytest.raises(ValueError, match="unknown model class"):
+        get_model_class("_TinyNet")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,16 +27,24 @@ import os, sys, time
 import torch
 torch.set_num_threads(1)
 from visualtok.train import checkpoint as ck
-from visualtok.train.trainer import run_training
-stop_at = int(os.environ.get("STOP_AT", "0"))
-orig = ck.finalize_checkpoint
-def hooked(tmp, final, keep):
-    out = orig(tmp, final, keep)
+from visualtok.train.trainer import Trainer, run_training
+hold = os.environ.get("HOLD", "")  # "write:step_N" / "done:step_N": pause there to be killed
+orig_step = Trainer.train_step
+def train_step(self, batch):
+    print("STEP", self.step + 1, flush=True)  # the 1-based step about to be computed
+    return orig_step(self, batch)
+Trainer.train_step = train_step
+orig_finalize = ck.finalize_checkpoint
+def finalize(tmp, final, keep):
+    print("WRITING", final.name, flush=True)
+    if hold == "write:" + final.name:
+        time.sleep(300)  # killed here: state written to the temporary dir, not yet renamed
+    out = orig_finalize(tmp, final, keep)
     print("CKPT", final.name, flush=True)
-    if stop_at and final.name == "step_%08d" % stop_at:
-        time.sleep(300)  # the test SIGKILLs us here, right after the checkpoint is complete
+    if hold == "done:" + final.name:
+        time.sleep(300)  # killed here, right after the checkpoint is complete
     return out
-ck.finalize_checkpoint = hooked
+ck.finalize_checkpoint = finalize
 run_training(sys.argv[1])
 print("DONE", flush=True)
 """
@@ -52,10 +62,13 @@ RESUME_SECTIONS = dict(
         "nested_dropout": {"enabled": True},
     },
 )
+STEPS = RESUME_SECTIONS["trainer"]["steps"]
 
 
-def _run(driver: Path, cfg: Path, stop_at: int = 0) -> None:
-    env = dict(os.environ, STOP_AT=str(stop_at), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+def _run(driver: Path, cfg: Path, hold: str = "", kill_on: str = "", delay: float = 0.0):
+    """Run the driver; SIGKILL it ``delay`` s after it prints ``kill_on``. Returns the steps it
+    started, in order."""
+    env = dict(os.environ, HOLD=hold, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, str(driver), str(cfg)],
         stdout=subprocess.PIPE,
@@ -64,19 +77,25 @@ def _run(driver: Path, cfg: Path, stop_at: int = 0) -> None:
         env=env,
         cwd=REPO,
     )
+    steps, killed = [], False
     try:
         for line in proc.stdout:
-            if stop_at and line.strip() == f"CKPT step_{stop_at:08d}":
+            if line.startswith("STEP "):
+                steps.append(int(line.split()[1]))
+            if kill_on and line.strip() == kill_on:
+                time.sleep(delay)
                 os.kill(proc.pid, signal.SIGKILL)
+                killed = True
                 break
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    if stop_at:
-        assert rc == -signal.SIGKILL
+    if killed:
+        assert rc in (-signal.SIGKILL, 0), proc.stderr.read()[-3000:]
     else:
         assert rc == 0, proc.stderr.read()[-3000:]
+    return steps
 
 
 def _tensors(obj, prefix=""):
@@ -90,39 +109,65 @@ def _tensors(obj, prefix=""):
             yield from _tensors(v, f"{prefix}[{i}]")
 
 
-def test_sigkill_then_resume_is_exact(tmp_path, real_photos):
-    photos = write_photos(tmp_path / "photos", real_photos)
-    driver = tmp_path / "driver.py"
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, real_photos):
+    """An uninterrupted run of the resume recipe: (photos folder, driver, its output dir)."""
+    root = tmp_path_factory.mktemp("resume")
+    photos = write_photos(root / "photos", real_photos)
+    driver = root / "driver.py"
     driver.write_text(DRIVER)
-    cfg_a = write_config(
-        tmp_path / "a.yaml", tiny_config(photos, tmp_path / "a", **RESUME_SECTIONS)
-    )
-    cfg_b = write_config(
-        tmp_path / "b.yaml", tiny_config(photos, tmp_path / "b", **RESUME_SECTIONS)
-    )
+    cfg = write_config(root / "ref.yaml", tiny_config(photos, root / "ref", **RESUME_SECTIONS))
+    assert _run(driver, cfg) == list(range(1, STEPS + 1))
+    return photos, driver, root / "ref"
 
-    _run(driver, cfg_a, stop_at=2)  # killed right after the step-2 checkpoint
-    assert ck.latest_checkpoint(tmp_path / "a" / "checkpoints").name == "step_00000002"
-    assert not (tmp_path / "a" / "model").exists()
-    _run(driver, cfg_a)  # resumes from step 2 (trainer.resume: auto)
-    _run(driver, cfg_b)  # uninterrupted reference
 
-    wa, wb = (
-        load_file(tmp_path / "a" / "model" / "model.safetensors"),
-        load_file(tmp_path / "b" / "model" / "model.safetensors"),
-    )
+def _kill_moments():
+    """(hold, kill_on, delay): at fixed points, including inside a checkpoint write, and one
+    random moment per test session; its seed is in the test id (replay: $VISUALTOK_KILL_SEED)."""
+    seed = int(os.environ.get("VISUALTOK_KILL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    step = rng.randint(1, STEPS)
+    after = ("done:step_00000002", "CKPT step_00000002", 0.0)  # right after a checkpoint
+    return [
+        pytest.param(*after, marks=pytest.mark.slow, id="after"),
+        pytest.param("write:step_00000004", "WRITING step_00000004", 0.0, id="during"),
+        pytest.param("", f"STEP {step}", rng.uniform(0.0, 0.5), id=f"random-seed{seed}"),
+    ]
+
+
+@pytest.mark.parametrize("hold,kill_on,delay", _kill_moments())
+def test_sigkill_then_resume_is_exact(tmp_path, reference_run, hold, kill_on, delay):
+    photos, driver, ref = reference_run
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "a.yaml", tiny_config(photos, out, **RESUME_SECTIONS))
+    where = f"killed {delay:.3f} s after {kill_on!r}"
+    _run(driver, cfg, hold=hold, kill_on=kill_on, delay=delay)
+    latest = ck.latest_checkpoint(out / "checkpoints")
+    done = 0 if latest is None else ck.load_state_file(latest / "state.pt")["step"]
+    if hold:
+        assert done == int(hold.split("_")[-1]) - (2 if hold.startswith("write") else 0), where
+        assert not (out / "model").exists()
+    resumed = _run(driver, cfg)  # trainer.resume: auto
+    if done < STEPS:  # the second run really resumed: it starts right after the checkpoint
+        assert resumed == list(range(done + 1, STEPS + 1)), (where, done, resumed)
+    else:
+        assert resumed == [], (where, resumed)
+
+    wa = load_file(out / "model" / "model.safetensors")
+    wb = load_file(ref / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
-    sa = ck.load_state_file(tmp_path / "a" / "checkpoints" / "step_00000006" / "state.pt")
-    sb = ck.load_state_file(tmp_path / "b" / "checkpoints" / "step_00000006" / "state.pt")
+        assert torch.equal(wa[k], wb[k]), (where, k)
+    sa = ck.load_state_file(out / "checkpoints" / "step_00000006" / "state.pt")
+    sb = ck.load_state_file(ref / "checkpoints" / "step_00000006" / "state.pt")
     ta, tb = dict(_tensors(sa)), dict(_tensors(sb))
     assert ta.keys() == tb.keys() and len(ta) > 50
     for k in ta:  # model, discriminator, both optimizers, EMA, LeCam
-        assert torch.equal(ta[k], tb[k]), k
+        assert torch.equal(ta[k], tb[k]), (where, k)
     assert sa["sampler"] == sb["sampler"]
-    kept = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step_*"))
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert kept == ["step_00000004", "step_00000006"]  # keep_last: 2
+    assert not list((out / "checkpoints").glob(".tmp_*"))  # the torn write was cleaned up
 
 
 def test_crash_during_checkpoint_write_keeps_latest(tmp_path, real_photos, monkeypatch):

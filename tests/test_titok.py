@@ -107,13 +107,11 @@ def test_config_errors():
         create_model("titok_tiny", token_size=8, quantizer=dict(type="vq", dim=12))
     with pytest.raises(ValueError, match="ptq"):
         create_model("titok_tiny", mode="vae", quantizer=dict(type="vq", dim=12))
-    with pytest.raises(ValueError, match="patch_size must be 16"):
-        create_model("titok_s128", patch_size=8)
     with pytest.raises(ValueError, match="latents must be"):
         create_model("titok_tiny", **SMALL).decode_latents(torch.randn(1, 8, 5))
     cfg = config_from_dict(TiTokConfig, {"quantizer": {"type": "fsq", "levels": [5, 5], "dim": 2},
                                          "token_size": 2, "image_size": 32, "patch_size": 16})
-    assert isinstance(TiTok(cfg).quantizer.layout.radices, tuple)
+    assert TiTok(cfg).quantizer.layout.radices == (5, 5)  # the list from the dict, as a tuple
 
 
 def test_tiny_preset_learns(real_photos):
@@ -143,3 +141,27 @@ def test_bf16_autocast(real_photos):
         y16 = model.decode(codes)
     assert (codes16 == codes).float().mean() > 0.9
     assert y16.dtype == torch.float32 and (y16 - model.decode(codes)).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("image_size,patch_size", [(32, 8), (64, 32), (48, 16)])
+def test_legacy_pixel_decoder_accepts_any_patch_size(image_size, patch_size):
+    """As the official legacy TiTok: the MaskGIT-VQGAN decoder upsamples the patch grid by 16, so
+    the decoded side is (image_size / patch_size) * 16. Checked against bytedance/1d-tokenizer
+    @ 942a96f with random weights at (64, 8), (128, 32), (64, 16), (96, 8): same shapes, same codes,
+    max |diff| < 1e-6 after conversion."""
+    model = create_model(
+        "titok_tiny", image_size=image_size, patch_size=patch_size, num_latent_tokens=4,
+        encoder_width=32, decoder_width=32, encoder_heads=2, decoder_heads=2, is_legacy=True,
+        decoder_head="proxy_codes", pixel_decoder=True, pixel_decoder_channels=32,
+        proxy_codebook_size=16, proxy_code_dim=8,
+    ).eval()
+    side = image_size // patch_size * 16
+    assert model.decoded_size == (side, side)
+    x = torch.rand(2, 3, image_size, image_size)
+    codes = model.encode(x)
+    assert codes.shape == (2, 4, 1)
+    y = model.decode(codes)
+    assert y.shape == (2, 3, side, side) and 0 <= y.min() and y.max() <= 1
+    # the decoder input is the grid of softmax-weighted proxy codes: one 16x16 block per patch
+    logits = model.proxy_logits(model.quantizer.decode(codes))
+    assert logits.shape == (2, (image_size // patch_size) ** 2, 16)

@@ -41,12 +41,31 @@ def block_mean_baseline(images: torch.Tensor, bits: float) -> torch.Tensor:
     return best
 
 
-def test_shipped_weights_load_offline_with_checked_hashes(monkeypatch):
+SHIPPED = ("titok_photo128", "titok_photo128_nested", "gpt_photo128")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_offline_with_checked_hashes(name, monkeypatch, tmp_path):
+    import shutil
+
+    from visualtok.hub import CheckpointError, sha256_file, weights_dir
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in ("titok_photo128", "titok_photo128_nested", "gpt_photo128"):
-        model = visualtok.load(name)
-        assert not model.training
-        assert visualtok.registry.get_model_entry(name).pretrained.sha256
+    rec = visualtok.registry.get_model_entry(name).pretrained
+    shipped = weights_dir() / name
+    # the digest the registry records is the digest of the shipped file, and load() checks it
+    assert sha256_file(shipped / rec.filename) == rec.sha256
+    assert not visualtok.load(name).training
+    # a copy whose weights differ by one byte is refused, naming the file
+    bad = tmp_path / "w" / name
+    shutil.copytree(shipped, bad)
+    raw = bytearray((bad / rec.filename).read_bytes())
+    raw[-1] ^= 0x01
+    (bad / rec.filename).write_bytes(bytes(raw))
+    monkeypatch.setenv("VISUALTOK_WEIGHTS", str(tmp_path / "w"))
+    with pytest.raises(CheckpointError, match="sha256") as e:
+        visualtok.load(name)
+    assert rec.filename in str(e.value)
 
 
 def test_default_tokenizer_beats_block_mean_at_the_same_bits(tokenizer, kodak):

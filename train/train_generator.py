@@ -20,4 +20,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from visualtok.cli import run_script
+
+    run_script(main)

@@ -17,4 +17,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from visualtok.cli import run_script
+
+    run_script(main)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_TOKENIZER = "titok_photo128"
@@ -81,7 +83,7 @@ def _encode_audio(args: argparse.Namespace) -> int:
     if codes.scales is not None:
         tensors["scales"] = codes.scales.contiguous()
     meta = {"kind": "audio", "model": str(name), "sample_rate": str(model.sample_rate),
-            "source": str(args.image)}
+            "quantizer_sha256": _quantizer_digest(model), "source": str(args.image)}
     save_file(tensors, args.out, metadata=meta)
     t_f, n_q = codes.codes.shape[1:]
     print(f"{args.image}: {t_f} frames x {n_q} codebooks at {model.frame_rate:g} Hz, "
@@ -90,14 +92,13 @@ def _encode_audio(args: argparse.Namespace) -> int:
 
 
 def _decode_audio(args: argparse.Namespace, meta: dict) -> int:
-    from safetensors import safe_open
-
     from .audio.base import AudioCodes
     from .audio.io import write_audio
+    from .generate.tokens import read_codes_file
 
-    with safe_open(args.codes, framework="pt") as f:
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    t, _ = read_codes_file(args.codes, ("codes", "lengths", "num_samples"), "audio codes file")
     model = _load_codec(args.model or meta["model"])
+    _check_recorded_layout(args.codes, meta, model)
     codes = AudioCodes(t["codes"], t["lengths"], t["num_samples"], t.get("scales"))
     wav = model.decode(codes)
     out = Path(args.out if args.out != "decoded.png" else "decoded.wav")
@@ -276,6 +277,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     meta = {
         "model": str(args.model),
         "code_layout": json.dumps(model.code_layout.to_dict()),
+        "quantizer_sha256": _quantizer_digest(model),
         "source": str(args.image),
     }
     save_file({"codes": codes.contiguous()}, args.out, metadata=meta)
@@ -287,26 +289,69 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantizer_digest(model) -> str:
+    """sha256 of the quantizer's state (codebooks): codes mean something only through it."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.quantizer.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_recorded_layout(path: str, meta: dict[str, str], model) -> None:
+    """Codes carry the code layout and quantizer digest of the model that made them; both must be
+    this model's (a model with another codebook would decode them into a different picture)."""
+    from .quantize.layout import CodeLayout
+
+    made_by = meta.get("model", "another model")
+    recorded = meta.get("code_layout")
+    if recorded is not None:
+        try:
+            theirs = CodeLayout.from_dict(json.loads(recorded))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: unreadable code_layout metadata ({e})") from None
+        ours = model.code_layout
+        if (theirs.radices, theirs.kind, theirs.residual) != (
+            ours.radices, ours.kind, ours.residual
+        ):
+            raise ValueError(
+                f"{path} holds codes of {made_by} (code layout {theirs.kind} "
+                f"{list(theirs.radices)}); the decoding model expects {ours.kind} "
+                f"{list(ours.radices)}"
+            )
+    digest = meta.get("quantizer_sha256")
+    if digest and hasattr(model, "quantizer") and digest != _quantizer_digest(model):
+        raise ValueError(
+            f"{path} holds codes of {made_by}, whose quantizer (codebook) differs from the "
+            f"decoding model's: decode with --model {made_by}"
+        )
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     import torch
-    from safetensors import safe_open
 
     from .data.image_io import save_image
+    from .generate.tokens import read_codes_file
 
-    with safe_open(args.codes, framework="pt") as f:
-        codes = f.get_tensor("codes")
-        meta = f.metadata() or {}
+    tensors, meta = read_codes_file(args.codes)
+    codes = tensors["codes"]
     if meta.get("kind") == "audio":
         return _decode_audio(args, meta)
     model = _load_tokenizer(args.model or meta.get("model", DEFAULT_TOKENIZER))
+    _check_recorded_layout(args.codes, meta, model)
     with torch.no_grad():
         images = model.decode(codes)
     if getattr(model, "num_frames", None) is not None:  # a video tokenizer: video or frame grid
         out = _write_video_or_grid(images[0], Path(args.out), float(meta.get("fps", 24.0)))
         print(f"decoded {tuple(codes.shape)} codes -> {out}")
         return 0
-    save_image(images[0], args.out)
-    print(f"decoded {tuple(codes.shape)} codes -> {args.out}")
+    out = save_image(images, args.out)
+    print(f"decoded {tuple(codes.shape)} codes -> {out}")
     return 0
 
 
@@ -373,6 +418,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .data.image_io import save_grid, save_image
     from .generate.pipeline import generate_images
 
+    if args.num_tokens is not None and args.num_tokens < 1:
+        raise ValueError(
+            f"--num-tokens must be >= 1 (omit it for all tokens); got {args.num_tokens}"
+        )
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1; got {args.num}")
     tokenizer = _load_tokenizer(args.tokenizer)
     gpt = visualtok.load(args.model)
     if args.labels and args.per_class:
@@ -517,6 +568,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(prog: str, e: BaseException, hint: str) -> int:
+    """Print ``e`` as one line on stderr (never a traceback); return the exit status."""
+    if isinstance(e, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    text = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, (ValueError, TypeError, OSError)):  # not one of our input errors
+        text = f"{type(e).__name__}: {text} ({hint} for the traceback)"
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return 2
+
+
+def run_cli(fn: Callable[[], object], prog: str) -> int:
+    """Run a script's ``fn()``; an error becomes one line on stderr and exit status 2
+    (``VISUALTOK_TRACEBACK=1`` re-raises it instead). An int ``fn`` returns is the status."""
+    try:
+        result = fn()
+    except (Exception, KeyboardInterrupt) as e:
+        if os.environ.get("VISUALTOK_TRACEBACK") and not isinstance(e, KeyboardInterrupt):
+            raise
+        return _report(prog, e, "set VISUALTOK_TRACEBACK=1")
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def run_script(fn: Callable[[], object]) -> None:
+    """Entry point of the ``train/`` and ``eval/`` scripts: ``sys.exit(run_cli(fn, script))``."""
+    sys.exit(run_cli(fn, Path(sys.argv[0]).name))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -525,9 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"visualtok {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:  # one line, never a traceback (-v shows it)
+        if args.verbose and not isinstance(e, KeyboardInterrupt):
+            raise
+        return _report(f"visualtok {args.command}", e, "run with -v")
 
 
 if __name__ == "__main__":

@@ -194,9 +194,12 @@ def load_state_dict_strict(
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; got {type(data).__name__}")
+    return data
 
 
 class PretrainedMixin:
@@ -276,7 +279,10 @@ def _load_directory(directory: Path, map_location: str | torch.device = "cpu") -
             f"{w_path} is corrupt: sha256 differs from the one recorded in {CONFIG_NAME}"
         )
     model_cls = get_model_class(meta["model_class"])
-    model = model_cls.from_config(meta["config"])
+    try:
+        model = model_cls.from_config(meta["config"])
+    except (TypeError, ValueError) as e:  # a config the model refuses: say which file holds it
+        raise CheckpointError(f"{cfg_path}: {e}") from None
     try:
         state = load_file(str(w_path), device=str(map_location))
     except (SafetensorError, OSError) as e:

@@ -160,6 +160,7 @@ TASKS = Registry("task", (
     "visualtok.train.generator_task",
     "visualtok.train.flextok_task",
     "visualtok.train.codec_task",
+    "visualtok.train.video_task",
 ))
 TEACHERS = Registry("teacher", (  # frozen feature networks for semantic/REPA losses
     "visualtok.train.semantic",

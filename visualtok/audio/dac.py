@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config, PositiveInt, Radix, UnitFloat
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
 from .base import AudioCodec
@@ -40,23 +41,21 @@ __all__ = ["DACConfig", "DAC"]
 
 
 @dataclass
-class DACConfig:
-    encoder_dim: int = 64
-    encoder_rates: tuple[int, ...] = (2, 4, 8, 8)
-    latent_dim: int | None = None  # None = encoder_dim * 2 ** len(encoder_rates)
-    decoder_dim: int = 1536
-    decoder_rates: tuple[int, ...] = (8, 8, 4, 2)
-    n_codebooks: int = 9
-    codebook_size: int = 1024
-    codebook_dim: int = 8
-    quantizer_dropout: float = 0.0  # training: share of each batch on a random prefix (DAC: 0.5)
-    sample_rate: int = 44100
+class DACConfig(Config):
+    encoder_dim: PositiveInt = 64
+    encoder_rates: tuple[PositiveInt, ...] = (2, 4, 8, 8)
+    latent_dim: PositiveInt | None = None  # None = encoder_dim * 2 ** len(encoder_rates)
+    decoder_dim: PositiveInt = 1536
+    decoder_rates: tuple[PositiveInt, ...] = (8, 8, 4, 2)
+    n_codebooks: PositiveInt = 9
+    codebook_size: Radix = 1024
+    codebook_dim: PositiveInt = 8
+    # training: share of each batch on a random prefix (DAC: 0.5)
+    quantizer_dropout: UnitFloat = 0.0
+    sample_rate: PositiveInt = 44100
 
     def validate(self) -> DACConfig:
-        for name in ("encoder_dim", "decoder_dim", "n_codebooks", "codebook_dim", "sample_rate"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"DACConfig.{name} must be a positive int; got {v!r}")
+        super().validate()
         if math.prod(self.encoder_rates) != math.prod(self.decoder_rates):
             raise ValueError(f"DACConfig: encoder_rates {self.encoder_rates} and decoder_rates "
                              f"{self.decoder_rates} must have the same product (the hop)")

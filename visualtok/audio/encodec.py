@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Config, NonNegativeFloat, PositiveFloat, PositiveInt, Radix
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
 from .base import AudioCodec
@@ -42,31 +43,33 @@ _NORMS = ("weight_norm", "time_group_norm")
 
 
 @dataclass
-class EncodecConfig:
-    sample_rate: int = 24000
-    channels: int = 1  # audio channels (48 kHz: 2)
-    n_filters: int = 32  # base width, doubled at each downsampling
-    ratios: tuple[int, ...] = (8, 5, 4, 2)  # decoder upsampling strides (encoder: reversed)
-    dimension: int = 128  # latent channels D
-    n_residual_layers: int = 1
+class EncodecConfig(Config):
+    sample_rate: PositiveInt = 24000
+    channels: PositiveInt = 1  # audio channels (48 kHz: 2)
+    n_filters: PositiveInt = 32  # base width, doubled at each downsampling
+    ratios: tuple[PositiveInt, ...] = (8, 5, 4, 2)  # decoder upsampling strides (encoder: reversed)
+    dimension: PositiveInt = 128  # latent channels D
+    n_residual_layers: PositiveInt = 1
     lstm_layers: int = 2
-    kernel_size: int = 7
-    last_kernel_size: int = 7
-    residual_kernel_size: int = 3
-    dilation_base: int = 2
-    compress: int = 2  # residual branch width = width // compress
+    kernel_size: PositiveInt = 7
+    last_kernel_size: PositiveInt = 7
+    residual_kernel_size: PositiveInt = 3
+    dilation_base: PositiveInt = 2
+    compress: PositiveInt = 2  # residual branch width = width // compress
     causal: bool = True  # 24 kHz causal, 48 kHz not
     norm: str = "weight_norm"  # weight_norm | time_group_norm
     pad_mode: str = "reflect"
-    trim_right_ratio: float = 1.0  # causal transposed convs trim this share of padding on the right
-    target_bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps
-    codebook_size: int = 1024
+    # causal transposed convs trim this share of padding on the right
+    trim_right_ratio: NonNegativeFloat = 1.0
+    target_bandwidths: tuple[PositiveFloat, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps
+    codebook_size: Radix = 1024
     normalize: bool = False  # scale input by its RMS (per chunk), 48 kHz
     segment: float | None = None  # chunk length in seconds (48 kHz: 1.0); None = whole signal
     overlap: float = 0.01  # chunk overlap, fraction of the chunk
     quantizer: QuantizerConfig | None = None  # None = EnCodec's RVQ for these dims
 
     def validate(self) -> EncodecConfig:
+        super().validate()
         if self.norm not in _NORMS:
             raise ValueError(f"EncodecConfig.norm must be one of {_NORMS}; got {self.norm!r}")
         if self.norm == "time_group_norm" and self.causal:

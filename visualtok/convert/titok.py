@@ -15,14 +15,13 @@ counterpart for (e.g. the PTQ range of a VAE checkpoint), which keep their confi
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import load_yaml
+from ..config import load_json, load_yaml
 from ..hub import (
     CheckpointError,
     describe_state_dict_mismatch,
@@ -54,7 +53,8 @@ def _read_config(config: Any) -> dict[str, Any]:
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"official TiTok config not found: {path}")
-        config = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+        is_json = path.suffix == ".json"
+        config = load_json(path, "official TiTok config") if is_json else load_yaml(path)
     if not isinstance(config, dict):
         raise TypeError(
             f"official TiTok config must be a dict or a path; got {type(config).__name__}"

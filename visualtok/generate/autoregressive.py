@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..config import check_value
 from .sampling import SamplingConfig, cfg_scale_at
 
 __all__ = ["generate_ar", "resolve_sampling"]
@@ -45,6 +46,8 @@ def prepare_labels(
     model, labels: Any, num_samples: int | None, guided: bool
 ) -> tuple[torch.Tensor | None, int]:
     """Validated labels (with the null class appended when ``guided``) and the batch size ``B``."""
+    if num_samples is not None:
+        num_samples = check_value(int, num_samples, "num_samples")
     if labels is None:
         if num_samples is None or num_samples < 1:
             raise ValueError(
@@ -83,7 +86,8 @@ def generate_ar(
             "generate_ar needs a causal GPT; use maskgit.generate_maskgit for causal=False"
         )
     cfg = resolve_sampling(sampling, **sampling_kwargs)
-    k = model.config.num_tokens if num_tokens is None else int(num_tokens)
+    k = model.config.num_tokens if num_tokens is None else num_tokens
+    k = check_value(int, k, "num_tokens")
     if not 1 <= k <= model.config.num_tokens:
         raise ValueError(
             f"num_tokens must be in [1, {model.config.num_tokens}] (the GPT context); got {k}"

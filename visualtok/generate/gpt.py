@@ -18,12 +18,20 @@ masks, so one step has fixed shapes (``torch.compile`` friendly).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
-from ..config import config_from_dict
+from ..config import (
+    Config,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Radix,
+    Range,
+    config_from_dict,
+)
 from ..hub import PretrainedMixin
 from ..nn.attention import KVCache, rotary_tables
 from ..quantize.layout import CodeLayout
@@ -35,32 +43,57 @@ __all__ = ["GPTConfig", "GPT", "GPTOutput", "gpt_tiny", "gpt_small", "gpt_b", "g
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(Config):
     """Constructor arguments of ``GPT``."""
 
-    radices: tuple[int, ...] = (16384,)  # the tokenizer's CodeLayout radices
-    layout_kind: str = "vq"  # CodeLayout.kind
+    # the tokenizer's CodeLayout radices
+    radices: Annotated[tuple[Radix, ...], Range(ge=1)] = (16384,)
+    layout_kind: Literal["vq", "rvq", "fsq", "lfq", "ptq"] = "vq"  # CodeLayout.kind
     layout_residual: bool = False
-    num_tokens: int = 256  # N, the longest token sequence (context = N for AR, N + 1 for MaskGIT)
-    num_layers: int = 12
-    dim: int = 768
-    num_heads: int = 12
-    ffn_multiple_of: int = 256  # SwiGLU width = 8/3 dim rounded up to this
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    num_classes: int = 1000  # 0 = unconditional (every sequence starts from the null token)
-    class_dropout: float = 0.1  # training: replace labels by the null class (for CFG)
+    # N, the longest token sequence (context = N for AR, N + 1 for MaskGIT)
+    num_tokens: PositiveInt = 256
+    num_layers: PositiveInt = 12
+    dim: PositiveInt = 768
+    num_heads: PositiveInt = 12
+    ffn_multiple_of: PositiveInt = 256  # SwiGLU width = 8/3 dim rounded up to this
+    norm_eps: PositiveFloat = 1e-5
+    rope_base: PositiveFloat = 10000.0
+    # 0 = unconditional (every sequence starts from the null token)
+    num_classes: NonNegativeInt = 1000
+    # training: replace labels by the null class (for CFG)
+    class_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1
     causal: bool = True  # False: bidirectional trunk with a mask token (MaskGIT)
-    head: str = "auto"  # auto | flat | factor | factor_independent | bit
-    input: str = "auto"  # auto | embedding | factor_embedding | features
-    feature_dim: int = 0  # width of quantizer.features(codes) for input="features"
-    factor_head_dim: int = 256  # width of the per-factor head's transformer
-    factor_head_layers: int = 2
-    factor_head_heads: int = 4
-    init_std: float = 0.02
+    # auto | flat | factor | factor_independent | bit
+    head: Literal["auto", "flat", "factor", "factor_independent", "bit"] = "auto"
+    # auto | embedding | factor_embedding | features
+    input: Literal["auto", "embedding", "factor_embedding", "features"] = "auto"
+    feature_dim: NonNegativeInt = 0  # width of quantizer.features(codes) for input="features"
+    factor_head_dim: PositiveInt = 256  # width of the per-factor head's transformer
+    factor_head_layers: PositiveInt = 2
+    factor_head_heads: PositiveInt = 4
+    init_std: PositiveFloat = 0.02
     # names of the classes, for people (grid labels, file names); () = unnamed. Filled from the
     # token folder's class_names when a generator is trained (``GeneratorTask``).
     class_names: tuple[str, ...] = ()
+
+    def validate(self) -> GPTConfig:
+        super().validate()
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(
+                f"GPTConfig.num_heads {self.num_heads} must divide dim {self.dim} into an even "
+                f"head width (rotary embeddings rotate pairs of channels)"
+            )
+        if self.factor_head_dim % self.factor_head_heads:
+            raise ValueError(
+                f"GPTConfig.factor_head_heads {self.factor_head_heads} must divide "
+                f"factor_head_dim {self.factor_head_dim}"
+            )
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"GPTConfig.class_names must name all {self.num_classes} classes (or be empty); "
+                f"got {len(self.class_names)} names"
+            )
+        return self
 
 
 @dataclass
@@ -77,17 +110,9 @@ class GPT(nn.Module, PretrainedMixin):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.config = config
+        self.config = config.validate()
         c = config
         self.layout = CodeLayout(tuple(c.radices), c.layout_kind, c.layout_residual)
-        if c.num_tokens < 1 or c.num_classes < 0 or not 0.0 <= c.class_dropout < 1.0:
-            raise ValueError(
-                f"need num_tokens >= 1, num_classes >= 0, class_dropout in [0, 1); got {c}"
-            )
-        if c.class_names and len(c.class_names) != c.num_classes:
-            raise ValueError(
-                f"class_names must name all {c.num_classes} classes; got {len(c.class_names)}"
-            )
         self.head_type = resolve_head(c.head, self.layout)
         self.input_type = resolve_input(c.input, self.head_type, self.layout)
         self.max_len = c.num_tokens + (0 if c.causal else 1)
@@ -153,10 +178,10 @@ class GPT(nn.Module, PretrainedMixin):
     def check_codes(self, codes: Any) -> torch.Tensor:
         """``[B, *S, F]`` -> ``[B, N, F]`` int64, validated against the layout and the context."""
         codes = self.layout.validate(codes)
-        if codes.ndim < 3:
+        if codes.ndim < 3 or codes.shape[0] == 0 or codes[0, ..., 0].numel() == 0:
             raise ValueError(
-                f"codes must be [B, *S, {self.layout.num_factors}] (S = token layout); "
-                f"got shape {tuple(codes.shape)}"
+                f"codes must be [B, *S, {self.layout.num_factors}] (S = token layout) with at "
+                f"least one sequence and one token; got shape {tuple(codes.shape)}"
             )
         codes = codes.reshape(codes.shape[0], -1, self.layout.num_factors)
         if codes.shape[1] > self.config.num_tokens:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..config import NonNegativeFloat, PositiveInt, check_value
 from .autoregressive import prepare_labels, resolve_sampling
 from .sampling import SamplingConfig, cfg_scale_at
 
@@ -68,8 +69,8 @@ def generate_maskgit(
     """Sample codes ``[B, N, F]`` from a bidirectional GPT in ``num_steps`` parallel steps."""
     if model.config.causal:
         raise ValueError("generate_maskgit needs a bidirectional GPT (causal=False)")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1; got {num_steps}")
+    num_steps = check_value(PositiveInt, num_steps, "num_steps")
+    choice_temperature = check_value(NonNegativeFloat, choice_temperature, "choice_temperature")
     mask_ratio(0.5, schedule)  # validates the name
     cfg = resolve_sampling(sampling, **sampling_kwargs)
     labels, B = prepare_labels(model, labels, num_samples, cfg.guided)

@@ -67,7 +67,8 @@ def generate_images(
     check_compatible(gpt, tokenizer)
     n = math.prod(tokenizer.token_shape)
     if sampler == "ar":
-        codes = gpt.generate(labels, num_samples=num_samples, num_tokens=num_tokens or n,
+        k = n if num_tokens is None else num_tokens
+        codes = gpt.generate(labels, num_samples=num_samples, num_tokens=k,
                              generator=generator, **sampling)
     elif sampler == "maskgit":
         from .maskgit import generate_maskgit

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveFloat, Range, UnitFloat
 
 __all__ = [
     "SamplingConfig",
@@ -36,36 +39,28 @@ CFG_SCHEDULES = ("constant", "linear", "power-cosine")
 
 
 @dataclass
-class SamplingConfig:
+class SamplingConfig(Config):
     """How to turn logits into tokens (shared by the AR and the MaskGIT samplers)."""
 
-    temperature: float = 1.0  # logits are divided by this; 0 means greedy (argmax)
-    top_k: int = 0  # keep the k most likely tokens (0 = off)
-    top_p: float = 1.0  # nucleus: smallest set with cumulative probability >= p (1.0 = off)
-    cfg_scale: float | None = (
+    temperature: NonNegativeFloat = 1.0  # logits are divided by this; 0 means greedy (argmax)
+    top_k: NonNegativeInt = 0  # keep the k most likely tokens (0 = off)
+    # nucleus: smallest set with cumulative probability >= p (1.0 = off)
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
+    cfg_scale: NonNegativeFloat | None = (
         None  # None = no CFG (no unconditional pass); 1.0 = CFG path, no change
     )
-    cfg_schedule: str = "constant"  # constant | linear | power-cosine
-    cfg_power: float = 1.0  # exponent of the power-cosine schedule
-    cfg_interval: tuple[float, float] = (0.0, 1.0)  # guide only for progress r in [lo, hi]
+    # constant | linear | power-cosine
+    cfg_schedule: Literal["constant", "linear", "power-cosine"] = "constant"
+    cfg_power: PositiveFloat = 1.0  # exponent of the power-cosine schedule
+    cfg_interval: tuple[UnitFloat, UnitFloat] = (0.0, 1.0)  # guide only for progress r in [lo, hi]
 
     def validate(self) -> SamplingConfig:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0; got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off); got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(
-                f"cfg_schedule must be one of {CFG_SCHEDULES}; got {self.cfg_schedule!r}"
-            )
-        if self.cfg_scale is not None and self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0 or None; got {self.cfg_scale}")
+        super().validate()
         lo, hi = self.cfg_interval
-        if not 0.0 <= lo <= hi <= 1.0:
+        if not lo <= hi:
             raise ValueError(
-                f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1; got {self.cfg_interval}"
+                f"SamplingConfig.cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1; "
+                f"got {self.cfg_interval}"
             )
         return self
 
@@ -101,6 +96,8 @@ def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.T
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set filtered-out entries of ``logits [..., V]`` to ``-inf`` (top-k, then top-p)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise TypeError(f"top_k must be an integer >= 0 (0 = off); got {top_k!r}")
     if top_k < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(f"need top_k >= 0 and top_p in (0, 1]; got top_k={top_k}, top_p={top_p}")
     if top_k and top_k < logits.shape[-1]:

@@ -20,13 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from ..config import load_json
 from ..hub import atomic_write, atomic_write_bytes
 from ..quantize.layout import CodeLayout
 
-__all__ = ["pretokenize_images", "labels_from_folders", "TokenDataset", "read_token_meta"]
+__all__ = [
+    "pretokenize_images",
+    "labels_from_folders",
+    "TokenDataset",
+    "read_token_meta",
+    "read_codes_file",
+]
 
 log = logging.getLogger(__name__)
 META_NAME = "tokens.json"
@@ -120,6 +128,38 @@ def pretokenize_images(
     return written
 
 
+def read_codes_file(
+    path: str | Path, keys: tuple[str, ...] = ("codes",), what: str = "codes file"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors codes file (``visualtok encode``, token shards).
+
+    A missing file, a file that is not safetensors, a missing key in ``keys`` or codes that are not
+    integers ``[N, *S, F]`` is an error naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    expected = f"a safetensors file holding {', '.join(repr(k) for k in keys)}"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path} is not {expected} ({reason})") from None
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise ValueError(f"{path}: expected {expected}; it has {sorted(tensors)}")
+    codes = tensors.get("codes")
+    if codes is not None and (codes.dtype.is_floating_point or codes.dtype.is_complex
+                              or codes.dtype == torch.bool or codes.ndim < 2):
+        raise ValueError(
+            f"{path}: 'codes' must be integer codes [N, *S, F]; got {codes.dtype} "
+            f"shape {tuple(codes.shape)}"
+        )
+    return tensors, meta
+
+
 def read_token_meta(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / META_NAME
     if not path.is_file():
@@ -127,7 +167,11 @@ def read_token_meta(folder: str | Path) -> dict[str, Any]:
             f"{folder} is not a token folder: {META_NAME} is missing "
             f"(make one with train/pretokenize.py)"
         )
-    return json.loads(path.read_text())
+    meta = load_json(path, "token folder description")
+    need = ("code_layout", "token_shape", "shards")
+    if not isinstance(meta, dict) or any(k not in meta for k in need):
+        raise ValueError(f"{path}: a token folder description needs the keys {list(need)}")
+    return meta
 
 
 class TokenDataset(Dataset):
@@ -142,7 +186,10 @@ class TokenDataset(Dataset):
             raise FileNotFoundError(
                 f"{folder}: token shards missing (pretokenize not finished?): {missing[:5]}"
             )
-        parts = [load_file(str(self.folder / s)) for s in self.meta["shards"]]
+        parts = [
+            read_codes_file(self.folder / s, ("codes", "labels"), "token shard")[0]
+            for s in self.meta["shards"]
+        ]
         self.codes = torch.cat([p["codes"] for p in parts]).long()
         self.labels = torch.cat([p["labels"] for p in parts])
 

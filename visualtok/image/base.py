@@ -40,7 +40,11 @@ def check_images(
     ``image_size`` (H, W), when given, must match exactly: tokenizers with learned position tables
     have a fixed input size. The checks are ``visualtok.data.image_io.validate_images``.
     """
-    return to_float(validate_images(images, name, image_size=image_size))
+    images = validate_images(images, name, image_size=image_size)
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one image (B >= 1); got shape "
+                         f"{tuple(images.shape)}")
+    return to_float(images)
 
 
 @dataclass
@@ -143,8 +147,8 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
             want += f" (or any [B, {', '.join('h w'.split()[:len(s)])}, {f}] grid)"
         else:
             ok_shape = ok_rank and tuple(codes.shape[1:-1]) == tuple(s)
-        if not ok_shape:
-            raise ValueError(f"codes must be {want}; got shape {tuple(codes.shape)}")
+        if not ok_shape or codes.shape[0] == 0:
+            raise ValueError(f"codes must be {want} with B >= 1; got shape {tuple(codes.shape)}")
         return self.code_layout.validate(codes)
 
     def check_num_tokens(self, num_tokens: object) -> int | None:

@@ -33,12 +33,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import (
+    Config,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Radix,
+    Range,
+    UnitFloat,
+)
 from ..nn.attention import Attention
 from ..nn.linear import Linear
 from ..quantize.base import QuantOutput
@@ -74,60 +83,55 @@ FLEXTOK_VAE_CONFIG: dict[str, Any] = {
     "scaling_factor": 1.0,
 }
 
-_NULL_CONDITIONS = ("learned", "zero")
-_KEEP_SAMPLING = ("uniform", "pow2", "uniform_pow2")
 
 
 @dataclass
-class FlexTokConfig:
+class FlexTokConfig(Config):
     """Constructor arguments of ``FlexTok`` (one-to-one with YAML / config.json)."""
 
-    image_size: int = 256  # square input side H = W
+    image_size: PositiveInt = 256  # square input side H = W
     # --- VAE (diffusers AutoencoderKL)
     vae: dict[str, Any] = field(default_factory=lambda: dict(FLEXTOK_VAE_CONFIG))
-    vae_scaling_factor: float | None = None  # latents = sample * this; None: vae["scaling_factor"]
+    # latents = sample * this; None: vae["scaling_factor"]
+    vae_scaling_factor: PositiveFloat | None = None
     vae_frozen: bool = True  # the released VAE is trained separately and frozen
     vae_sample_posterior: bool = True  # training: sample the posterior (eval always uses its mean)
     # --- token grid
-    latent_channels: int = 16
-    patch_size: int = 2  # latent patches p x p
-    num_registers: int = 256  # N 1D tokens
-    levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)  # FSQ levels (64,000 codes)
-    posemb_grid: int = 16  # side of the sin-cos tables (cropped top-left to the patch grid)
+    latent_channels: PositiveInt = 16
+    patch_size: PositiveInt = 2  # latent patches p x p
+    num_registers: PositiveInt = 256  # N 1D tokens
+    # FSQ levels (64,000 codes)
+    levels: Annotated[tuple[Radix, ...], Range(ge=1)] = (8, 8, 8, 5, 5, 5)
+    posemb_grid: PositiveInt = 16  # side of the sin-cos tables (cropped top-left to the patch grid)
     # --- trunks
-    encoder_dim: int = 768
-    encoder_depth: int = 12
-    decoder_dim: int = 768
-    decoder_depth: int = 12
-    head_dim: int = 64
-    mlp_ratio: float = 4.0  # SwiGLU hidden = int(2 * int(dim * mlp_ratio) / 3)
+    encoder_dim: PositiveInt = 768
+    encoder_depth: PositiveInt = 12
+    decoder_dim: PositiveInt = 768
+    decoder_depth: PositiveInt = 12
+    head_dim: PositiveInt = 64
+    mlp_ratio: PositiveFloat = 4.0  # SwiGLU hidden = int(2 * int(dim * mlp_ratio) / 3)
     # --- decoder wiring (read from the official config.json by the converter)
     register_posemb: bool = True  # learned position table added to the decoder's registers
-    null_condition: str = "learned"  # CFG null registers: "learned" token or "zero"
-    adaln_expansion: int = 2  # 2: separate adaLN for patches and registers; 1: shared
+    # CFG null registers: "learned" token or "zero"
+    null_condition: Literal["learned", "zero"] = "learned"
+    adaln_expansion: Literal[1, 2] = 2  # 2: separate adaLN for patches and registers; 1: shared
     head_adaln: bool = True  # adaLN (shift, scale) from the timestep embedding in the output head
-    max_timestep: float = 1.0  # timestep-embedding frequencies scaled by 1000 / max_timestep
-    frequency_embedding_size: int = 256
+    # timestep-embedding frequencies scaled by 1000 / max_timestep
+    max_timestep: Annotated[float, Range(ge=1)] = 1.0
+    frequency_embedding_size: PositiveInt = 256
     zero_init: bool = True  # official init: zero encoder head, decoder head and adaLN (adaLN-zero)
     # --- training
-    keep_sampling: str = "uniform"  # nested dropout k: uniform | pow2 | uniform_pow2
-    cfg_dropout: float = 0.1  # probability of training a sample with the null condition
+    # nested dropout k: uniform | pow2 | uniform_pow2
+    keep_sampling: Literal["uniform", "pow2", "uniform_pow2"] = "uniform"
+    cfg_dropout: UnitFloat = 0.1  # probability of training a sample with the null condition
     logit_normal: bool = True  # t = sigmoid(N(0, 1)) (minRF), else t ~ U(0, 1)
     # --- sampling defaults (the paper's)
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: PositiveInt = 20
+    guidance_scale: NonNegativeFloat = 7.5
     apg: bool = True  # adaptive projected guidance instead of plain CFG
 
     def validate(self) -> FlexTokConfig:
-        def positive(name: str) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"FlexTokConfig.{name} must be a positive int; got {v!r}")
-
-        for name in ("image_size", "latent_channels", "patch_size", "num_registers",
-                     "posemb_grid", "encoder_dim", "encoder_depth", "decoder_dim",
-                     "decoder_depth", "head_dim", "steps", "frequency_embedding_size"):
-            positive(name)
+        super().validate()
         for name in ("encoder_dim", "decoder_dim"):
             d = getattr(self, name)
             if d % self.head_dim or d % 4:
@@ -135,33 +139,15 @@ class FlexTokConfig:
                     f"FlexTokConfig.{name} {d} must be a multiple of head_dim {self.head_dim} "
                     "and of 4 (sin-cos table)"
                 )
-        if not isinstance(self.vae, dict):
-            raise TypeError(f"FlexTokConfig.vae must be an AutoencoderKL config dict; got "
-                            f"{type(self.vae).__name__}")
         vae_ch = self.vae.get("latent_channels")
         if vae_ch != self.latent_channels:
             raise ValueError(
                 f"the VAE's latent_channels ({vae_ch}) must equal the tokenizer's latent_channels "
                 f"({self.latent_channels})"
             )
-        if self.null_condition not in _NULL_CONDITIONS:
-            raise ValueError(f"null_condition must be one of {_NULL_CONDITIONS}; "
-                             f"got {self.null_condition!r}")
-        if self.keep_sampling not in _KEEP_SAMPLING:
-            raise ValueError(f"keep_sampling must be one of {_KEEP_SAMPLING}; "
-                             f"got {self.keep_sampling!r}")
         if self.keep_sampling != "uniform" and self.num_registers & (self.num_registers - 1):
             raise ValueError(f"keep_sampling {self.keep_sampling!r} needs a power-of-two "
                              f"num_registers; got {self.num_registers}")
-        if self.adaln_expansion not in (1, 2):
-            raise ValueError(f"adaln_expansion must be 1 or 2; got {self.adaln_expansion}")
-        if not 0.0 <= self.cfg_dropout <= 1.0:
-            raise ValueError(f"cfg_dropout must be in [0, 1]; got {self.cfg_dropout}")
-        if self.max_timestep < 1.0:
-            raise ValueError(f"max_timestep must be >= 1 (timesteps lie in [0, 1]); "
-                             f"got {self.max_timestep}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0; got {self.mlp_ratio}")
         return self
 
     @property

@@ -39,7 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import config_from_dict
+from ..config import (
+    Config,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    config_from_dict,
+)
 from ..nn.linear import Linear, linear
 from ..nn.qformer import QFormerLayer
 from ..quantize.config import QuantizerConfig, build_quantizer
@@ -57,27 +64,30 @@ QUERY_SIZES: dict[str, tuple[int, int, int]] = {
 
 
 @dataclass
-class ReTokConfig:
+class ReTokConfig(Config):
     """Constructor arguments of ``ReTok`` (one-to-one with YAML / config.json)."""
 
-    image_size: int = 256  # fixed square input (hard-coded upstream)
-    channels: int = 128  # CNN base width
-    encoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # grid = image_size / 2**(levels - 1)
-    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    num_res_blocks: int = 2
-    z_channels: int = 256  # CNN features / Q-Former in- and output channels
-    dropout: float = 0.0
-    encoder_width: int = 512  # Q-Former 2D -> 1D
-    encoder_depth: int = 6
-    encoder_heads: int = 8
-    decoder_width: int = 512  # Q-Former 1D -> 2D
-    decoder_depth: int = 6
-    decoder_heads: int = 8
-    mlp_ratio: float = 4.0
-    num_latent_tokens: int = 256  # N multi-level queries (a power of two)
-    redundant_from: int = 32  # Redundant Token Padding: queries redundant_from..N-1 repeat
-    distill_depth: int | None = 3  # HSR: decoder layer whose output feeds distill_mlp (None: off)
-    distill_dim: int = 768  # HSR teacher feature width (DINOv2-B: 768)
+    image_size: PositiveInt = 256  # fixed square input (hard-coded upstream)
+    channels: PositiveInt = 128  # CNN base width
+    # grid = image_size / 2**(levels - 1)
+    encoder_ch_mult: tuple[PositiveInt, ...] = (1, 1, 2, 2, 4)
+    decoder_ch_mult: tuple[PositiveInt, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: PositiveInt = 2
+    z_channels: PositiveInt = 256  # CNN features / Q-Former in- and output channels
+    dropout: UnitFloat = 0.0
+    encoder_width: PositiveInt = 512  # Q-Former 2D -> 1D
+    encoder_depth: PositiveInt = 6
+    encoder_heads: PositiveInt = 8
+    decoder_width: PositiveInt = 512  # Q-Former 1D -> 2D
+    decoder_depth: PositiveInt = 6
+    decoder_heads: PositiveInt = 8
+    mlp_ratio: PositiveFloat = 4.0
+    num_latent_tokens: PositiveInt = 256  # N multi-level queries (a power of two)
+    # Redundant Token Padding: queries redundant_from..N-1 repeat
+    redundant_from: NonNegativeInt = 32
+    # HSR: decoder layer whose output feeds distill_mlp (None: off)
+    distill_depth: PositiveInt | None = 3
+    distill_dim: PositiveInt = 768  # HSR teacher feature width (DINOv2-B: 768)
     quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(
             type="vq", dim=8, codebook_size=16384, l2_normalize=True, beta=0.25,
@@ -95,6 +105,13 @@ class ReTokConfig:
         return 2 * self.num_latent_tokens - self.redundant_from
 
     def validate(self) -> ReTokConfig:
+        super().validate()
+        for part in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
+            if width % heads:
+                raise ValueError(
+                    f"ReTokConfig.{part}_heads {heads} must divide {part}_width {width}"
+                )
         n, g = self.num_latent_tokens, self.grid_size
         if n < 2 or n & (n - 1):
             raise ValueError(f"num_latent_tokens must be a power of two >= 2; got {n}")
@@ -115,7 +132,6 @@ class ReTokConfig:
                 f"distill_depth must be in 1..decoder_depth ({self.decoder_depth}) or None; "
                 f"got {self.distill_depth}"
             )
-        self.quantizer.validate()
         return self
 
 

@@ -23,12 +23,19 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..config import config_from_dict
+from ..config import (
+    Config,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Radix,
+    config_from_dict,
+)
 from ..nn.linear import Linear, linear
 from ..nn.vit import Transformer
 from ..quantize.base import QuantOutput
@@ -52,28 +59,32 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
 
 
 @dataclass
-class TiTokConfig:
+class TiTokConfig(Config):
     """Constructor arguments of ``TiTok`` (one-to-one with YAML / config.json)."""
 
-    image_size: int = 256  # square input side H = W
-    patch_size: int = 16  # encoder and decoder patch size
-    encoder_width: int = 512
-    encoder_depth: int = 8
-    encoder_heads: int = 8
-    decoder_width: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 8
-    mlp_ratio: float = 4.0
-    num_latent_tokens: int = 128  # N 1D tokens
-    token_size: int = 12  # D channels per token fed to the quantizer (VAE: posterior channels)
+    image_size: PositiveInt = 256  # square input side H = W
+    patch_size: PositiveInt = 16  # encoder and decoder patch size
+    encoder_width: PositiveInt = 512
+    encoder_depth: PositiveInt = 8
+    encoder_heads: PositiveInt = 8
+    decoder_width: PositiveInt = 512
+    decoder_depth: PositiveInt = 8
+    decoder_heads: PositiveInt = 8
+    mlp_ratio: PositiveFloat = 4.0
+    num_latent_tokens: PositiveInt = 128  # N 1D tokens
+    # D channels per token fed to the quantizer (VAE: posterior channels)
+    token_size: PositiveInt = 12
     is_legacy: bool = False  # paper checkpoints: read [B, N, W] as [B, W, N, 1], no transpose
-    mode: str = "vq"  # "vq": quantized latents; "vae": KL posterior (encoder emits 2*D moments)
-    decoder_head: str = "pixel"  # "pixel": RGB head; "proxy_codes": MaskGIT-VQGAN code logits
+    # "vq": quantized latents; "vae": KL posterior (encoder emits 2*D moments)
+    mode: Literal["vq", "vae"] = "vq"
+    # "pixel": RGB head; "proxy_codes": MaskGIT-VQGAN code logits
+    decoder_head: Literal["pixel", "proxy_codes"] = "pixel"
     pixel_decoder: bool = False  # proxy_codes: softmax-weighted codebook -> MaskGIT CNN
-    pixel_decoder_channels: int = 128  # MaskGIT-VQGAN decoder base width
-    proxy_codebook_size: int = 1024  # MaskGIT-VQGAN codebook (K x 256)
-    proxy_code_dim: int = 256
-    kl_weight: float = 1e-6  # VAE mode: weight of the KL term in losses["total"] (official 1e-6)
+    pixel_decoder_channels: PositiveInt = 128  # MaskGIT-VQGAN decoder base width
+    proxy_codebook_size: Radix = 1024  # MaskGIT-VQGAN codebook (K x 256)
+    proxy_code_dim: PositiveInt = 256
+    # VAE mode: weight of the KL term in losses["total"] (official 1e-6)
+    kl_weight: NonNegativeFloat = 1e-6
     quantizer: QuantizerConfig | None = field(
         default_factory=lambda: QuantizerConfig(
             type="vq", dim=12, codebook_size=4096, l2_normalize=True
@@ -81,27 +92,23 @@ class TiTokConfig:
     )  # VQ / FSQ / LFQ in vq mode; optional PTQ on the posterior mean in vae mode
 
     def validate(self) -> TiTokConfig:
+        super().validate()
         if self.image_size % self.patch_size:
             raise ValueError(
-                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
+                f"TiTokConfig.image_size {self.image_size} must be a multiple of "
+                f"patch_size {self.patch_size}"
             )
-        if self.mode not in ("vq", "vae"):
-            raise ValueError(f"mode must be 'vq' or 'vae'; got {self.mode!r}")
-        if self.decoder_head not in ("pixel", "proxy_codes"):
-            raise ValueError(
-                f"decoder_head must be 'pixel' or 'proxy_codes'; got {self.decoder_head!r}"
-            )
+        for part in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
+            if width % heads:
+                raise ValueError(
+                    f"TiTokConfig.{part}_heads {heads} must divide {part}_width {width}"
+                )
         if self.pixel_decoder and self.decoder_head != "proxy_codes":
-            raise ValueError("pixel_decoder=True needs decoder_head='proxy_codes'")
-        if self.pixel_decoder and self.patch_size != 16:
-            raise ValueError(
-                f"the MaskGIT-VQGAN pixel decoder upsamples by 16, so patch_size must be 16; "
-                f"got {self.patch_size}"
-            )
+            raise ValueError("TiTokConfig.pixel_decoder=True needs decoder_head='proxy_codes'")
         if self.mode == "vq" and self.quantizer is None:
             raise ValueError("mode 'vq' needs a quantizer config")
         if self.quantizer is not None:
-            self.quantizer.validate()
             if self.quantizer.dim != self.token_size:
                 raise ValueError(
                     f"quantizer.dim {self.quantizer.dim} must equal token_size {self.token_size}"
@@ -241,6 +248,15 @@ class TiTok(ImageTokenizer):
         return (self.config.num_latent_tokens,)
 
     @property
+    def decoded_size(self) -> tuple[int, int]:
+        """(H, W) of decoded images: the input size, except with the MaskGIT-VQGAN pixel decoder,
+        which upsamples the patch grid by 16 whatever the patch size (as the official code)."""
+        if self.config.pixel_decoder:
+            side = self.decoder.grid_size * 16
+            return (side, side)
+        return self.image_size
+
+    @property
     def code_layout(self):
         if self.quantizer is None:
             raise ValueError(_NO_PTQ)
@@ -326,6 +342,11 @@ def titok_config(base: dict[str, Any], overrides: dict[str, Any]) -> TiTokConfig
         if isinstance(q, QuantizerConfig):
             q = dataclasses.asdict(q)
         if q is not None:
+            if not isinstance(q, dict):
+                raise TypeError(
+                    "TiTokConfig.quantizer must be a QuantizerConfig or a mapping of its fields "
+                    f"(e.g. {{'type': 'vq', 'codebook_size': 4096}}) or None; got {q!r}"
+                )
             q = dict(q)
             if "dim" in q and "token_size" not in overrides:
                 data["token_size"] = q["dim"]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import config_from_dict
+from ..config import Config, PositiveInt, UnitFloat, config_from_dict
 from ..nn.conv import (
     AdaptiveGroupNorm,
     AttnBlock,
@@ -48,16 +48,17 @@ __all__ = ["VQGANConfig", "VQGANEncoder", "VQGANDecoder", "VQGAN", "vqgan_config
 
 
 @dataclass
-class VQGANConfig:
+class VQGANConfig(Config):
     """Constructor arguments of ``VQGAN`` (one-to-one with YAML / config.json)."""
 
-    image_size: int = 256  # nominal square side; any H, W divisible by the factor encode
-    channels: int = 128  # CNN base width ``ch`` (hard-coded 128 upstream)
-    encoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # one level each; f = 2**(levels - 1)
-    decoder_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    num_res_blocks: int = 2  # ResnetBlocks per encoder level (the decoder has one more)
-    z_channels: int = 256  # encoder output / decoder input channels around the quantizer
-    dropout: float = 0.0
+    image_size: PositiveInt = 256  # nominal square side; any H, W divisible by the factor encode
+    channels: PositiveInt = 128  # CNN base width ``ch`` (hard-coded 128 upstream)
+    # one level each; f = 2**(levels - 1)
+    encoder_ch_mult: tuple[PositiveInt, ...] = (1, 1, 2, 2, 4)
+    decoder_ch_mult: tuple[PositiveInt, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: PositiveInt = 2  # ResnetBlocks per encoder level (the decoder has one more)
+    z_channels: PositiveInt = 256  # encoder output / decoder input channels around the quantizer
+    dropout: UnitFloat = 0.0
     quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(
             type="vq", dim=8, codebook_size=16384, l2_normalize=True, beta=0.25
@@ -65,6 +66,7 @@ class VQGANConfig:
     )  # codes [B, h, w, F]; dim = codebook_embed_dim
 
     def validate(self) -> VQGANConfig:
+        super().validate()
         if len(self.encoder_ch_mult) != len(self.decoder_ch_mult) or not self.encoder_ch_mult:
             raise ValueError(
                 f"encoder_ch_mult {self.encoder_ch_mult} and decoder_ch_mult "
@@ -77,14 +79,11 @@ class VQGANConfig:
                         f"{name}: channels*mult must be a positive multiple of 32 (GroupNorm(32)); "
                         f"got channels={self.channels}, mult={m}"
                     )
-        if self.num_res_blocks < 1 or self.z_channels < 1:
-            raise ValueError("num_res_blocks and z_channels must be >= 1")
         f = 2 ** (len(self.encoder_ch_mult) - 1)
         if self.image_size % f:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by the downsampling factor {f}"
             )
-        self.quantizer.validate()
         return self
 
 

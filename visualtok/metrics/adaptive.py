@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Config, PositiveInt
 from ..hub import PretrainedMixin
 from ..registry import register_model_class
 from .image import psnr
@@ -115,16 +116,17 @@ def search_lengths(tok: Any, images: torch.Tensor, target: float, codes: torch.T
 
 
 @dataclass
-class LengthPredictorConfig:
+class LengthPredictorConfig(Config):
     """Constructor arguments of ``LengthPredictor``."""
 
-    num_tokens: int = 32  # N of the tokenizer it was trained for
-    token_dim: int = 6  # D of the tokenizer's quantized values
-    lengths: tuple[int, ...] = ()  # the prefix lengths it predicts q for (empty: 1..N)
-    hidden: int = 256
+    num_tokens: PositiveInt = 32  # N of the tokenizer it was trained for
+    token_dim: PositiveInt = 6  # D of the tokenizer's quantized values
+    lengths: tuple[PositiveInt, ...] = ()  # the prefix lengths it predicts q for (empty: 1..N)
+    hidden: PositiveInt = 256
     tokenizer: str | None = None  # name/path of the tokenizer (informational)
     metric: str = "psnr"
-    margin: float = 0.0  # dB subtracted from the predicted curve (calibrated on training images)
+    # dB subtracted from the predicted curve (calibrated on training images)
+    margin: float = 0.0
     decode_kwargs: dict[str, Any] = field(default_factory=dict)  # how the curves were decoded
 
 

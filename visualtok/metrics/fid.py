@@ -17,6 +17,7 @@ batches (``arr_0``: uint8 ``[N, H, W, 3]`` images, optionally with precomputed `
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,13 +134,42 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             if "mu" not in z or "sigma" not in z:
                 raise ValueError(f"{path}: reference statistics need 'mu' and 'sigma'; "
                                  f"found keys {sorted(z.files)}")
-            n = int(z["num_samples"]) if "num_samples" in z else -1
-            name = str(z["feature_name"]) if "feature_name" in z else ""
-            return cls(z["mu"], z["sigma"], n, name)
+            try:
+                n = int(z["num_samples"]) if "num_samples" in z else -1
+                name = str(z["feature_name"]) if "feature_name" in z else ""
+                return cls(z["mu"], z["sigma"], n, name)
+            except (ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{path}: unreadable reference statistics: {e}") from None
+
+
+_MAKE_REF = " - make one with `python eval/gfid.py make-ref IMAGES --out ref.npz`"
+
+
+def open_npz(
+    path: str | Path, what: str = "reference statistics", hint: str = _MAKE_REF
+) -> np.lib.npyio.NpzFile:
+    """``np.load`` of a ``.npz`` archive (no pickles), e.g. FID reference statistics; a missing
+    file, a bare ``.npy`` array or anything unreadable is an error naming the file. Use as a
+    context manager."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path}: expected an .npz archive ({what}); got a single .npy array"
+                         f"{hint}")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"{path}: not a readable .npz file ({what}; no zip signature){hint}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # BadZipFile, OSError, ValueError
+        raise ValueError(f"{path}: not a readable .npz file ({what}; {type(e).__name__}: {e})"
+                         f"{hint}") from None
 
 
 def feature_statistics(features: np.ndarray | torch.Tensor, feature_name: str = "") -> FeatureStats:
@@ -446,21 +476,7 @@ def load_reference(
     ``extractor``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference statistics not found: {path}")
-    hint = " - make one with `python eval/gfid.py make-ref IMAGES --out ref.npz`"
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic.startswith(b"\x93NUMPY"):
-        raise ValueError(f"{path}: expected an .npz archive (mu/sigma or arr_0); got a single "
-                         f".npy array{hint}")
-    if not magic.startswith(b"PK"):
-        raise ValueError(f"{path}: not a readable .npz reference file (no zip signature){hint}")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as e:  # BadZipFile, OSError, ValueError
-        raise ValueError(f"{path}: not a readable .npz reference file ({type(e).__name__}: {e})"
-                         f"{hint}") from None
+    z = open_npz(path)
     try:
         with z:
             files = set(z.files)

@@ -9,7 +9,18 @@ misplaced option is an error rather than silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Annotated
 
+from ..config import (
+    Config,
+    NonNegativeFloat,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    Radix,
+    Range,
+    UnitFloat,
+)
 from ..registry import QUANTIZERS
 
 __all__ = ["QuantizerConfig", "build_quantizer"]
@@ -48,64 +59,77 @@ _FAMILY_FIELDS: dict[str, set[str]] = {
 
 
 @dataclass
-class QuantizerConfig:
+class QuantizerConfig(Config):
     """Configuration of one quantizer. ``type`` picks the family; see ``_FAMILY_FIELDS``."""
 
     type: str = "vq"  # vq | lfq | fsq | rvq | ptq
-    dim: int = 12  # channels D of the latents [B, *S, D] fed to the quantizer
+    dim: PositiveInt = 12  # channels D of the latents [B, *S, D] fed to the quantizer
     # --- VQ / RVQ
-    codebook_size: int = 4096  # K entries per codebook
-    codebook_dim: int | None = (
+    codebook_size: Radix = 4096  # K entries per codebook
+    codebook_dim: PositiveInt | None = (
         None  # factorized codes: project D -> codebook_dim -> D (DAC); None = D
     )
     l2_normalize: bool = False  # cosine codebook: l2-normalise z and codebook before lookup
     # with l2_normalize: search on normalised vectors, but output / decode the raw codebook rows
     # and compute the losses on the raw (projected) latents (DAC)
     raw_codebook_rows: bool = False
-    beta: float = 0.25  # commitment weight (VQ, RVQ, LFQ)
+    beta: NonNegativeFloat = 0.25  # commitment weight (VQ, RVQ, LFQ)
     ema: bool = False  # EMA codebook updates instead of a codebook loss
-    ema_decay: float = 0.99
+    ema_decay: OpenUnitFloat = 0.99
     rotation_trick: bool = False  # gradient through the rotation trick instead of straight-through
     kmeans_init: bool = False  # initialise the codebook by k-means on the first batch / calibrate()
-    kmeans_iters: int = 10
-    dead_code_threshold: float = 0.0  # restart codes whose EMA usage falls below this (0 = off)
-    chunk_size: int = 8192  # rows per chunk when the nearest-neighbour scores are chunked
-    num_quantizers: int = 8  # RVQ levels Q
-    quantizer_dropout: float = 0.0  # RVQ: probability of training on a random prefix of levels
+    kmeans_iters: PositiveInt = 10
+    # restart codes whose EMA usage falls below this (0 = off)
+    dead_code_threshold: NonNegativeFloat = 0.0
+    chunk_size: PositiveInt = 8192  # rows per chunk when the nearest-neighbour scores are chunked
+    num_quantizers: PositiveInt = 8  # RVQ levels Q
+    quantizer_dropout: UnitFloat = 0.0  # RVQ: probability of training on a random prefix of levels
     dropout_per_sample: bool = False  # RVQ: draw the prefix per sample (DAC), not per batch
     all_level_gradients: bool = False  # RVQ: every level's output and residual carry gradients
     # --- LFQ / binary
-    group_size: int = 8  # bits per factor g: codes are (2**g,) * (dim // g); entropy is group-wise
-    entropy_weight: float = 0.1
-    diversity_gamma: float = 1.0  # weight of the batch-entropy term inside the entropy loss
-    bit_scale: float = 1.0  # quantized values are +-bit_scale
-    entropy_temperature: float = 0.01  # softmax temperature of the entropy loss (MAGVIT-v2: 1/100)
+    # bits per factor g: codes are (2**g,) * (dim // g); entropy is group-wise
+    group_size: PositiveInt = 8
+    entropy_weight: NonNegativeFloat = 0.1
+    # weight of the batch-entropy term inside the entropy loss
+    diversity_gamma: NonNegativeFloat = 1.0
+    bit_scale: PositiveFloat = 1.0  # quantized values are +-bit_scale
+    # softmax temperature of the entropy loss (MAGVIT-v2: 1/100)
+    entropy_temperature: PositiveFloat = 0.01
     # --- FSQ
-    levels: tuple[int, ...] = (8, 5, 5, 5)
+    levels: Annotated[tuple[Radix, ...], Range(ge=1)] = (8, 5, 5, 5)  # one per channel
     # --- post-training, dimension-wise (TokenBridge)
-    bins: int = 64  # B equal-probability Gaussian-quantile bins per channel
-    value_range: float = 5.0  # global range +-value_range mapped to +-3 sigma
+    bins: Radix = 64  # B equal-probability Gaussian-quantile bins per channel
+    value_range: PositiveFloat = 5.0  # global range +-value_range mapped to +-3 sigma
     per_channel: bool = False  # calibrate a range per channel instead of the global one
-    latent_scale: float = 1.0  # multiply latents by this before quantizing (TokenBridge: 0.2325)
+    # multiply latents by this before quantizing (TokenBridge: 0.2325)
+    latent_scale: PositiveFloat = 1.0
 
     def validate(self) -> QuantizerConfig:
+        super().validate()
         if self.type not in QUANTIZERS:
             raise ValueError(
                 f"quantizer type must be one of {QUANTIZERS.names()}; got {self.type!r}"
             )
-        if self.dim < 1:
-            raise ValueError(f"quantizer dim must be >= 1; got {self.dim}")
         allowed = _FAMILY_FIELDS[self.type] | {"type", "dim"}
-        default = QuantizerConfig()
         stray = [
             f.name
             for f in fields(self)
-            if f.name not in allowed and getattr(self, f.name) != getattr(default, f.name)
+            if f.name not in allowed and getattr(self, f.name) != f.default
         ]
         if stray:
             raise ValueError(
                 f"quantizer type {self.type!r} does not use option(s) {stray}; "
                 f"its options are {sorted(allowed)}"
+            )
+        if self.type == "fsq" and self.dim != len(self.levels):
+            raise ValueError(
+                f"FSQ has one level per channel: dim must equal the number of levels "
+                f"(len(levels) = {len(self.levels)} for levels {self.levels}); got dim={self.dim}"
+            )
+        if self.type == "lfq" and (self.group_size > 16 or self.dim % self.group_size):
+            raise ValueError(
+                f"LFQ group_size must be in [1, 16] and divide dim; "
+                f"got group_size={self.group_size}, dim={self.dim}"
             )
         return self
 

@@ -52,15 +52,8 @@ class FiniteScalarQuantizer(Quantizer):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
-        levels = tuple(int(l) for l in config.levels)
-        if any(l < 2 for l in levels):
-            raise ValueError(f"FSQ levels must all be >= 2; got {levels}")
-        if config.dim != len(levels):
-            raise ValueError(
-                f"FSQ dim must equal the number of levels ({len(levels)} for levels {levels}); "
-                f"got dim={config.dim}"
-            )
-        self.config = config
+        self.config = config.validate()  # every field is checked there, once
+        levels = config.levels
         self.dim = config.dim
         self.levels = levels
         lv = torch.tensor(levels, dtype=torch.float32)

@@ -41,14 +41,8 @@ class LookupFreeQuantizer(Quantizer):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
+        self.config = config.validate()  # every field is checked there, once
         g, d = config.group_size, config.dim
-        if g < 1 or g > 16 or d % g:
-            raise ValueError(
-                f"LFQ group_size must be in [1, 16] and divide dim; got group_size={g}, dim={d}"
-            )
-        if config.entropy_temperature <= 0:
-            raise ValueError(f"entropy_temperature must be > 0; got {config.entropy_temperature}")
-        self.config = config
         self.dim = d
         self.group_size = g
         self.num_groups = d // g

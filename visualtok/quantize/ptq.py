@@ -53,15 +53,7 @@ class DimensionwiseQuantizer(Quantizer):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
-        if config.bins < 2:
-            raise ValueError(f"ptq bins must be >= 2; got {config.bins}")
-        if config.value_range <= 0 or config.latent_scale <= 0:
-            raise ValueError(
-                f"ptq value_range and latent_scale must be > 0; "
-                f"got value_range={config.value_range}, "
-                f"latent_scale={config.latent_scale}"
-            )
-        self.config = config
+        self.config = config.validate()  # every field is checked there, once
         self.dim = config.dim
         edges, centroids = gaussian_bins(config.bins)
         mids = (centroids[1:] + centroids[:-1]) / 2  # nearest-centroid decision boundaries

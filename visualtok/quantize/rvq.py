@@ -31,7 +31,7 @@ from torch import nn
 
 from ..registry import register_quantizer
 from .base import Quantizer, check_latents, fp32_no_autocast
-from .config import QuantizerConfig
+from .config import _FAMILY_FIELDS, QuantizerConfig
 from .distributed import broadcast_, is_distributed
 from .layout import CodeLayout
 from .search import check_strength, token_mask
@@ -48,15 +48,11 @@ class ResidualVectorQuantizer(Quantizer):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
-        if config.num_quantizers < 1:
-            raise ValueError(f"num_quantizers must be >= 1; got {config.num_quantizers}")
-        if not 0.0 <= config.quantizer_dropout <= 1.0:
-            raise ValueError(f"quantizer_dropout must be in [0, 1]; got {config.quantizer_dropout}")
-        self.config = config
+        self.config = config.validate()  # every field is checked there, once
         self.dim = config.dim
+        rvq_only = _FAMILY_FIELDS["rvq"] - _FAMILY_FIELDS["vq"]  # back to defaults for one level
         level_cfg = dataclasses.replace(
-            config, type="vq", num_quantizers=QuantizerConfig.num_quantizers,
-            quantizer_dropout=QuantizerConfig.quantizer_dropout,
+            config, type="vq", **{k: getattr(QuantizerConfig, k) for k in rvq_only}
         )
         q = config.num_quantizers
         self.levels = nn.ModuleList(VectorQuantizer(level_cfg) for _ in range(q))

@@ -91,10 +91,8 @@ class VectorQuantizer(Quantizer):
 
     def __init__(self, config: QuantizerConfig) -> None:
         super().__init__()
-        self.config = config
+        self.config = config.validate()  # every field is checked there, once
         self.dim = config.dim
-        if config.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2; got {config.codebook_size}")
         k = config.codebook_size
         cdim = config.codebook_dim or config.dim
         self.codebook_dim = cdim

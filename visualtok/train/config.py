@@ -17,10 +17,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ..config import config_from_dict, load_yaml
+from ..config import (
+    Config,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    UnitFloat,
+    config_from_dict,
+    load_yaml,
+)
 from ..data.config import DataConfig
+
+Beta = Annotated[float, Range(ge=0, lt=1)]  # an Adam beta
 
 __all__ = [
     "ModelSection",
@@ -38,69 +51,71 @@ __all__ = [
 
 
 @dataclass
-class ModelSection:
+class ModelSection(Config):
     name: str = "titok_tiny"  # registry preset, built with create_model(name, **overrides)
     overrides: dict[str, Any] = field(default_factory=dict)  # preset config overrides
     init_from: str | None = None  # a visualtok checkpoint dir to start from (fine-tuning)
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
-    disc_lr: float | None = None  # discriminator lr (None = lr)
-    disc_betas: tuple[float, float] | None = None
+class OptimConfig(Config):
+    lr: PositiveFloat = 1e-4
+    betas: tuple[Beta, Beta] = (0.9, 0.99)
+    weight_decay: NonNegativeFloat = 1e-4
+    warmup_steps: NonNegativeInt = 0
+    schedule: Literal["cosine", "constant"] = "cosine"  # cosine | constant
+    min_lr_ratio: UnitFloat = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: PositiveFloat | None = 1.0  # max global grad norm; None disables clipping
+    disc_lr: PositiveFloat | None = None  # discriminator lr (None = lr)
+    disc_betas: tuple[Beta, Beta] | None = None
 
 
 @dataclass
-class RobustnessConfig:
+class RobustnessConfig(Config):
     """RobusTok latent perturbation: replace codes by nearby codes with an annealed rate."""
 
     enabled: bool = False
-    rate_start: float = 0.0  # perturbation probability at step start_step
-    rate_end: float = 0.5  # ... reached at end_step (linear), held afterwards
-    strength_start: int = 2  # family-specific (see Quantizer.perturb): VQ k-nearest (1 = itself),
-    strength_end: int = 2  # FSQ/PTQ +-levels, LFQ flipped bits, RVQ fine levels
-    start_step: int = 0
-    end_step: int | None = None  # None = last training step
+    rate_start: UnitFloat = 0.0  # perturbation probability at step start_step
+    rate_end: UnitFloat = 0.5  # ... reached at end_step (linear), held afterwards
+    # family-specific (see Quantizer.perturb): VQ k-nearest (1 = itself),
+    strength_start: PositiveInt = 2
+    strength_end: PositiveInt = 2  # FSQ/PTQ +-levels, LFQ flipped bits, RVQ fine levels
+    start_step: NonNegativeInt = 0
+    end_step: NonNegativeInt | None = None  # None = last training step
 
 
 @dataclass
-class NestedDropoutConfig:
+class NestedDropoutConfig(Config):
     """Keep a random prefix of k of the N 1D tokens before decoding (ordered tokens)."""
 
     enabled: bool = False
-    distribution: str = "uniform"  # uniform: k ~ U{min_tokens..N}; pow2: k in {min, 2min, ..., N}
+    # uniform: k ~ U{min_tokens..N}; pow2: k in {min, 2min, ..., N}
+    distribution: Literal["uniform", "pow2"] = "uniform"
     per_sample: bool = True  # a different k per sample (masking) instead of one k per batch
-    min_tokens: int = 1
-    prob: float = 1.0  # probability that a batch is truncated at all
+    min_tokens: PositiveInt = 1
+    prob: UnitFloat = 1.0  # probability that a batch is truncated at all
 
 
 @dataclass
-class EMAConfig:
+class EMAConfig(Config):
     enabled: bool = False
-    decay: float = 0.999
-    start_step: int = 0  # copy the weights until this step, then average
+    decay: OpenUnitFloat = 0.999
+    start_step: NonNegativeInt = 0  # copy the weights until this step, then average
     use_for_final: bool = True  # the final save_pretrained model holds the EMA weights
 
 
 @dataclass
-class TrainerConfig:
-    steps: int = 1000
-    batch_size: int = 8  # per process
+class TrainerConfig(Config):
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 8  # per process
     seed: int = 0
     output_dir: str = "runs/run"
-    log_every: int = 10
-    image_every: int = 200  # reconstruction images to TensorBoard (0 = never)
-    ckpt_every: int = 200
-    keep_last: int = 2  # checkpoints kept on disk
+    log_every: PositiveInt = 10
+    image_every: NonNegativeInt = 200  # reconstruction images to TensorBoard (0 = never)
+    ckpt_every: PositiveInt = 200
+    keep_last: PositiveInt = 2  # checkpoints kept on disk
     resume: str = "auto"  # auto (latest in output_dir if any) | none | a checkpoint dir
-    mixed_precision: str = "no"  # no | bf16 | fp16 (bf16 autocast on GPU)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # no | bf16 | fp16 (bf16 autocast on GPU)
     device: str | None = None  # None = accelerate's choice; "cpu" forces CPU
     find_unused_parameters: bool = True
     progress: bool = True  # tqdm on the main process
@@ -111,7 +126,7 @@ class TrainerConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     task: str = "tokenizer"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,26 +136,12 @@ class TrainConfig:
     description: str = ""  # free text: what this recipe is for
 
     def validate(self) -> TrainConfig:
-        t = self.trainer
-        if t.steps < 1 or t.batch_size < 1:
-            raise ValueError(
-                f"trainer.steps and trainer.batch_size must be >= 1; got {t.steps}, {t.batch_size}"
-            )
-        if t.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(
-                f"trainer.mixed_precision must be no | bf16 | fp16; got {t.mixed_precision!r}"
-            )
-        if self.optim.schedule not in ("cosine", "constant"):
-            raise ValueError(
-                f"optim.schedule must be cosine | constant; got {self.optim.schedule!r}"
-            )
-        nd = t.nested_dropout
-        if nd.distribution not in ("uniform", "pow2"):
-            raise ValueError(
-                f"nested_dropout.distribution must be uniform | pow2; got {nd.distribution!r}"
-            )
-        if t.keep_last < 1:
-            raise ValueError(f"trainer.keep_last must be >= 1; got {t.keep_last}")
+        super().validate()
+        from .task import get_task_class  # the task's own loss config checks the loss section
+
+        loss_cls = get_task_class(self.task).loss_config_class
+        if loss_cls is not None:
+            config_from_dict(loss_cls, self.loss, where="loss")
         return self
 
 
@@ -205,7 +206,7 @@ def load_train_config(
     if env_data:
         data.setdefault("data", {})["path"] = env_data
     apply_overrides(data, overrides)
-    cfg = config_from_dict(TrainConfig, data, where=str(path) if path else "TrainConfig")
+    cfg = config_from_dict(TrainConfig, data, source=str(path) if path else None)
     if path is not None:
         folder = Path(path).resolve().parent
         base = folder.parent if folder.name == "configs" else folder

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ..registry import register_task
 from .losses import reconstruction_loss
 from .task import StepOutput, Task
@@ -46,10 +47,10 @@ def _check_flextok(model: nn.Module, task: str) -> None:
 
 
 @dataclass
-class FlexTokVAELossConfig:
-    reconstruction: str = "l1"  # l1 | l2
-    reconstruction_weight: float = 1.0
-    kl_weight: float = 1e-6  # SD / FlexTok VAE recipe
+class FlexTokVAELossConfig(Config):
+    reconstruction: Literal["l1", "l2"] = "l1"
+    reconstruction_weight: NonNegativeFloat = 1.0
+    kl_weight: NonNegativeFloat = 1e-6  # SD / FlexTok VAE recipe
 
 
 class _VAEStep(nn.Module):
@@ -91,13 +92,14 @@ class FlexTokVAETask(Task):
 
 
 @dataclass
-class FlexTokLossConfig:
-    flow_weight: float = 1.0
-    repa_weight: float = 0.0  # REPA-style alignment to a frozen teacher (0 = off)
-    repa_teacher: str = "inception"  # build_feature_extractor name: inception | random-tiny
-    repa_layer: int = 1  # decoder block whose patch outputs are aligned (0-based)
+class FlexTokLossConfig(Config):
+    flow_weight: NonNegativeFloat = 1.0
+    repa_weight: NonNegativeFloat = 0.0  # REPA-style alignment to a frozen teacher (0 = off)
+    # build_feature_extractor name
+    repa_teacher: Literal["inception", "random-tiny"] = "inception"
+    repa_layer: NonNegativeInt = 1  # decoder block whose patch outputs are aligned (0-based)
     calibrate_scaling: bool = False  # first set the latent scaling factor to 1/std (own VAEs)
-    calibrate_batches: int = 4
+    calibrate_batches: PositiveInt = 4
 
 
 class _FlowStep(nn.Module):

@@ -9,10 +9,11 @@ bidirectional GPT (``causal: false``) the MaskGIT masked-token NLL with a random
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from ..config import Config
 from ..generate.gpt import GPT
 from ..generate.maskgit import random_mask
 from ..generate.tokens import TokenDataset
@@ -23,8 +24,9 @@ __all__ = ["GeneratorLossConfig", "GeneratorTask"]
 
 
 @dataclass
-class GeneratorLossConfig:
-    mask_schedule: str = "arccos"  # MaskGIT training mask ratio (bidirectional GPTs only)
+class GeneratorLossConfig(Config):
+    # MaskGIT training mask ratio (bidirectional GPTs only)
+    mask_schedule: Literal["arccos", "cosine", "linear"] = "arccos"
     tokenizer: str | None = None  # tokenizer to bind for input="features" (name or checkpoint)
 
 

@@ -1,8 +1,9 @@
 """Tokenizer training losses: reconstruction, LPIPS perceptual, PatchGAN (hinge + LeCam).
 
 * ``reconstruction_loss``: L1 or L2 on the [0, 1] scale.
-* ``PerceptualLoss``: LPIPS (VGG16 trunk + learned 1x1 heads). It needs weights; without them the
-  task logs a loud warning and trains without it rather than using random features.
+* ``PerceptualLoss``: LPIPS (VGG16 trunk + learned 1x1 heads). It needs weights: a config with
+  ``perceptual_network: lpips``, ``perceptual_weight > 0`` and no weights file is refused when it
+  is built.
 * ``InceptionPerceptualLoss``: "Inception perceptual loss", **not LPIPS**: distances between
   unit-normalised intermediate features of the standard FID Inception-v3 (the ``eval`` extra, the
   one pretrained ImageNet network available offline), no learned heads.

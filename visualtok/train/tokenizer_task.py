@@ -29,12 +29,21 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import (
+    Config,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+)
 from ..registry import register_task
 from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
 from .losses import (
@@ -61,31 +70,56 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TokenizerLossConfig:
-    reconstruction: str = "l2"  # l1 | l2
-    reconstruction_weight: float = 1.0
-    quantizer_weight: float = 1.0  # times the quantizer's losses["total"]
-    perceptual_weight: float = 0.0
-    # LPIPS weights file; None -> perceptual loss off (warned). Only for perceptual_network lpips.
-    perceptual_weights: str | None = None
+class TokenizerLossConfig(Config):
+    reconstruction: Literal["l1", "l2"] = "l2"
+    reconstruction_weight: NonNegativeFloat = 1.0
+    quantizer_weight: NonNegativeFloat = 1.0  # times the quantizer's losses["total"]
+    perceptual_weight: NonNegativeFloat = 0.0
     # "lpips" (VGG16 + learned heads, needs perceptual_weights) or "inception" (Inception
     # perceptual loss on the FID Inception from the eval extra; not LPIPS)
-    perceptual_network: str = "lpips"
+    perceptual_network: Literal["lpips", "inception"] = "lpips"
+    # LPIPS weights file (needed when perceptual_network is lpips and perceptual_weight > 0)
+    perceptual_weights: str | None = None
     perceptual_taps: tuple[int, ...] = (5, 9, 14)  # inception: block indices (see losses.py)
-    perceptual_size: int = 299  # inception: input resolution (299 = the FID protocol)
-    gan_weight: float = 0.0  # 0 = no discriminator
-    gan_start_step: int = 0  # delayed start of both discriminator and adversarial term
+    perceptual_size: PositiveInt = 299  # inception: input resolution (299 = the FID protocol)
+    gan_weight: NonNegativeFloat = 0.0  # 0 = no discriminator
+    gan_start_step: NonNegativeInt = 0  # delayed start of both discriminator and adversarial term
     adaptive_gan_weight: bool = True
-    lecam_weight: float = 0.0
-    lecam_decay: float = 0.999
-    disc_channels: int = 64
-    disc_layers: int = 3
+    lecam_weight: NonNegativeFloat = 0.0
+    lecam_decay: OpenUnitFloat = 0.999
+    disc_channels: PositiveInt = 64
+    disc_layers: PositiveInt = 3
     proxy_teacher: str | None = None  # two-stage stage 1: MaskGIT-VQGAN checkpoint for proxy codes
-    posttrain_mix: float = 0.5  # decoder post-training: fraction of samples decoding file tokens
-    semantic_weight: float = 0.0  # HSR / semantic alignment weight at a 1-token prefix (0 = off)
+    posttrain_mix: UnitFloat = 0.5  # decoder post-training: share of samples decoding file tokens
+    # HSR / semantic alignment weight at a 1-token prefix (0 = off)
+    semantic_weight: NonNegativeFloat = 0.0
     semantic_teacher: str = "inception"  # a registered teacher (train/semantic.py); see its label
-    semantic_min_ratio: float = 0.1  # weight at the full length, relative to semantic_weight
-    semantic_power: float = 1.0  # decay shape along the prefix length (1 = linear)
+    semantic_min_ratio: UnitFloat = 0.1  # weight at the full length, relative to semantic_weight
+    semantic_power: PositiveFloat = 1.0  # decay shape along the prefix length (1 = linear)
+
+    def validate(self) -> TokenizerLossConfig:
+        super().validate()
+        if self.perceptual_weight > 0 and self.perceptual_network == "lpips":
+            if not self.perceptual_weights:
+                raise ValueError(
+                    f"loss.perceptual_weight is {self.perceptual_weight} but "
+                    "loss.perceptual_weights (an LPIPS-VGG weights file) is not set: set it, or "
+                    "set perceptual_weight: 0 to train without the perceptual loss"
+                )
+            if not Path(self.perceptual_weights).is_file():
+                raise FileNotFoundError(
+                    f"loss.perceptual_weights: LPIPS weights file not found: "
+                    f"{self.perceptual_weights}"
+                )
+        if self.semantic_weight > 0:
+            from ..registry import TEACHERS
+
+            if self.semantic_teacher not in TEACHERS:
+                raise ValueError(
+                    f"unknown semantic_teacher {self.semantic_teacher!r} (loss.semantic_teacher); "
+                    f"registered teachers: {TEACHERS.names()}"
+                )
+        return self
 
 
 def robustness_schedule(cfg: RobustnessConfig, step: int, total_steps: int) -> tuple[float, int]:
@@ -185,23 +219,20 @@ class TokenizerTask(Task):
                 f"trainer.nested_dropout needs a 1D tokenizer with supports_prefix; "
                 f"{type(model).__name__} has token_shape {model.token_shape}"
             )
+        decoded = tuple(getattr(model, "decoded_size", model.image_size))
+        if decoded != tuple(model.image_size) and not c.proxy_teacher:
+            raise ValueError(
+                f"{type(model).__name__} decodes {model.image_size} images to {decoded} (a "
+                "patch size other than 16 with the MaskGIT-VQGAN pixel decoder): pixels cannot "
+                "be compared; train the proxy-code stage (loss.proxy_teacher) or use patch_size 16"
+            )
         self.modules = {"model": TokenizerStep(model)}
         self.perceptual = None
-        if c.perceptual_network not in ("lpips", "inception"):
-            raise ValueError(f"loss.perceptual_network must be 'lpips' or 'inception'; "
-                             f"got {c.perceptual_network!r}")
         if c.perceptual_weight > 0 and c.perceptual_network == "inception":
             self.perceptual = InceptionPerceptualLoss(c.perceptual_taps, c.perceptual_size)
             log.warning("perceptual loss: %s", self.perceptual.label)
-        elif c.perceptual_weight > 0:
-            if c.perceptual_weights:
-                self.perceptual = PerceptualLoss(c.perceptual_weights)
-            else:
-                log.warning(
-                    "!!! perceptual_weight=%s but loss.perceptual_weights is not set: "
-                    "training WITHOUT the perceptual (LPIPS) loss !!!",
-                    c.perceptual_weight,
-                )
+        elif c.perceptual_weight > 0:  # lpips: the config made sure the weights file exists
+            self.perceptual = PerceptualLoss(c.perceptual_weights)
         if c.gan_weight > 0:
             self.modules["discriminator"] = PatchDiscriminator(3, c.disc_channels, c.disc_layers)
             self.lecam = LeCam(c.lecam_decay)
@@ -237,7 +268,32 @@ class TokenizerTask(Task):
     # ------------------------------------------------------------------ losses
     def compute_loss(self, name: str, batch: Any, step: int) -> StepOutput:
         images = batch["image"]
+        if name == "model":
+            self._check_batch(images)
         return self._model_loss(images, batch, step) if name == "model" else self._disc_loss(images)
+
+    def build_dataset(self, train: bool = True):
+        """The configured dataset; its first image is checked before training writes anything."""
+        ds = super().build_dataset(train)
+        if len(ds):
+            first = ds[0]
+            if isinstance(first, dict) and isinstance(first.get("image"), torch.Tensor):
+                self._check_batch(first["image"][None])
+        return ds
+
+    def _check_batch(self, images: torch.Tensor) -> None:
+        """Training images must have the model's input size (shape only: no device sync)."""
+        if getattr(self.model, "num_frames", None) is not None:  # video tokenizers check clips
+            return
+        h, w = self.model.image_size
+        shape = tuple(images.shape)
+        if images.ndim != 4 or shape[1] != 3 or shape[2:] != (h, w) or shape[0] == 0:
+            raise ValueError(
+                f"training images must be [B, 3, {h}, {w}] for {type(self.model).__name__} "
+                f"(set data.image_size: {h}); the data gave shape {shape}"
+            )
+        if not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
+            raise TypeError(f"training images must be float in [0, 1] or uint8; got {images.dtype}")
 
     def _model_loss(self, images: torch.Tensor, batch: Any, step: int) -> StepOutput:
         c, t = self.loss_config, self.train_config.trainer
@@ -378,12 +434,6 @@ def _decoder_params(model: nn.Module) -> list[nn.Parameter]:
 
 def _load_token_file(path: str | Path) -> torch.Tensor:
     """``codes [N, *S, F]`` int64 aligned with the dataset order, from a safetensors file."""
-    from safetensors.torch import load_file
+    from ..generate.tokens import read_codes_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.token_file not found: {path}")
-    data = load_file(str(path))
-    if "codes" not in data:
-        raise ValueError(f"{path} must hold a 'codes' tensor [N, *S, F]; it has {sorted(data)}")
-    return data["codes"].long()
+    return read_codes_file(path, what="data.token_file")[0]["codes"].long()
