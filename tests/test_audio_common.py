@@ -19,6 +19,8 @@ TINY = {
                                    ema=True, beta=1.0)),
     "dac": dict(encoder_dim=4, encoder_rates=(2, 4), decoder_dim=16, decoder_rates=(4, 2),
                 n_codebooks=3, codebook_size=16, codebook_dim=4, latent_dim=None),
+    "codec": dict(encoder_dim=4, ratios=(2, 4), decoder_dim=16, latent_dim=8, dilations=(1,),
+                  n_codebooks=3, codebook_size=16, codebook_dim=4),
 }
 CODECS = list_models(task="audio-codec")
 

@@ -89,7 +89,8 @@ def test_tokenizer_task_trains_with_the_inception_perceptual_loss(tmp_path, real
     assert p > 0
     assert float(out.loss.detach()) == pytest.approx(rec + q + 0.5 * p, rel=1e-4)
     cfg["loss"]["perceptual_network"] = "vgg"
-    with pytest.raises(ValueError, match="perceptual_network must be 'lpips' or 'inception'"):
+    with pytest.raises(ValueError,
+                       match="perceptual_network must be one of 'lpips' \\| 'inception'"):
         Trainer(load_train_config(write_config(tmp_path / "bad.yaml", cfg)))
 
 
