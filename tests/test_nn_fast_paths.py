@@ -45,15 +45,18 @@ def test_onednn_linear_matches_stock(shape, bias):
 
 
 @needs_onednn
-def test_few_rows_take_the_stock_path():
-    """Below ONEDNN_MIN_ROWS rows (a cached decode step of a small batch) F.linear is used."""
-    w = torch.randn(40, 48)
-    n = linear_mod.ONEDNN_MIN_ROWS
+def test_small_gemm_window_takes_the_stock_path():
+    """12..48 rows with fewer than STOCK_MAX_OUT outputs (a batch-16 decode step's qkv/MLP) take
+    F.linear; fewer rows, more rows, or a wide head take oneDNN."""
+    lo, hi = linear_mod.STOCK_ROWS.start, linear_mod.STOCK_ROWS.stop - 1
+    w, wide = torch.randn(40, 48), torch.randn(linear_mod.STOCK_MAX_OUT, 48)
     with torch.no_grad():
-        assert not linear_mod._use_onednn(torch.randn(n - 1, 48), w, None)
+        for rows in (lo, 16, hi):
+            assert not linear_mod._use_onednn(torch.randn(rows, 48), w, None)
         assert not linear_mod._use_onednn(torch.randn(16, 1, 48), w, None)
-        assert linear_mod._use_onednn(torch.randn(n, 48), w, None)
-        assert linear_mod._use_onednn(torch.randn(2, n // 2, 48), w, None)
+        for rows in (1, lo - 1, hi + 1, 256):
+            assert linear_mod._use_onednn(torch.randn(rows, 48), w, None)
+        assert linear_mod._use_onednn(torch.randn(16, 48), wide, None)
 
 
 def test_stock_path_where_onednn_does_not_apply():

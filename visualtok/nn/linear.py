@@ -13,10 +13,12 @@ or disagrees beyond fp32 rounding, every call takes ``F.linear``. It is used onl
 drop-in replacement:
 
 * x86 CPU tensors, float32 input, weight and bias, weight contiguous;
-* at least ``ONEDNN_MIN_ROWS`` rows (``x.numel() / in_features``): for a few rows (a cached decode
-  step of a small batch) the stock BLAS GEMV/small-GEMM kernels are faster, for many rows
-  (prefill, image tokens, codebook search) oneDNN's GEMM is; ``benchmarks/bench_linear.py`` times
-  both per shape and shows what this rule picks;
+* outside the small-GEMM window where the stock BLAS is faster: ``STOCK_ROWS`` (12..48) rows
+  (``x.numel() / in_features``) with fewer than ``STOCK_MAX_OUT`` (8192) output features, e.g.
+  the qkv/MLP linears of a GPT decode step at batch 16. Measured with
+  ``benchmarks/bench_linear.py`` (both routes per model shape, interleaved; RESULTS.md): oneDNN
+  is 1.4-2.7x faster at 1-8 rows and at the 16384-wide head, 0.6-0.7x at 16 rows of a
+  768x2304 or 768x2048 linear, level at 32 rows and 1.1-1.3x from 64 rows up;
 * no autograd graph is being built (the op has no backward);
 * CPU autocast off (under autocast ``F.linear`` runs the bf16 path it is meant to run);
 * not while ``torch.compile``/``torch.export``/``torch.jit.trace`` traces (traced graphs stay
@@ -46,7 +48,8 @@ __all__ = [
 ]
 
 _BACKENDS = ("onednn", "aten")
-ONEDNN_MIN_ROWS = 64  # fewer rows: F.linear (see the module docstring)
+STOCK_ROWS = range(12, 49)  # with fewer than STOCK_MAX_OUT outputs: F.linear (module docstring)
+STOCK_MAX_OUT = 8192
 _onednn_ok: bool | None = None  # the probe's verdict, computed once
 
 
@@ -132,7 +135,9 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return False
     if bias is not None and bias.dtype != torch.float32:
         return False
-    if x.dim() < 2 or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1] or x.numel() == 0:
+    if x.dim() < 2 or x.numel() == 0:
+        return False
+    if x.numel() // x.shape[-1] in STOCK_ROWS and weight.shape[0] < STOCK_MAX_OUT:
         return False
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
