@@ -87,25 +87,31 @@ class AudioCodec(nn.Module, PretrainedMixin):
     """Base class of audio codecs. Subclasses implement ``_encode``/``_decode`` (see below)."""
 
     # ------------------------------------------------------------------ description
+    # Read from the codec's dataclass ``config`` and residual ``quantizer``; a codec whose config
+    # names them differently overrides the property.
     @property
     def sample_rate(self) -> int:
-        raise NotImplementedError
+        return self.config.sample_rate
 
     @property
     def channels(self) -> int:
-        raise NotImplementedError
+        return getattr(self.config, "channels", 1)
 
     @property
     def hop_length(self) -> int:
-        raise NotImplementedError
+        return self.config.hop_length
 
     @property
     def max_codebooks(self) -> int:
-        raise NotImplementedError
+        return self.quantizer.num_quantizers
 
     @property
     def codebook_size(self) -> int:
-        raise NotImplementedError
+        return self.config.codebook_size
+
+    @property
+    def code_layout(self):
+        return self.quantizer.layout
 
     @property
     def frame_rate(self) -> float:

@@ -270,29 +270,6 @@ class Codec(AudioCodec):
         self.decoder = Decoder(config)
         self.apply(_zero_biases)
 
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return 1
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def max_codebooks(self) -> int:
-        return self.config.n_codebooks
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def code_layout(self):
-        return self.quantizer.layout
 
     def codec_id(self) -> str:
         """Fingerprint of the codebooks (and the config): codes made by another codec, or by this

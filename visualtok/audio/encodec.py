@@ -258,32 +258,8 @@ class Encodec(AudioCodec):
 
     # ------------------------------------------------------------------ description
     @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def channels(self) -> int:
-        return self.config.channels
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
     def frame_rate(self) -> float:
         return float(self.config.frame_rate)
-
-    @property
-    def max_codebooks(self) -> int:
-        return self.config.quantizer.num_quantizers
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def code_layout(self):
-        return self.quantizer.layout
 
     def n_q_for_bandwidth(self, bandwidth: float) -> int:
         """Levels of target bandwidth ``bandwidth`` kbps (one of ``config.target_bandwidths``)."""
