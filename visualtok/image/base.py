@@ -20,14 +20,18 @@ convolutional ones (the 2D VQGAN) set ``size_multiple`` (their downsampling fact
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..config import config_from_dict
 from ..data.image_io import to_float, validate_images
 from ..hub import PretrainedMixin
 from ..quantize.base import Quantizer, QuantOutput
+from ..quantize.config import QuantizerConfig
 from ..quantize.layout import CodeLayout
 
 __all__ = ["ImageTokenizer", "TokenizerOutput", "check_images"]
@@ -201,3 +205,19 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
         for p in self.parameters():
             return p.dtype if p.dtype.is_floating_point else torch.float32
         return torch.float32
+
+
+def preset_config(config_class: type, base: dict[str, Any], overrides: dict[str, Any],
+                  quantizer_dim: int) -> Any:
+    """Merge preset ``base`` with ``overrides`` (config field names) into ``config_class``.
+
+    A ``quantizer`` override replaces the preset's quantizer wholesale; its ``dim`` defaults to
+    ``quantizer_dim``.
+    """
+    data = {**base, **overrides}
+    q = data.get("quantizer")
+    if isinstance(q, QuantizerConfig):
+        q = dataclasses.asdict(q)
+    if isinstance(q, dict):
+        data["quantizer"] = {"dim": quantizer_dim, **q}
+    return config_from_dict(config_class, data)

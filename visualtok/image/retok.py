@@ -30,7 +30,6 @@ Images are [-1, 1] inside; users pass [0, 1]. The input size is fixed (learned p
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,13 +44,12 @@ from ..config import (
     PositiveFloat,
     PositiveInt,
     UnitFloat,
-    config_from_dict,
 )
 from ..nn.linear import Linear, linear
 from ..nn.qformer import QFormerLayer
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
-from .base import ImageTokenizer
+from .base import ImageTokenizer, preset_config
 from .vqgan import VQGANDecoder, VQGANEncoder
 
 __all__ = ["ReTokConfig", "ReTok", "QUERY_SIZES", "multi_level_queries", "retok_config"]
@@ -305,18 +303,8 @@ _PAPER = ("Improving Flexible Image Tokenizers for Autoregressive Image Generati
 
 
 def retok_config(base: dict[str, Any], overrides: dict[str, Any]) -> ReTokConfig:
-    """Merge preset ``base`` with ``overrides`` (config field names) into a ``ReTokConfig``.
-
-    A ``quantizer`` override replaces the preset's quantizer wholesale; its ``dim`` defaults to 8.
-    """
-    data = dict(base)
-    data.update(overrides)
-    q = data.get("quantizer")
-    if isinstance(q, QuantizerConfig):
-        q = dataclasses.asdict(q)
-    if isinstance(q, dict):
-        data["quantizer"] = {"dim": 8, **q}
-    return config_from_dict(ReTokConfig, data)
+    """Preset ``base`` + ``overrides`` -> ``ReTokConfig`` (``preset_config``, quantizer dim 8)."""
+    return preset_config(ReTokConfig, base, overrides, quantizer_dim=8)
 
 
 def _sizes(enc: str, dec: str) -> dict[str, Any]:

@@ -22,7 +22,6 @@ adaptive GroupNorm, depth-to-space upsampling); see ``image/retok.py``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, PositiveInt, UnitFloat, config_from_dict
+from ..config import Config, PositiveInt, UnitFloat
 from ..nn.conv import (
     AdaptiveGroupNorm,
     AttnBlock,
@@ -42,7 +41,7 @@ from ..nn.conv import (
 )
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
-from .base import ImageTokenizer
+from .base import ImageTokenizer, preset_config
 
 __all__ = ["VQGANConfig", "VQGANEncoder", "VQGANDecoder", "VQGAN", "vqgan_config"]
 
@@ -252,18 +251,8 @@ _PAPER = ("Autoregressive Model Beats Diffusion: Llama for Scalable Image Genera
 
 
 def vqgan_config(base: dict[str, Any], overrides: dict[str, Any]) -> VQGANConfig:
-    """Merge preset ``base`` with ``overrides`` (config field names) into a ``VQGANConfig``.
-
-    A ``quantizer`` override replaces the preset's quantizer wholesale; its ``dim`` defaults to 8.
-    """
-    data = dict(base)
-    data.update(overrides)
-    q = data.get("quantizer")
-    if isinstance(q, QuantizerConfig):
-        q = dataclasses.asdict(q)
-    if isinstance(q, dict):
-        data["quantizer"] = {"dim": 8, **q}
-    return config_from_dict(VQGANConfig, data)
+    """Preset ``base`` + ``overrides`` -> ``VQGANConfig`` (``preset_config``, quantizer dim 8)."""
+    return preset_config(VQGANConfig, base, overrides, quantizer_dim=8)
 
 
 def _record(ckpt: str, f: int, notes: str) -> PretrainedRecord:
