@@ -66,6 +66,17 @@ def _wn(m: nn.Module) -> nn.Module:
     return nn.utils.parametrizations.weight_norm(m)
 
 
+def _stack_features(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's output of a discriminator's conv stack (leaky ReLU 0.1), then ``post``'s:
+    the features that feature matching compares."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        feats.append(x)
+    feats.append(post(x))
+    return feats
+
+
 class _PeriodDisc(nn.Module):
     def __init__(self, period: int, ch: int) -> None:
         super().__init__()
@@ -80,12 +91,7 @@ class _PeriodDisc(nn.Module):
         t = x.shape[-1]
         x = F.pad(x, (0, -t % self.period), mode="reflect")
         x = x.reshape(x.shape[0], 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        feats.append(self.post(x))
-        return feats
+        return _stack_features(self.convs, self.post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -114,12 +120,7 @@ class _STFTDisc(nn.Module):
         s = torch.stft(x.float().squeeze(1), self.n_fft, self.n_fft // 4, window=self.window,
                        return_complex=True)  # [B, F, frames]
         x = torch.view_as_real(s).permute(0, 3, 2, 1)  # [B, 2, frames, F]
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            feats.append(x)
-        feats.append(self.post(x))
-        return feats
+        return _stack_features(self.convs, self.post, x)
 
 
 class MultiSTFTDiscriminator(nn.Module):
