@@ -28,6 +28,7 @@ from benchmarks._common import (  # noqa: E402
     peak_memory_bytes,
     print_table,
     time_call,
+    time_interleaved,
     write_json,
 )
 from visualtok.quantize import QuantizerConfig, build_quantizer  # noqa: E402
@@ -148,7 +149,54 @@ def infer(q, z: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def _steps(q, z: torch.Tensor, step_fn) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(train step, inference call) closures; each puts ``q`` in the mode it times."""
+    step = step_fn(q, z)
+    call = infer(q, z.detach())
+
+    def train_call() -> None:
+        q.train()
+        step()
+
+    def infer_call() -> None:
+        q.eval()
+        call()
+
+    return train_call, infer_call
+
+
+def measure_pair(ours, z, ref, z_ref, device: str, rounds: int) -> tuple[dict, dict]:
+    """Time ours and the reference in alternating rounds (A, B, A, B) in one process.
+
+    Load that comes and goes on a shared machine then hits both sides in the same round. Besides
+    wall time, the median process CPU seconds per call are kept: with ``--threads 1`` that is the
+    work each side did, whatever share of a core the scheduler gave it.
+    """
+    out = {}
+    calls = {"ours": _steps(ours, z, ours_step), "ref": _steps(ref, z_ref, ref_step)}
+    for kind, idx, n_rounds in (("train", 0, rounds), ("infer", 1, 10 * rounds)):
+        fns = {side: pair[idx] for side, pair in calls.items()}
+        for fn in fns.values():  # warm-up past the first calls' allocations
+            for _ in range(3):
+                fn()
+        cpu: dict[str, float] = {}
+        wall = time_interleaved(fns, device, warmup=0, repeats=n_rounds, cpu=cpu)
+        for side in fns:
+            out.setdefault(side, {})[f"{kind}_s"] = wall[side]
+            out[side][f"{kind}_cpu_s"] = cpu[side]
+    for side, (q, zz, step_fn) in {"ours": (ours, z, ours_step),
+                                   "ref": (ref, z_ref, ref_step)}.items():
+        q.train()
+        gc.collect()
+        out[side]["peak_mib"] = peak_memory_bytes(step_fn(q, zz), device) / 2**20
+        n = zz.shape[0] * zz.shape[1]
+        out[side].update(tokens=n, train_ktok_s=n / out[side]["train_s"] / 1e3,
+                         infer_ktok_s=n / out[side]["infer_s"] / 1e3)
+    return out["ours"], out["ref"]
+
+
 def measure(q, z: torch.Tensor, step_fn, device: str, repeats: int) -> dict:
+    """One side alone (the reference on a smaller batch, where it can't run ours')."""
     q.train()
     step = step_fn(q, z)
     train_s = time_call(step, device, warmup=1, repeats=repeats, min_time=0.3)
@@ -161,6 +209,14 @@ def measure(q, z: torch.Tensor, step_fn, device: str, repeats: int) -> dict:
             "peak_mib": mem / 2**20, "train_s": train_s, "tokens": n}
 
 
+def _cpu_ratio(ours: dict, ref: dict, kind: str) -> float | str:
+    """ours / reference throughput from process CPU seconds per call (interleaved runs only)."""
+    if f"{kind}_cpu_s" not in ours:
+        return "n/a"
+    per_tok_ours = ours[f"{kind}_cpu_s"] / ours["tokens"]
+    return ref[f"{kind}_cpu_s"] / ref["tokens"] / max(per_tok_ours, 1e-12)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=2048, help="tokens per batch")
@@ -169,11 +225,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="256 tokens, 1 repeat, small settings")
     ap.add_argument("--only", default=None, help="substring: run only matching settings")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--rounds", type=int, default=20,
+                    help="interleaved rounds (train; inference gets 10x as many)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tokens, repeats = (256, 1) if args.quick else (args.tokens, args.repeats)
+    args.rounds = 2 if args.quick else args.rounds
     device = args.device
     torch.manual_seed(0)
     peak = matmul_peak_gflops(device)
@@ -189,14 +248,15 @@ def main() -> None:
         d = cfg["dim"]
         z = torch.randn(4, tokens // 4, d, device=device, requires_grad=True)
         ours = build_quantizer(QuantizerConfig(**cfg)).to(device)
-        r_ours = measure(ours, z, ours_step, device, repeats)
-        del ours
-        gc.collect()
         ref_tokens = min(tokens, ref_cap) if ref_cap else tokens
         z_ref = torch.randn(4, ref_tokens // 4, d, device=device, requires_grad=True)
         ref = make_ref().to(device)
-        r_ref = measure(ref, z_ref, ref_step, device, 1 if ref_cap else repeats)
-        del ref
+        if ref_tokens == tokens:
+            r_ours, r_ref = measure_pair(ours, z, ref, z_ref, device, args.rounds)
+        else:
+            r_ours = measure(ours, z, ours_step, device, repeats)
+            r_ref = measure(ref, z_ref, ref_step, device, 1)
+        del ours, ref
         gc.collect()
         row = {
             "setting": name,
@@ -211,7 +271,10 @@ def main() -> None:
             "mem ours/ref": r_ours["peak_mib"] / max(r_ref["peak_mib"], 1e-3),
             "ours %peak": (100 * flops_per_tok * r_ours["infer_ktok_s"] * 1e3 / 1e9 / peak
                            if flops_per_tok else "n/a"),
-            "note": f"ref on {ref_tokens} tokens, 1 repeat" if ref_cap else "",
+            "train x (CPU s)": _cpu_ratio(r_ours, r_ref, "train"),
+            "infer x (CPU s)": _cpu_ratio(r_ours, r_ref, "infer"),
+            "note": (f"ref on {ref_tokens} tokens, 1 repeat" if ref_tokens != tokens
+                     else f"interleaved, {args.rounds} train / {10 * args.rounds} infer rounds"),
         }
         rows.append(row)
         print_table([row], title=name)
