@@ -19,8 +19,9 @@ import torch
 
 from ..audio.dac import DAC, DAC_PRESETS, DACConfig
 from ..config import config_from_dict
-from ..hub import CheckpointError, describe_state_dict_mismatch, load_state_dict_strict
+from ..hub import CheckpointError
 from . import read_official_state_dict, register_converter
+from .common import finish_conversion, load_converted
 
 __all__ = ["read_dac_checkpoint", "dac_config_for", "convert_dac_state_dict", "convert_dac"]
 
@@ -145,13 +146,7 @@ def convert_dac_state_dict(state: dict[str, torch.Tensor], model: DAC) -> dict[s
         if "weight_g" in parts and "weight_v" in parts:
             w = torch._weight_norm(parts["weight_v"].float(), parts["weight_g"].float(), 0)
             out[f"{name}.weight"] = w.squeeze(-1).to(parts["weight_v"].dtype)
-    problems = describe_state_dict_mismatch(own, out, unexpected=unknown)
-    if problems:
-        raise CheckpointError(
-            "official DAC checkpoint does not match the configured model (wrong config for these "
-            f"weights?): {problems}"
-        )
-    return out
+    return finish_conversion(own, out, unknown, "DAC")
 
 
 @register_converter("dac")
@@ -173,7 +168,5 @@ def convert_dac(
     if config is None and kwargs is None and preset in DAC_PRESETS:
         config = preset
     model = DAC(dac_config_for(config, state, kwargs))
-    load_state_dict_strict(model, convert_dac_state_dict(state, model),
-                           source="official DAC checkpoint")
-    model.model_name = preset
-    return model.eval()
+    mapped = convert_dac_state_dict(state, model)
+    return load_converted(model, mapped, "official DAC checkpoint", preset)

@@ -26,8 +26,9 @@ import torch
 
 from ..audio.encodec import ENCODEC_24KHZ, ENCODEC_48KHZ, Encodec, EncodecConfig
 from ..config import config_from_dict
-from ..hub import CheckpointError, describe_state_dict_mismatch, load_state_dict_strict
+from ..hub import CheckpointError
 from . import read_official_state_dict, register_converter
+from .common import finish_conversion, load_converted
 
 __all__ = ["encodec_config_for", "convert_encodec_state_dict", "convert_encodec"]
 
@@ -102,13 +103,7 @@ def convert_encodec_state_dict(
             unknown.append(key)
         else:
             out[new] = value
-    problems = describe_state_dict_mismatch(own, out, unexpected=unknown)
-    if problems:
-        raise CheckpointError(
-            "official EnCodec checkpoint does not match the configured model (wrong config for "
-            f"these weights?): {problems} (unexpected keys carry their official names)"
-        )
-    return out
+    return finish_conversion(own, out, unknown, "EnCodec")
 
 
 @register_converter("encodec")
@@ -125,7 +120,6 @@ def convert_encodec(
     if config is None and preset in _PRESETS:
         config = preset
     model = Encodec(encodec_config_for(config, state))
-    load_state_dict_strict(model, convert_encodec_state_dict(state, model),
-                           source="official EnCodec checkpoint")
-    model.model_name = preset or (config if isinstance(config, str) else None)
-    return model.eval()
+    mapped = convert_encodec_state_dict(state, model)
+    name = preset or (config if isinstance(config, str) else None)
+    return load_converted(model, mapped, "official EnCodec checkpoint", name)

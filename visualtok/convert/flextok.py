@@ -32,14 +32,10 @@ from typing import Any
 import torch
 
 from ..config import config_from_dict
-from ..hub import (
-    CheckpointError,
-    describe_state_dict_mismatch,
-    load_state_dict_strict,
-    read_official_state_dict,
-)
+from ..hub import CheckpointError, read_official_state_dict
 from ..image.flextok import FLEXTOK_VAE_CONFIG, FlexTok, FlexTokConfig, sincos_2d
 from ..registry import register_converter
+from .common import finish_conversion, load_converted, read_official_config
 
 __all__ = [
     "FlexTokWiring",
@@ -563,12 +559,9 @@ def convert_flextok_state_dict(state_dict: dict[str, torch.Tensor], roles: dict[
                                   f"for {ours}")
         out[ours] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     if own is not None:
-        problems = describe_state_dict_mismatch(own, out, unexpected=unknown)
-        if problems:
-            raise CheckpointError(
-                "official FlexTok checkpoint does not match the wiring's model (a checkpoint of "
-                f"another model?): {problems} (unexpected keys carry their official names)")
-    elif unknown:
+        return finish_conversion(own, out, unknown, "FlexTok",
+                                 hint="a checkpoint of another model?")
+    if unknown:
         raise CheckpointError(f"official FlexTok checkpoint has unknown keys {unknown[:8]}")
     return out
 
@@ -660,13 +653,11 @@ def convert_flextok(
         raise ValueError("convert_flextok needs the official wiring (config.json)")
     wiring = read_wiring(config) if isinstance(config, (str, Path)) else config
     if isinstance(vae_config, (str, Path)):
-        vae_config = json.loads(Path(vae_config).read_text())
+        vae_config = read_official_config(vae_config, "FlexTok VAE")
     if vae_config is None and directory is not None:
         vae_config = _vae_config_beside(directory)
     cfg = flextok_config_from_official(wiring, vae_config, overrides)
     model = FlexTok(cfg)
     roles = parse_wiring(wiring).roles
     mapped = convert_flextok_state_dict(state, roles, model.state_dict())
-    load_state_dict_strict(model, mapped, source="official FlexTok checkpoint")
-    model.model_name = preset
-    return model.eval()
+    return load_converted(model, mapped, "official FlexTok checkpoint", preset)

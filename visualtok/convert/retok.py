@@ -30,16 +30,17 @@ from typing import Any
 
 import torch
 
-from ..hub import load_state_dict_strict
 from ..image.retok import QUERY_SIZES, ReTok, ReTokConfig, retok_config
 from ..registry import register_converter
-from .vqgan import (
-    DROPPED_BUFFERS,
+from .common import (
     check_family,
     finish_conversion,
+    load_converted,
     read_official_config,
+    target_model,
     unwrap_state_dict,
 )
+from .vqgan import DROPPED_BUFFERS
 
 __all__ = ["retok_config_from_official", "convert_retok_state_dict", "convert_retok"]
 
@@ -176,18 +177,8 @@ def convert_retok(
     """
     # the official loader prefers the EMA weights, then "model", then "state_dict"
     state = unwrap_state_dict(weights, ("ema", "model", "state_dict", "module"))
-    if config is not None:
-        model = ReTok(retok_config_from_official(config, overrides))
-    elif preset is not None:
-        from ..registry import create_model
-
-        model = create_model(preset, **(overrides or {}))
-        if not isinstance(model, ReTok):
-            raise ValueError(f"preset {preset!r} is not a ReTok model")
-    else:
-        raise ValueError("convert_retok needs the official config (--config VQ_SS256.yaml) or a "
-                         "preset name (--preset retok_ss | retok_sb)")
+    model = target_model(ReTok, retok_config_from_official, config, preset, overrides,
+                         "the official config (--config VQ_SS256.yaml) or a preset name "
+                         "(--preset retok_ss | retok_sb)")
     mapped = convert_retok_state_dict(state, model)
-    load_state_dict_strict(model, mapped, source="official ReTok checkpoint")
-    model.model_name = preset
-    return model.eval()
+    return load_converted(model, mapped, "official ReTok checkpoint", preset)

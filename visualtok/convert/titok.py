@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from ..config import load_json, load_yaml
-from ..hub import (
-    CheckpointError,
-    describe_state_dict_mismatch,
-    load_state_dict_strict,
-    read_official_state_dict,
-)
 from ..image.titok import VIT_SIZES, TiTok, TiTokConfig, titok_config
 from ..registry import register_converter
+from .common import (
+    finish_conversion,
+    load_converted,
+    read_official_config,
+    target_model,
+    unwrap_state_dict,
+)
 
 __all__ = [
     "titok_config_from_official",
@@ -48,27 +48,13 @@ _RENAMES = (
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def _read_config(config: Any) -> dict[str, Any]:
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"official TiTok config not found: {path}")
-        is_json = path.suffix == ".json"
-        config = load_json(path, "official TiTok config") if is_json else load_yaml(path)
-    if not isinstance(config, dict):
-        raise TypeError(
-            f"official TiTok config must be a dict or a path; got {type(config).__name__}"
-        )
-    return config
-
-
 def titok_config_from_official(config: Any, overrides: dict[str, Any] | None = None) -> TiTokConfig:
     """Official OmegaConf tree (``model.vq_model`` + ``dataset.preprocessing.crop_size``) -> ours.
 
     Also accepts ``{"vq_model": {...}, "crop_size": 256}``. ``overrides`` (our field names) replace
     derived values, e.g. shrunk widths of a test fixture.
     """
-    cfg = _read_config(config)
+    cfg = read_official_config(config, "TiTok")
     if "model" in cfg:
         vq = cfg["model"].get("vq_model")
         crop = cfg.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256)
@@ -141,13 +127,7 @@ def convert_titok_state_dict(
         out[k] = own[k]
     if filled:
         log.info("TiTok conversion: kept configured quantizer buffers %s", filled)
-    problems = describe_state_dict_mismatch(own, out, unexpected=unknown)
-    if problems:
-        raise CheckpointError(
-            "official TiTok checkpoint does not match the configured model (wrong config for these "
-            f"weights?): {problems} (unexpected keys carry their official names)"
-        )
-    return out
+    return finish_conversion(own, out, unknown, "TiTok")
 
 
 @register_converter("titok")
@@ -163,29 +143,11 @@ def convert_titok(
     ``config``: the official config (dict, ``config.json`` or YAML); without it ``preset`` names our
     preset (e.g. ``"titok_s128"``). ``overrides`` replace fields of the resulting ``TiTokConfig``.
     """
-    if isinstance(weights, (str, Path)):
-        state = read_official_state_dict(weights)
-    elif isinstance(weights, dict):
-        state = weights
-        for key in ("state_dict", "model", "module"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-    else:
-        raise TypeError(f"weights must be a path or a state dict; got {type(weights).__name__}")
-    if config is not None:
-        model = TiTok(titok_config_from_official(config, overrides))
-    elif preset is not None:
-        from ..registry import create_model
-
-        model = create_model(preset, **(overrides or {}))
-        if not isinstance(model, TiTok):
-            raise ValueError(f"preset {preset!r} is not a TiTok model")
-    else:
-        raise ValueError("convert_titok needs the official config or a preset name")
+    state = unwrap_state_dict(weights)
+    model = target_model(TiTok, titok_config_from_official, config, preset, overrides,
+                         "the official config or a preset name")
     mapped = convert_titok_state_dict(state, model)
-    load_state_dict_strict(model, mapped, source="official TiTok checkpoint")
-    model.model_name = preset
-    return model.eval()
+    return load_converted(model, mapped, "official TiTok checkpoint", preset)
 
 
 def convert_titok_to_dir(

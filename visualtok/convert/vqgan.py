@@ -22,7 +22,6 @@ family (ReTok, TiTok) is recognised and named.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -30,24 +29,22 @@ from typing import Any
 
 import torch
 
-from ..config import load_yaml
-from ..hub import (
-    CheckpointError,
-    describe_state_dict_mismatch,
-    load_state_dict_strict,
-    read_official_state_dict,
-)
 from ..image.vqgan import VQGAN, VQGANConfig, vqgan_config
 from ..registry import register_converter
+from .common import (
+    check_family,
+    finish_conversion,
+    load_converted,
+    read_official_config,
+    target_model,
+    unwrap_state_dict,
+)
 
 __all__ = [
     "vqgan_config_from_official",
     "convert_vqgan_state_dict",
     "convert_vqgan",
     "merge_spatial_attention",
-    "detect_family",
-    "unwrap_state_dict",
-    "read_official_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,66 +56,7 @@ _MODEL_ARGS = {
     "dropout_p",
 }
 _ATTN_PART = re.compile(r"^(?P<block>.+)\.(?P<part>q|k|v|proj_out)\.(?P<kind>weight|bias)$")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 DROPPED_BUFFERS = ("quantize.codebook_used",)
-
-
-def read_official_config(config: Any, what: str) -> dict[str, Any]:
-    """A dict, or a ``.json``/``.yaml`` path, -> dict."""
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"official {what} config not found: {path}")
-        config = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
-    if not isinstance(config, dict):
-        raise TypeError(f"official {what} config must be a dict or a path; got "
-                        f"{type(config).__name__}")
-    return config
-
-
-def unwrap_state_dict(
-    weights: Any, wrappers: tuple[str, ...] = ("state_dict", "model", "module")
-) -> dict[str, torch.Tensor]:
-    """A path (read weights-only) or a state dict, with ``wrappers`` (first match wins) and
-    ``module.``/``_orig_mod.`` prefixes removed."""
-    if isinstance(weights, (str, Path)):
-        state = read_official_state_dict(weights, wrappers)
-    elif isinstance(weights, dict):
-        state = weights
-        for key in wrappers:
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-    else:
-        raise TypeError(f"weights must be a path or a state dict; got {type(weights).__name__}")
-    out = {}
-    for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def detect_family(state: dict[str, torch.Tensor]) -> str | None:
-    """Which official family a state dict looks like: ``"retok"``, ``"vqgan"``, ``"titok"``."""
-    keys = set(state)
-    if any(k.startswith(("s2to1encoder.", "s1to2decoder.")) for k in keys):
-        return "retok"
-    if "latent_tokens" in keys or any(k.startswith("encoder.transformer.") for k in keys):
-        return "titok"
-    if "encoder.conv_in.weight" in keys and "quant_conv.weight" in keys:
-        return "vqgan"
-    return None
-
-
-def check_family(state: dict[str, torch.Tensor], family: str, name: str) -> None:
-    """``CheckpointError`` naming the right converter when ``state`` is another family's."""
-    found = detect_family(state)
-    if found != family:
-        what = f"a {found} checkpoint" if found else "not a checkpoint of any known family"
-        hint = f": use `visualtok convert {found}`" if found else ""
-        raise CheckpointError(f"these weights are {what}, not {name}{hint} "
-                              f"(first keys: {sorted(state)[:3]})")
 
 
 def merge_spatial_attention(state: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
@@ -146,17 +84,6 @@ def merge_spatial_attention(state: dict[str, torch.Tensor]) -> tuple[dict, list[
             missing = sorted({"q", "k", "v"} - set(parts))
             incomplete += [f"{block}.{p}.{kind} (no {'/'.join(missing)} beside it)" for p in parts]
     return out, incomplete
-
-
-def finish_conversion(model: torch.nn.Module, mapped: dict, unknown: list[str], name: str) -> dict:
-    """Raise ``CheckpointError`` unless ``mapped`` matches ``model`` key for key and shape."""
-    problems = describe_state_dict_mismatch(model.state_dict(), mapped, unexpected=unknown)
-    if problems:
-        raise CheckpointError(
-            f"official {name} checkpoint does not match the configured model (wrong config for "
-            f"these weights?): {problems} (unexpected keys carry their official names)"
-        )
-    return mapped
 
 
 def vqgan_config_from_official(config: Any, overrides: dict[str, Any] | None = None) -> VQGANConfig:
@@ -225,18 +152,8 @@ def convert_vqgan(
     (``"vqgan_16"``, ``"vqgan_8"``). ``overrides`` replace fields of the resulting config.
     """
     state = unwrap_state_dict(weights)
-    if config is not None:
-        model = VQGAN(vqgan_config_from_official(config, overrides))
-    elif preset is not None:
-        from ..registry import create_model
-
-        model = create_model(preset, **(overrides or {}))
-        if not isinstance(model, VQGAN):
-            raise ValueError(f"preset {preset!r} is not a VQGAN model")
-    else:
-        raise ValueError("convert_vqgan needs the official ModelArgs (--config) or a preset name "
+    model = target_model(VQGAN, vqgan_config_from_official, config, preset, overrides,
+                         "the official ModelArgs (--config) or a preset name "
                          "(--preset vqgan_16 | vqgan_8)")
     mapped = convert_vqgan_state_dict(state, model)
-    load_state_dict_strict(model, mapped, source="official LlamaGen VQGAN checkpoint")
-    model.model_name = preset
-    return model.eval()
+    return load_converted(model, mapped, "official LlamaGen VQGAN checkpoint", preset)

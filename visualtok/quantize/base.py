@@ -13,7 +13,8 @@ Contract (DESIGN.md §3-4):
 * quantization math runs in fp32 with autocast disabled for the input's device type, then casts
   back.
 
-Subclasses implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` and
+Subclasses call ``super().__init__(config)`` (which validates the config once and sets
+``config`` and ``dim``), implement ``_quantize(z32) -> (z_q32, codes, losses, stats)`` and
 ``_dequantize(codes)``, both on fp32 tensors of shape ``[N, D]`` / ``[N, F]`` (tokens flattened),
 and set ``self.layout``.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .config import QuantizerConfig
 from .layout import CodeLayout
 
 __all__ = ["QuantOutput", "Quantizer", "fp32_no_autocast", "check_latents", "input_checks"]
@@ -122,6 +124,11 @@ class Quantizer(nn.Module):
     dim: int
     loss_keys: tuple[str, ...] = ("total",)
     check_inputs: bool = True  # NaN/inf check of forward's latents (see ``input_checks``)
+
+    def __init__(self, config: QuantizerConfig) -> None:
+        super().__init__()
+        self.config = config.validate()  # every field is checked there, once
+        self.dim = config.dim
 
     # ------------------------------------------------------------------ to implement
     def _quantize(

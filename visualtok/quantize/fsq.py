@@ -51,10 +51,8 @@ class FiniteScalarQuantizer(Quantizer):
     """FSQ. Codes ``[B, *S, D]``, one digit per channel, layout = ``levels``."""
 
     def __init__(self, config: QuantizerConfig) -> None:
-        super().__init__()
-        self.config = config.validate()  # every field is checked there, once
+        super().__init__(config)
         levels = config.levels
-        self.dim = config.dim
         self.levels = levels
         lv = torch.tensor(levels, dtype=torch.float32)
         half_l = (lv - 1) * (1 + _EPS) / 2

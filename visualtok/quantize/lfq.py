@@ -40,10 +40,8 @@ class LookupFreeQuantizer(Quantizer):
     loss_keys = ("total", "commitment", "entropy")
 
     def __init__(self, config: QuantizerConfig) -> None:
-        super().__init__()
-        self.config = config.validate()  # every field is checked there, once
+        super().__init__(config)
         g, d = config.group_size, config.dim
-        self.dim = d
         self.group_size = g
         self.num_groups = d // g
         self.bits = BitPacker((g,) * self.num_groups)

@@ -52,9 +52,7 @@ class DimensionwiseQuantizer(Quantizer):
     """TokenBridge post-training quantizer. Codes ``[B, *S, C]``, layout ``(bins,) * C``."""
 
     def __init__(self, config: QuantizerConfig) -> None:
-        super().__init__()
-        self.config = config.validate()  # every field is checked there, once
-        self.dim = config.dim
+        super().__init__(config)
         edges, centroids = gaussian_bins(config.bins)
         mids = (centroids[1:] + centroids[:-1]) / 2  # nearest-centroid decision boundaries
         self.register_buffer("_std_edges", edges.float(), persistent=False)

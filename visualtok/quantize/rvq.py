@@ -47,9 +47,7 @@ class ResidualVectorQuantizer(Quantizer):
     loss_keys = ("total", "commitment", "codebook")
 
     def __init__(self, config: QuantizerConfig) -> None:
-        super().__init__()
-        self.config = config.validate()  # every field is checked there, once
-        self.dim = config.dim
+        super().__init__(config)
         rvq_only = _FAMILY_FIELDS["rvq"] - _FAMILY_FIELDS["vq"]  # back to defaults for one level
         level_cfg = dataclasses.replace(
             config, type="vq", **{k: getattr(QuantizerConfig, k) for k in rvq_only}

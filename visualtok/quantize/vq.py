@@ -90,9 +90,7 @@ class VectorQuantizer(Quantizer):
     loss_keys = ("total", "commitment", "codebook")
 
     def __init__(self, config: QuantizerConfig) -> None:
-        super().__init__()
-        self.config = config.validate()  # every field is checked there, once
-        self.dim = config.dim
+        super().__init__(config)
         k = config.codebook_size
         cdim = config.codebook_dim or config.dim
         self.codebook_dim = cdim
