@@ -482,7 +482,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def _add_clip_args(s: argparse.ArgumentParser) -> None:
+def _add_media_args(s: argparse.ArgumentParser, out: str) -> None:
+    """The options ``encode`` and ``reconstruct`` share: the tokenizer, the output, the audio
+    bitrate and the video clip."""
+    s.add_argument("--model", default=DEFAULT_TOKENIZER,
+                   help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
+    s.add_argument("--out", default=out)
+    s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
     s.add_argument("--start", type=int, default=0, help="video: first frame")
     s.add_argument("--stride", type=int, default=1, help="video: frames between samples")
 
@@ -516,11 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("encode", help="image, video clip or audio file -> tokens (.safetensors)")
     s.add_argument("image",
                    help="an image, a video (.mp4/.webm/.mkv) or audio (.wav/.flac/.ogg/.mp3)")
-    s.add_argument("--model", default=DEFAULT_TOKENIZER,
-                   help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
-    s.add_argument("--out", default="codes.safetensors")
-    s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
-    _add_clip_args(s)
+    _add_media_args(s, out="codes.safetensors")
     s.set_defaults(fn=cmd_encode)
 
     s = sub.add_parser("decode", help="tokens (.safetensors) -> image, audio, or video (.mp4/.webm/"
@@ -533,11 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reconstruct", help="encode + decode an image or audio file; write it "
                        "side by side (audio: wav + spectrogram picture, SI-SDR, mel distance)")
     s.add_argument("image", nargs="?", default=None, help="defaults to a bundled real photo")
-    s.add_argument("--model", default=DEFAULT_TOKENIZER,
-                   help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
-    s.add_argument("--out", default="outputs")
-    s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
-    _add_clip_args(s)
+    _add_media_args(s, out="outputs")
     s.set_defaults(fn=cmd_reconstruct)
 
     s = sub.add_parser("train", help="train from a YAML config (tokenizer or generator)")

@@ -8,7 +8,7 @@ anywhere), then ``load_converted`` loads it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ __all__ = [
     "unwrap_state_dict",
     "detect_family",
     "check_family",
+    "place_keys",
     "finish_conversion",
     "target_model",
     "load_converted",
@@ -35,6 +36,7 @@ __all__ = [
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 M = TypeVar("M", bound=nn.Module)
+Weights = str | Path | dict[str, torch.Tensor]  # what every converter takes as ``weights``
 
 
 def read_official_config(config: Any, what: str) -> dict[str, Any]:
@@ -94,6 +96,21 @@ def check_family(state: dict[str, torch.Tensor], family: str, name: str) -> None
         hint = f": use `visualtok convert {found}`" if found else ""
         raise CheckpointError(f"these weights are {what}, not {name}{hint} "
                               f"(first keys: {sorted(state)[:3]})")
+
+
+def place_keys(
+    own: Mapping[str, torch.Tensor], renamed: Iterable[tuple[str, str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official ``(key, our key, value)`` triples -> (``{our key: value}`` for the keys ``own``
+    has, the official keys of the rest)."""
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, new, value in renamed:
+        if new in own:
+            out[new] = value
+        else:
+            unknown.append(key)
+    return out, unknown
 
 
 def finish_conversion(

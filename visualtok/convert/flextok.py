@@ -35,7 +35,7 @@ from ..config import config_from_dict
 from ..hub import CheckpointError, read_official_state_dict
 from ..image.flextok import FLEXTOK_VAE_CONFIG, FlexTok, FlexTokConfig, sincos_2d
 from ..registry import register_converter
-from .common import finish_conversion, load_converted, read_official_config
+from .common import Weights, finish_conversion, load_converted, read_official_config
 
 __all__ = [
     "FlexTokWiring",
@@ -219,6 +219,17 @@ def _one(mods: list[Module], short: str, where: str, partial: bool) -> Module | 
     return found[0] if found else None
 
 
+def _check_mask(mods: list[Module], where: str, partial: bool, part: str,
+                mask: str) -> Module | None:
+    """The sequence packer, whose attention mask must be the one ``part`` implements."""
+    packer = _one(mods, "BlockWiseSequencePacker", where, partial)
+    if packer is not None:
+        mode = packer.kwargs.get("mask_mode", "full")
+        _require(mode == mask, f"{where}.{packer.name}: the {part} mask must be {mask!r}; "
+                 f"got {mode!r}")
+    return packer
+
+
 def _check_transformer(m: Module, where: str) -> dict[str, Any]:
     kw = m.kwargs
     for key, want in (("qkv_bias", False), ("proj_bias", False), ("mlp_bias", False),
@@ -266,11 +277,7 @@ def parse_encoder(mods: list[Module], out: FlexTokWiring, partial: bool = False)
                  f"{where}.{reg.name}: n_eval must equal n_max (decode takes any prefix)")
         out.fields["num_registers"] = int(kw["n_max"])
         out.roles["encoder.registers"] = reg.name
-    packer = _one(mods, "BlockWiseSequencePacker", where, partial)
-    if packer is not None:
-        mode = packer.kwargs.get("mask_mode", "full")
-        _require(mode == "causal_last", f"{where}.{packer.name}: the encoder mask must be "
-                 f"'causal_last'; got {mode!r}")
+    _check_mask(mods, where, partial, "encoder", "causal_last")
     trunk = _one(mods, "FlexTransformer", where, partial)
     if trunk is not None:
         t = _check_transformer(trunk, where)
@@ -348,11 +355,7 @@ def parse_decoder(mods: list[Module], out: FlexTokWiring, partial: bool = False)
     if patch is not None:
         out.roles["decoder.patch"] = patch.name
         out.fields["_dec_patch"] = list(patch.kwargs.get("patch_sizes", []))
-    packer = _one(mods, "BlockWiseSequencePacker", where, partial)
-    if packer is not None:
-        mode = packer.kwargs.get("mask_mode", "full")
-        _require(mode == "full", f"{where}.{packer.name}: the decoder mask must be 'full'; "
-                 f"got {mode!r}")
+    packer = _check_mask(mods, where, partial, "decoder", "full")
     temb = _one(mods, "TimestepEmbedder", where, partial)
     if temb is not None:
         _require(not temb.kwargs.get("temb_as_tokens", False),
@@ -622,13 +625,9 @@ def _vae_config_beside(directory: Path) -> dict[str, Any] | None:
 
 
 @register_converter("flextok")
-def convert_flextok(
-    weights: str | Path | dict[str, torch.Tensor],
-    config: Any = None,
-    preset: str | None = None,
-    vae_config: dict[str, Any] | str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> FlexTok:
+def convert_flextok(weights: Weights, config: Any = None, preset: str | None = None,
+                    vae_config: dict[str, Any] | str | Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> FlexTok:
     """Official FlexTok checkpoint -> ``FlexTok`` in eval mode.
 
     ``weights``: the checkpoint directory (``model.safetensors`` + ``config.json``), a

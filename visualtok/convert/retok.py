@@ -25,22 +25,15 @@ consumed and every model key provided, with equal shapes, or a ``CheckpointError
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..image.retok import QUERY_SIZES, ReTok, ReTokConfig, retok_config
 from ..registry import register_converter
-from .common import (
-    check_family,
-    finish_conversion,
-    load_converted,
-    read_official_config,
-    target_model,
-    unwrap_state_dict,
-)
-from .vqgan import DROPPED_BUFFERS
+from . import common
+from .common import Weights
+from .vqgan import DROPPED_BUFFERS, quantizer_key
 
 __all__ = ["retok_config_from_official", "convert_retok_state_dict", "convert_retok"]
 
@@ -82,7 +75,7 @@ _RENAMES = (
 
 
 def _init_args(config: Any) -> dict[str, Any]:
-    cfg = read_official_config(config, "ReTok")
+    cfg = common.read_official_config(config, "ReTok")
     if "model" in cfg and isinstance(cfg["model"], dict):
         cfg = cfg["model"]
     args = cfg.get("init_args", cfg)
@@ -142,32 +135,24 @@ def convert_retok_state_dict(state_dict: dict[str, torch.Tensor], model: ReTok) 
 
     Works on meta tensors too (only names and shapes are compared).
     """
-    check_family(state_dict, "retok", "a ReTok")
-    own = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
+    common.check_family(state_dict, "retok", "a ReTok")
+    renamed = []
     for key, value in state_dict.items():
         if key in DROPPED_BUFFERS:
             continue
-        new = "quantizer." + key[len("quantize."):] if key.startswith("quantize.") else key
+        new = quantizer_key(key)
         for a, b in _RENAMES:
             new = new.replace(a, b)
         if new.rsplit(".", 1)[-1] in _POSITION_TABLES and value.ndim == 3 and value.shape[1] == 1:
             value = value.reshape(value.shape[0], value.shape[2])  # [L, 1, W] -> [L, W]
-        if new in own:
-            out[new] = value
-        else:
-            unknown.append(key)
-    return finish_conversion(model, out, unknown, "ReTok")
+        renamed.append((key, new, value))
+    out, unknown = common.place_keys(model.state_dict(), renamed)
+    return common.finish_conversion(model, out, unknown, "ReTok")
 
 
 @register_converter("retok")
-def convert_retok(
-    weights: str | Path | dict[str, torch.Tensor],
-    config: Any = None,
-    preset: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> ReTok:
+def convert_retok(weights: Weights, config: Any = None, preset: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> ReTok:
     """Official ReTok weights (+ official config, or a preset name) -> ``ReTok`` in eval mode.
 
     ``weights``: a ``.pt``/``.safetensors`` path or a state dict (``ema``, else ``model``/
@@ -176,9 +161,9 @@ def convert_retok(
     ``"retok_sb"``).
     """
     # the official loader prefers the EMA weights, then "model", then "state_dict"
-    state = unwrap_state_dict(weights, ("ema", "model", "state_dict", "module"))
-    model = target_model(ReTok, retok_config_from_official, config, preset, overrides,
+    state = common.unwrap_state_dict(weights, ("ema", "model", "state_dict", "module"))
+    model = common.target_model(ReTok, retok_config_from_official, config, preset, overrides,
                          "the official config (--config VQ_SS256.yaml) or a preset name "
                          "(--preset retok_ss | retok_sb)")
     mapped = convert_retok_state_dict(state, model)
-    return load_converted(model, mapped, "official ReTok checkpoint", preset)
+    return common.load_converted(model, mapped, "official ReTok checkpoint", preset)

@@ -24,6 +24,7 @@ import torch
 from ..image.titok import VIT_SIZES, TiTok, TiTokConfig, titok_config
 from ..registry import register_converter
 from .common import (
+    Weights,
     finish_conversion,
     load_converted,
     read_official_config,
@@ -131,12 +132,8 @@ def convert_titok_state_dict(
 
 
 @register_converter("titok")
-def convert_titok(
-    weights: str | Path | dict[str, torch.Tensor],
-    config: Any = None,
-    preset: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> TiTok:
+def convert_titok(weights: Weights, config: Any = None, preset: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> TiTok:
     """Official TiTok weights (+ official config, or a preset name) -> ``TiTok`` in eval mode.
 
     ``weights``: a ``.bin``/``.pt``/``.safetensors`` path or a state dict (hub wrappers unwrapped).

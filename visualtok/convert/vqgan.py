@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +31,11 @@ import torch
 from ..image.vqgan import VQGAN, VQGANConfig, vqgan_config
 from ..registry import register_converter
 from .common import (
+    Weights,
     check_family,
     finish_conversion,
     load_converted,
+    place_keys,
     read_official_config,
     target_model,
     unwrap_state_dict,
@@ -126,25 +127,20 @@ def convert_vqgan_state_dict(state_dict: dict[str, torch.Tensor], model: VQGAN) 
     """
     check_family(state_dict, "vqgan", "a LlamaGen VQGAN")
     state = {k: v for k, v in state_dict.items() if k not in DROPPED_BUFFERS}
-    merged, unknown = merge_spatial_attention(state)
-    own = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in merged.items():
-        new = "quantizer." + key[len("quantize."):] if key.startswith("quantize.") else key
-        if new in own:
-            out[new] = value
-        else:
-            unknown.append(key)
-    return finish_conversion(model, out, unknown, "LlamaGen VQGAN")
+    merged, incomplete = merge_spatial_attention(state)
+    renamed = ((key, quantizer_key(key), value) for key, value in merged.items())
+    out, unknown = place_keys(model.state_dict(), renamed)
+    return finish_conversion(model, out, incomplete + unknown, "LlamaGen VQGAN")
+
+
+def quantizer_key(key: str) -> str:
+    """Official ``quantize.*`` -> our ``quantizer.*`` (other keys unchanged)."""
+    return "quantizer." + key[len("quantize."):] if key.startswith("quantize.") else key
 
 
 @register_converter("vqgan")
-def convert_vqgan(
-    weights: str | Path | dict[str, torch.Tensor],
-    config: Any = None,
-    preset: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> VQGAN:
+def convert_vqgan(weights: Weights, config: Any = None, preset: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> VQGAN:
     """Official LlamaGen VQ weights (+ ``ModelArgs``, or a preset name) -> ``VQGAN`` in eval mode.
 
     ``weights``: a ``.pt``/``.safetensors`` path or a state dict (``{"model": ...}`` unwrapped).

@@ -19,6 +19,8 @@ samples longer or shorter).
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from ..audio.io import mel_spectrogram, resample, stft_magnitude
@@ -85,27 +87,29 @@ def stft_distance(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).mean(0)
 
 
-def _mono_numpy(x: torch.Tensor, rate: int, new_rate: int):
-    return resample(x.float().mean(1), rate, new_rate).cpu().numpy()
+def _score_16k(est: torch.Tensor, ref: torch.Tensor, sample_rate: int, metric: str,
+               package: str, score) -> torch.Tensor:
+    """Per-clip ``score(ref, est, module)`` ``[B]`` on mono 16 kHz numpy audio, with ``package``
+    (an optional dependency from the ``eval`` extra) imported for it."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ValueError(
+            f"{metric} needs the {package!r} package: pip install -e '.[eval]'"
+        ) from None
+    est, ref = _pair(est, ref)
+    e = resample(est.float().mean(1), sample_rate, 16000).cpu().numpy()
+    r = resample(ref.float().mean(1), sample_rate, 16000).cpu().numpy()
+    return torch.tensor([float(score(r[i], e[i], module)) for i in range(len(r))])
 
 
 def pesq_wb(est: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Wide-band PESQ (MOS-LQO, 1.04..4.64) ``[B]`` at 16 kHz; needs ``pip install pesq``."""
-    try:
-        from pesq import pesq
-    except ImportError:
-        raise ValueError("PESQ needs the 'pesq' package: pip install -e '.[eval]'") from None
-    est, ref = _pair(est, ref)
-    e, r = _mono_numpy(est, sample_rate, 16000), _mono_numpy(ref, sample_rate, 16000)
-    return torch.tensor([float(pesq(16000, r[i], e[i], "wb")) for i in range(len(r))])
+    return _score_16k(est, ref, sample_rate, "PESQ", "pesq",
+                      lambda r, e, m: m.pesq(16000, r, e, "wb"))
 
 
 def stoi(est: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Short-time objective intelligibility (0..1) ``[B]``; needs ``pip install pystoi``."""
-    try:
-        from pystoi import stoi as _stoi
-    except ImportError:
-        raise ValueError("STOI needs the 'pystoi' package: pip install -e '.[eval]'") from None
-    est, ref = _pair(est, ref)
-    e, r = _mono_numpy(est, sample_rate, 16000), _mono_numpy(ref, sample_rate, 16000)
-    return torch.tensor([float(_stoi(r[i], e[i], 16000, extended=False)) for i in range(len(r))])
+    return _score_16k(est, ref, sample_rate, "STOI", "pystoi",
+                      lambda r, e, m: m.stoi(r, e, 16000, extended=False))

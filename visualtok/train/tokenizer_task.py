@@ -27,25 +27,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import (
-    Config,
-    NonNegativeFloat,
-    NonNegativeInt,
-    OpenUnitFloat,
-    PositiveFloat,
-    PositiveInt,
-    UnitFloat,
-)
 from ..registry import register_task
-from .config import NestedDropoutConfig, RobustnessConfig, TrainConfig
+from .config import NestedDropoutConfig, RobustnessConfig, TokenizerLossConfig, TrainConfig
 from .losses import (
     InceptionPerceptualLoss,
     LeCam,
@@ -67,59 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenizerLossConfig(Config):
-    reconstruction: Literal["l1", "l2"] = "l2"
-    reconstruction_weight: NonNegativeFloat = 1.0
-    quantizer_weight: NonNegativeFloat = 1.0  # times the quantizer's losses["total"]
-    perceptual_weight: NonNegativeFloat = 0.0
-    # "lpips" (VGG16 + learned heads, needs perceptual_weights) or "inception" (Inception
-    # perceptual loss on the FID Inception from the eval extra; not LPIPS)
-    perceptual_network: Literal["lpips", "inception"] = "lpips"
-    # LPIPS weights file (needed when perceptual_network is lpips and perceptual_weight > 0)
-    perceptual_weights: str | None = None
-    perceptual_taps: tuple[int, ...] = (5, 9, 14)  # inception: block indices (see losses.py)
-    perceptual_size: PositiveInt = 299  # inception: input resolution (299 = the FID protocol)
-    gan_weight: NonNegativeFloat = 0.0  # 0 = no discriminator
-    gan_start_step: NonNegativeInt = 0  # delayed start of both discriminator and adversarial term
-    adaptive_gan_weight: bool = True
-    lecam_weight: NonNegativeFloat = 0.0
-    lecam_decay: OpenUnitFloat = 0.999
-    disc_channels: PositiveInt = 64
-    disc_layers: PositiveInt = 3
-    proxy_teacher: str | None = None  # two-stage stage 1: MaskGIT-VQGAN checkpoint for proxy codes
-    posttrain_mix: UnitFloat = 0.5  # decoder post-training: share of samples decoding file tokens
-    # HSR / semantic alignment weight at a 1-token prefix (0 = off)
-    semantic_weight: NonNegativeFloat = 0.0
-    semantic_teacher: str = "inception"  # a registered teacher (train/semantic.py); see its label
-    semantic_min_ratio: UnitFloat = 0.1  # weight at the full length, relative to semantic_weight
-    semantic_power: PositiveFloat = 1.0  # decay shape along the prefix length (1 = linear)
-
-    def validate(self) -> TokenizerLossConfig:
-        super().validate()
-        if self.perceptual_weight > 0 and self.perceptual_network == "lpips":
-            if not self.perceptual_weights:
-                raise ValueError(
-                    f"loss.perceptual_weight is {self.perceptual_weight} but "
-                    "loss.perceptual_weights (an LPIPS-VGG weights file) is not set: set it, or "
-                    "set perceptual_weight: 0 to train without the perceptual loss"
-                )
-            if not Path(self.perceptual_weights).is_file():
-                raise FileNotFoundError(
-                    f"loss.perceptual_weights: LPIPS weights file not found: "
-                    f"{self.perceptual_weights}"
-                )
-        if self.semantic_weight > 0:
-            from ..registry import TEACHERS
-
-            if self.semantic_teacher not in TEACHERS:
-                raise ValueError(
-                    f"unknown semantic_teacher {self.semantic_teacher!r} (loss.semantic_teacher); "
-                    f"registered teachers: {TEACHERS.names()}"
-                )
-        return self
 
 
 def robustness_schedule(cfg: RobustnessConfig, step: int, total_steps: int) -> tuple[float, int]:
