@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,11 +175,16 @@ def measure_pair(ours, z, ref, z_ref, device: str, rounds: int) -> tuple[dict, d
     """
     out = {}
     calls = {"ours": _steps(ours, z, ours_step), "ref": _steps(ref, z_ref, ref_step)}
-    for kind, idx, n_rounds in (("train", 0, rounds), ("infer", 1, 10 * rounds)):
+    for kind, idx, max_rounds in (("train", 0, rounds), ("infer", 1, 10 * rounds)):
         fns = {side: pair[idx] for side, pair in calls.items()}
         for fn in fns.values():  # warm-up past the first calls' allocations
             for _ in range(3):
                 fn()
+        # as many rounds as fit in about 20 s (at least 5, at most max_rounds)
+        t0 = time.perf_counter()
+        for fn in fns.values():
+            fn()
+        n_rounds = max(5, min(max_rounds, int(20.0 / max(time.perf_counter() - t0, 1e-6))))
         cpu: dict[str, float] = {}
         wall = time_interleaved(fns, device, warmup=0, repeats=n_rounds, cpu=cpu)
         for side in fns:
@@ -274,7 +280,7 @@ def main() -> None:
             "train x (CPU s)": _cpu_ratio(r_ours, r_ref, "train"),
             "infer x (CPU s)": _cpu_ratio(r_ours, r_ref, "infer"),
             "note": (f"ref on {ref_tokens} tokens, 1 repeat" if ref_tokens != tokens
-                     else f"interleaved, {args.rounds} train / {10 * args.rounds} infer rounds"),
+                     else f"interleaved, <= {args.rounds} train / {10 * args.rounds} infer rounds"),
         }
         rows.append(row)
         print_table([row], title=name)

@@ -70,7 +70,8 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
     # ------------------------------------------------------------------ description
     @property
     def image_size(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """Input size (H, W): the config's square ``image_size`` unless a subclass says more."""
+        return (self.config.image_size, self.config.image_size)
 
     @property
     def token_shape(self) -> tuple[int, ...]:

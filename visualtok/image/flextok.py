@@ -464,10 +464,6 @@ class FlexTok(ImageTokenizer):
 
     # ------------------------------------------------------------------ description
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    @property
     def token_shape(self) -> tuple[int, ...]:
         return (self.config.num_registers,)
 

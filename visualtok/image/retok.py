@@ -255,10 +255,6 @@ class ReTok(ImageTokenizer):
 
     # ------------------------------------------------------------------ description
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    @property
     def token_shape(self) -> tuple[int, ...]:
         return (self.config.total_tokens,)
 

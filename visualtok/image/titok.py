@@ -240,10 +240,6 @@ class TiTok(ImageTokenizer):
 
     # ------------------------------------------------------------------ description
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    @property
     def token_shape(self) -> tuple[int, ...]:
         return (self.config.num_latent_tokens,)
 

@@ -215,10 +215,6 @@ class VQGAN(ImageTokenizer):
         return self.size_multiple
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    @property
     def token_shape(self) -> tuple[int, ...]:
         g = self.config.image_size // self.size_multiple
         return (g, g)
