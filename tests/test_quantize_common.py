@@ -44,6 +44,17 @@ def test_eval_round_trip_is_exact(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_empty_batch_encodes_and_decodes_consistently(name):
+    q = make(name).eval()
+    z = latents(q, (0, 3, 5))
+    codes = q.encode(z)
+    assert codes.shape == (0, 3, 5, q.layout.num_factors) and codes.dtype == torch.int64
+    z_q = q.decode(codes)
+    assert z_q.shape == (0, 3, 5, q(latents(q)).z_q.shape[-1])
+    assert q(z).z_q.shape == z.shape
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_flat_ids_are_inverse(name):
     q = make(name).eval()
     codes = q.encode(latents(q))

@@ -173,7 +173,7 @@ class Quantizer(nn.Module):
         lead = codes.shape[:-1]
         with fp32_no_autocast(codes.device.type):
             z_q = self._dequantize(codes.reshape(-1, self.layout.num_factors))
-        return z_q.reshape(*lead, -1)
+        return z_q.reshape(*lead, z_q.shape[-1])  # explicit width: an empty batch stays [0, *S, D]
 
     def to_ids(self, codes: torch.Tensor) -> torch.Tensor:
         return self.layout.to_ids(codes)
