@@ -235,3 +235,25 @@ def test_test_registrations_do_not_leak():
     assert "_tiny_test_net" not in list_models("_tiny*")
     with pytest.raises(ValueError, match="unknown model class"):
         get_model_class("_TinyNet")
+
+
+def test_atomic_write_replaces_whole_files_and_sweeps_a_killed_writers_temporaries(tmp_path):
+    from visualtok.hub import atomic_write
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+    stale = tmp_path / ".model.safetensors.abc123.tmp"  # what a SIGKILLed writer leaves behind
+    stale.write_bytes(b"half")
+    other = tmp_path / ".config.json.abc123.tmp"  # another file's temporary is not ours to touch
+    other.write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"  # a failed write changes nothing
+    assert not stale.exists() and other.exists()
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".config.json.abc123.tmp",
+                                                          "model.safetensors"]

@@ -168,6 +168,7 @@ def test_sigkill_then_resume_is_exact(tmp_path, reference_run, hold, kill_on, de
     kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert kept == ["step_00000004", "step_00000006"]  # keep_last: 2
     assert not list((out / "checkpoints").glob(".tmp_*"))  # the torn write was cleaned up
+    assert not list(out.rglob(".*.tmp")), where  # and no half-written file anywhere
 
 
 def test_crash_during_checkpoint_write_keeps_latest(tmp_path, real_photos, monkeypatch):

@@ -16,6 +16,7 @@ names the file and the directory to put it in.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -74,13 +75,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """The one atomic writer: yields a temporary path in ``path``'s directory; when the block
     ends without error the file is fsynced and renamed over ``path`` (readers see the old file or
-    the complete new one, never a partial one), otherwise it is removed.
+    the complete new one, never a partial one), otherwise it is removed. Temporaries of the same
+    file left by a writer that was killed (SIGKILL runs no cleanup) are removed first; one file
+    has one writer at a time.
 
         with atomic_write(out / "model.safetensors") as tmp:
             save_file(state, tmp)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed writer's
+        stale.unlink(missing_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
