@@ -118,14 +118,14 @@ def sample_batches(
 
     def gen() -> Iterator[torch.Tensor]:
         for i in range(0, len(paths), args.batch_size):
-            imgs = [load_image(p) for p in paths[i : i + args.batch_size]]
+            imgs = [load_image(p, convert=True) for p in paths[i : i + args.batch_size]]
             shapes = {tuple(im.shape) for im in imgs}
             if len(shapes) > 1:
                 raise ValueError(f"images in {src} differ in size ({sorted(shapes)[:3]}...): "
                                  "pass --size to centre-crop them")
             yield torch.stack(imgs)
 
-    return gen(), len(paths), desc, list(load_image(paths[0]).shape[-2:])
+    return gen(), len(paths), desc, list(load_image(paths[0], convert=True).shape[-2:])
 
 
 def _features(src: Path, args: argparse.Namespace, ext) -> tuple[np.ndarray, str, list[int]]:

@@ -14,6 +14,7 @@ from visualtok.data.image_io import (
     iter_image_batches,
     list_images,
     load_image,
+    open_image,
     save_grid,
     save_image,
     to_uint8,
@@ -39,6 +40,19 @@ def test_batch_is_saved_as_row(tmp_path, real_photos):
     assert load_image(p).shape == (3, 128, 3 * 128)
 
 
+@pytest.mark.parametrize("mode,channels", [("L", 1), ("LA", 2), ("RGBA", 4), ("CMYK", 4), ("P", 1)])
+def test_non_rgb_files_are_refused_unless_converted(tmp_path, mode, channels):
+    arr = np.full((6, 5, channels), 7, np.uint8).squeeze(-1) if channels == 1 else \
+        np.full((6, 5, channels), 7, np.uint8)
+    path = tmp_path / f"pic_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.fromarray(arr, mode=mode).save(path)
+    for load in (lambda **kw: load_image(path, **kw), lambda **kw: open_image(path, **kw)):
+        with pytest.raises(ValueError, match=rf"pic_{mode}.*'{mode}' image, not RGB"):
+            load()
+        out = load(convert=True)
+        assert (out.mode if isinstance(out, Image.Image) else out.shape[0]) in ("RGB", 3)
+
+
 def test_grayscale_and_rgba_converted_with_log(tmp_path, caplog):
     Image.fromarray(np.full((5, 7), 100, np.uint8), mode="L").save(tmp_path / "g.png")
     rgba = np.zeros((4, 4, 4), np.uint8)
@@ -47,8 +61,8 @@ def test_grayscale_and_rgba_converted_with_log(tmp_path, caplog):
     rgba[0, 0, 3] = 255  # one opaque red pixel
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "t.png")
     with caplog.at_level(logging.INFO, logger="visualtok.data.image_io"):
-        g = load_image(tmp_path / "g.png")
-        t = load_image(tmp_path / "t.png")
+        g = load_image(tmp_path / "g.png", convert=True)
+        t = load_image(tmp_path / "t.png", convert=True)
     assert g.shape == (3, 5, 7) and torch.allclose(g, torch.full_like(g, 100 / 255))
     assert t.shape == (3, 4, 4)
     assert t[:, 0, 0].tolist() == [1.0, 0.0, 0.0]
@@ -106,3 +120,26 @@ def test_iter_image_batches(tmp_path, real_photos):
     assert torch.equal(batches[1][0], load_image(paths[3], 32))  # the PIL fast path
     float_path = center_crop_resize(load_image(paths[3]), 32)  # torch bicubic on float
     assert (batches[1][0] - float_path).abs().mean() < 0.5 / 255
+
+
+def test_make_patches_reads_non_rgb_photos_through_the_library_loader(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from train.make_patches import make_patches
+
+    src = tmp_path / "src"
+    (src / "set").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)
+    rgba[..., 3] = 0  # transparent: composited on white, like every library loader
+    Image.fromarray(rgba, mode="RGBA").save(src / "set" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8), mode="L").save(src / "b.png")
+    n = make_patches(src, tmp_path / "out", size=32, scales=[1.0], stride=16, exclude=[],
+                     min_std=0.0)
+    crops = sorted((tmp_path / "out").rglob("*.jpg"))
+    assert n == len(crops) == 2 * 2  # two 32x32 crops along the width of each 40x50 photo
+    white = [c for c in crops if c.name.startswith("set__a")]
+    assert white and np.asarray(Image.open(white[0])).min() > 240
+    assert all(Image.open(c).mode == "RGB" for c in crops)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from _train_helpers import tiny_config, write_config, write_photos
+from PIL import Image
 from safetensors.torch import save_file
 
 from visualtok import cli
@@ -471,7 +472,10 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 def _cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
     err = capsys.readouterr().err.strip()
     return rc, err
 
@@ -505,6 +509,10 @@ def test_cli_decode_checks_the_recorded_layout(tmp_path, capsys, tiny_checkpoint
         (["train", "{bad_yaml}"], "not a YAML"),
         (["train", "{zero_ckpt}"], "ckpt_every"),
         (["info", "--random-init", "titok_tiny_nope"], "unknown model"),
+        (["encode", "{gray_png}", "--out", "{out}"], "'L' image, not RGB"),
+        (["reconstruct", "{rgba_png}", "--out", "{out_dir}"], "'RGBA' image, not RGB"),
+        (["generate", "--top-k", "2.5", "--out", "{out_dir}"], "invalid int value"),
+        (["encode", "{gray_png}", "--no-such-flag"], "unrecognized arguments"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, match):
@@ -514,10 +522,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, match):
         "bad_png": _write(tmp_path / "bad.png", b"GIF89a but not really"),
         "bad_yaml": _write(tmp_path / "bad.yaml", b"trainer: [unclosed"),
         "zero_ckpt": _write(tmp_path / "z.yaml", b"trainer: {ckpt_every: 0}"),
+        "gray_png": tmp_path / "gray.png",
+        "rgba_png": tmp_path / "rgba.png",
         "out": tmp_path / "written.safetensors",
         "out_dir": tmp_path / "written",
     }
     save_file({"x": torch.zeros(1)}, paths["no_codes"])
+    Image.new("L", (32, 32)).save(paths["gray_png"])
+    Image.new("RGBA", (32, 32)).save(paths["rgba_png"])
     rc, err = _cli(capsys, *[a.format(**paths) for a in argv])
     assert rc != 0
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

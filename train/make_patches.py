@@ -24,16 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from visualtok.data.image_io import list_images
-
-
-def _rgb(path: Path) -> Image.Image:
-    im = Image.open(path)
-    if im.mode in ("RGBA", "LA", "P"):
-        im = im.convert("RGBA")
-        grey = Image.new("RGBA", im.size, (128, 128, 128, 255))
-        im = Image.alpha_composite(grey, im)
-    return im.convert("RGB")
+from visualtok.data.image_io import list_images, open_image
 
 
 def make_patches(
@@ -52,7 +43,7 @@ def make_patches(
     out.mkdir(parents=True, exist_ok=True)
     count = 0
     for path in tqdm(files, desc="photos"):
-        base = _rgb(path)
+        base = open_image(path, convert=True)
         rel = path.relative_to(src).with_suffix("").parts
         folder = out / rel[0] if len(rel) > 1 else out
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,7 +67,7 @@ def downscale_photos(src: Path, out: Path, short_side: int, exclude: list[str],
     files = [f for f in list_images(src) if not set(f.relative_to(src).parts[:-1]) & set(exclude)]
     count = 0
     for path in tqdm(files, desc="photos"):
-        im = _rgb(path)
+        im = open_image(path, convert=True)
         s = min(im.size)
         if s < min_side:
             continue

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 DEFAULT_TOKENIZER = "titok_photo128"
 DEFAULT_GENERATOR = "gpt_photo128"
@@ -27,10 +28,11 @@ def _load_tokenizer(name: str):
     return visualtok.load(name)
 
 
-def _read_image_for(model, path: Path):
+def _read_image_for(model, path: Path, convert: bool = False):
     from .data.image_io import load_image
 
-    return load_image(path, model.image_size)[None]  # PIL crop + resize, then float
+    # PIL crop + resize, then float; a non-RGB file is refused unless --convert-rgb
+    return load_image(path, model.image_size, convert=convert)[None]
 
 
 def _psnr(a, b) -> float:
@@ -271,7 +273,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if _is_video(args.image):
         return _encode_video(args)
     model = _load_tokenizer(args.model)
-    images = _read_image_for(model, Path(args.image))
+    images = _read_image_for(model, Path(args.image), args.convert_rgb)
     with torch.no_grad():
         codes = model.encode(images)
     meta = {
@@ -366,7 +368,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if _is_video(path):
         return _reconstruct_video(args, path)
     model = _load_tokenizer(args.model)
-    images = _read_image_for(model, path)
+    images = _read_image_for(model, path, args.convert_rgb)
     with torch.no_grad():
         codes = model.encode(images)
         recon = model.decode(codes)
@@ -446,6 +448,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if bad:
             raise ValueError(f"--labels {bad} out of range: {args.model} has "
                              f"{gpt.config.num_classes} classes (0..{gpt.config.num_classes - 1})")
+    elif gpt.config.num_classes:  # class-conditional: cycle through the classes
+        labels = torch.arange(args.num) % gpt.config.num_classes
     else:
         labels = None
     g = torch.Generator().manual_seed(args.seed)
@@ -489,12 +493,23 @@ def _add_media_args(s: argparse.ArgumentParser, out: str) -> None:
                    help=f"tokenizer (audio default: {DEFAULT_AUDIO_CODEC})")
     s.add_argument("--out", default=out)
     s.add_argument("--n-q", type=int, default=None, help="audio: codebooks to use (bitrate)")
+    s.add_argument("--convert-rgb", action="store_true",
+                   help="image: convert a grayscale/palette/CMYK/RGBA file to RGB (alpha on white) "
+                        "instead of refusing it")
     s.add_argument("--start", type=int, default=0, help="video: first frame")
     s.add_argument("--stride", type=int, default=1, help="video: frames between samples")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (``visualtok CMD: error: ...``) and exit status 2, like
+    every other error of the CLI; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="visualtok", description=__doc__.splitlines()[0])
+    p = _OneLineParser(prog="visualtok", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -1,8 +1,11 @@
 """Image files <-> tensors: the one place the library reads and writes pictures.
 
 Tensors follow the library convention (DESIGN §3): float ``[3, H, W]`` (or ``[B, 3, H, W]``) RGB in
-[0, 1]. Grayscale, palette and RGBA files are converted to RGB explicitly (alpha is composited on
-white) and the conversion is logged, never done silently. Saving rounds to uint8 (not floors), the
+[0, 1]. A file that is not RGB (grayscale, palette, CMYK, with alpha) is refused with an error
+naming it and its mode, unless the caller asks for ``convert=True``: then it is converted
+explicitly (alpha composited on white) and the conversion is logged, never done silently. Datasets
+and evaluation folders convert; a single file a user gives the CLI is refused unless
+``--convert-rgb``. Saving rounds to uint8 (not floors), the
 same conversion the FID protocol uses.
 
 Loading is fast: files are decoded, cropped and resized by PIL on uint8 (``load_image(path, size)``,
@@ -112,12 +115,15 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def open_image(
+    source: str | Path | bytes, name: str | None = None, convert: bool = False
+) -> Image.Image:
     """Decode an image file (a path, or the bytes of one) -> a loaded RGB ``PIL.Image``.
 
-    Grayscale / palette / CMYK files become RGB; RGBA / LA are composited on white. Each conversion
-    is logged at INFO level with the file name (``name``, default the path). An unreadable file is
-    a ``ValueError`` naming it.
+    A non-RGB file is a ``ValueError`` naming it and its mode, unless ``convert``: then grayscale /
+    palette / CMYK files become RGB and RGBA / LA are composited on white, each conversion logged
+    at INFO level with the file name (``name``, default the path). An unreadable file is a
+    ``ValueError`` naming it.
     """
     if isinstance(source, (bytes, bytearray)):
         label, fp = name or "<bytes>", io.BytesIO(source)
@@ -129,6 +135,12 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     try:
         with Image.open(fp) as im:
             im.load()
+            if im.mode != "RGB" and not convert:
+                raise ValueError(
+                    f"{label}: a {im.mode!r} image, not RGB; tokenizers take 3-channel RGB "
+                    "images: convert it first, or pass convert=True (CLI: --convert-rgb) to expand "
+                    "gray to RGB and composite alpha on white"
+                )
             return _to_rgb(im, label)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{label}: not a readable image file ({e})") from None
@@ -164,14 +176,16 @@ def pil_to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def load_image(path: str | Path, size: int | Sequence[int] | None = None) -> torch.Tensor:
+def load_image(
+    path: str | Path, size: int | Sequence[int] | None = None, convert: bool = False
+) -> torch.Tensor:
     """Read an image file -> float ``[3, H, W]`` RGB in [0, 1].
 
     With ``size`` (int or ``(H, W)``) the image is centre-cropped to that aspect and resized by PIL
-    before it becomes float: the fast path for datasets and evaluation. Mode conversions are
-    those of ``open_image``.
+    before it becomes float: the fast path for datasets and evaluation. A non-RGB file is refused
+    unless ``convert`` (see ``open_image``).
     """
-    im = open_image(path)
+    im = open_image(path, convert=convert)
     if size is None:
         return pil_to_tensor(im)
     return center_crop_resize(im, size)
@@ -236,13 +250,14 @@ def iter_image_batches(
 ) -> Iterator[torch.Tensor]:
     """Load, centre-crop and resize ``paths`` -> float batches ``[b, 3, H, W]`` in [0, 1].
 
-    Decoding and resizing happen in PIL on uint8 (``load_image(path, size)``).
+    Decoding and resizing happen in PIL on uint8 (``load_image(path, size)``); non-RGB files in
+    the folder are converted (logged).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     batch = []
     for p in paths:
-        batch.append(load_image(p, size))
+        batch.append(load_image(p, size, convert=True))
         if len(batch) == batch_size:
             yield torch.stack(batch)
             batch = []

@@ -141,7 +141,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
-        img = open_image(self.files[index])
+        img = open_image(self.files[index], convert=True)
         gen = item_generator(seed) if (self.train and seed is not None) else None
         img = random_crop_resize(
             img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range

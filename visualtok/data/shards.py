@@ -136,7 +136,8 @@ class ImageShardDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         shard, img_m, cls_m = self.samples[index]
-        img = open_image(self._read(shard, img_m), name=f"{self.shards[shard]}:{img_m.name}")
+        img = open_image(self._read(shard, img_m), name=f"{self.shards[shard]}:{img_m.name}",
+                         convert=True)
         gen = item_generator(seed) if (self.train and seed is not None) else None
         img = random_crop_resize(
             img, self.image_size, gen, self.resize_short, self.random_flip, self.scale_range

@@ -77,6 +77,6 @@ class PanZoomDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         g = item_generator(seed if (self.train and seed is not None) else index)
-        photo = load_image(self.files[index])
+        photo = load_image(self.files[index], convert=True)
         return {"video": pan_zoom_clip(photo, self.num_frames, self.image_size, g),
                 "index": index}

@@ -73,7 +73,7 @@ class VideoClipDataset(Dataset):
             start = int(torch.randint(0, n - span + 1, (1,), generator=item_generator(seed)))
         if src.is_dir():
             files = list_images(src, recursive=False)[start : start + span : self.stride]
-            frames = [open_image(f) for f in files]  # PIL: resized before float
+            frames = [open_image(f, convert=True) for f in files]  # PIL: resized before float
         else:
             idx = torch.arange(self.num_frames) * self.stride + start
             frames = read_video(src, indices=idx, size=self.image_size)  # short side resized
