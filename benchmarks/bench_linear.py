@@ -1,6 +1,7 @@
-"""CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) against the
-stock ``F.linear``, interleaved (A, B, A, B) in one process, and what ``visualtok.nn.linear``'s
-dispatch rule picks for each shape.
+"""CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) on the plain
+weight and on a pre-packed one (``_reorder_linear_weight``) against the stock ``F.linear``,
+interleaved (A, B, C, A, B, C) in one process, and what ``visualtok.nn.linear.Linear`` picks for
+each shape.
 
 The shapes are the model linears that matter: GPT-B (width 768: qkv 2304, proj 768, SwiGLU 2048 and
 head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a prefill, TiTok-S
@@ -29,9 +30,10 @@ from visualtok.nn import linear as vt_linear  # noqa: E402
 SHAPES = [
     *[(f"GPT-B cached step b={m} qkv", m, 768, 2304) for m in (1, 2, 4, 8, 16)],
     *[(f"GPT-B cached step b={m} mlp", m, 768, 2048) for m in (1, 2, 4, 8, 16)],
+    *[(f"GPT-B cached step b={m} w2", m, 2048, 768) for m in (1, 8, 16)],
     *[(f"GPT-B cached step b={m} head", m, 768, 16384) for m in (1, 2, 4, 8, 16)],
-    ("GPT-B step b=32 qkv", 32, 768, 2304),
-    ("GPT-B step b=64 qkv", 64, 768, 2304),
+    *[(f"GPT-B step b={m} qkv", m, 768, 2304) for m in (32, 64, 128)],
+    ("GPT-B step b=128 head", 128, 768, 16384),
     ("GPT-B prefill 256 qkv", 256, 768, 2304),
     ("GPT-B prefill 2048 mlp", 2048, 768, 2048),
     ("TiTok-S encode rows (8 img) qkv", 8 * 257, 512, 1536),
@@ -66,31 +68,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per shape at least")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not vt_linear.onednn_linear_works():
         raise SystemExit("the oneDNN linear op is unavailable in this build: nothing to compare")
     torch.manual_seed(0)
     rows = []
     for label, m, k, n in SHAPES:
         x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+        lin = vt_linear.Linear(k, n)
+        lin.weight.data, lin.bias.data = w, b
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, vt_linear.PACK_ROWS_HINT)
         for fn in (onednn, F.linear, vt_linear.linear):
             fn(x, w, b)  # warm-up (oneDNN primitive cache, page faults)
-        calls = [functools.partial(onednn, x, w, b), functools.partial(F.linear, x, w, b)]
-        t_dnn, t_aten = interleaved(calls, args.rounds, args.min_time)
-        picked = "onednn" if vt_linear._use_onednn(x, w, b) else "aten"
-        best = min(t_dnn, t_aten)
-        chosen = t_dnn if picked == "onednn" else t_aten
+        onednn(x, packed, b), lin(x)
+        calls = [functools.partial(onednn, x, w, b), functools.partial(onednn, x, packed, b),
+                 functools.partial(F.linear, x, w, b)]
+        t_dnn, t_pk, t_aten = interleaved(calls, args.rounds, args.min_time)
+        if vt_linear._use_packed(x, w, b):
+            picked, chosen = "onednn packed", t_pk
+        elif vt_linear._use_onednn(x, w, b):
+            picked, chosen = "onednn", t_dnn
+        else:
+            picked, chosen = "aten", t_aten
         rows.append({
             "shape": label, "M": m, "K": k, "N": n,
-            "onednn us": 1e6 * t_dnn, "F.linear us": 1e6 * t_aten,
-            "F.linear / onednn": t_aten / t_dnn,
-            "rule picks": picked,
-            "picked / best": chosen / best,
+            "onednn us": 1e6 * t_dnn, "onednn packed us": 1e6 * t_pk, "F.linear us": 1e6 * t_aten,
+            "F.linear / picked": t_aten / chosen,
+            "Linear picks": picked,
+            "picked / best": chosen / min(t_dnn, t_pk, t_aten),
             "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
         })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print_table(rows, title=f"CPU fp32 linear: oneDNN vs F.linear (load average {load:.2f})")
+    print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
+                f"{torch.get_num_threads()} threads (load average {load:.2f})")
     write_json(args.json, {"machine": machine_info("cpu"), "load_average_1min": load,
                            "rows": rows})
     return rows

@@ -168,6 +168,73 @@ def test_both_routes_within_fp32_rounding_of_float64(route):
     assert bool(((out.double() - ref).abs() <= bound).all())
 
 
+needs_packed = pytest.mark.skipif(
+    cpu_linear_backend() != "onednn" or not linear_mod.packed_linear_works(),
+    reason="oneDNN pre-packed linear route unavailable on this machine",
+)
+
+
+def _fp32_bound_holds(out, x, w, b):
+    ref = x.double() @ w.double().T + b.double()
+    bound = x.shape[-1] * 2.0**-24 * (x.abs().double() @ w.abs().double().T + b.abs().double())
+    return bool(((out.double() - ref).abs() <= bound).all())
+
+
+@needs_packed
+@pytest.mark.parametrize("rows", [1, 16, 128])
+def test_packed_route_within_fp32_rounding_of_float64(rows):
+    """Linear modules at <= PACKED_MAX_ROWS rows run on the pre-packed weight; same numbers."""
+    torch.manual_seed(2)
+    lin = Linear(257, 300).eval()
+    x = torch.randn(rows, 257)
+    with torch.no_grad():
+        assert linear_mod._use_packed(x, lin.weight, lin.bias)
+        out = lin(x)
+        out3 = lin(x.view(1, rows, 257))
+        assert lin._packed is not None  # the packed copy was made and kept
+    assert _fp32_bound_holds(out, x, lin.weight, lin.bias)
+    assert torch.equal(out3[0], out)
+    with torch.no_grad():  # more rows: the plain route, not the packed one
+        assert not linear_mod._use_packed(torch.randn(129, 257), lin.weight, lin.bias)
+
+
+@needs_packed
+def test_packed_copy_follows_the_weight():
+    """The packed copy is remade after optimiser steps, load_state_dict and in-place writes, and
+    never travels into deepcopy, pickle or a state dict."""
+    import copy
+    import pickle
+
+    torch.manual_seed(3)
+    lin = Linear(64, 48)
+    x = torch.randn(4, 64)
+
+    def check():
+        with torch.no_grad():
+            assert torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+    check()
+    lin(x).square().sum().backward()  # training: no packed copy used, one optimiser step
+    torch.optim.SGD(lin.parameters(), lr=0.5).step()
+    check()
+    lin.load_state_dict({"weight": torch.randn(48, 64), "bias": torch.randn(48)})
+    check()
+    with torch.no_grad():
+        lin.weight.mul_(-2.0)
+    check()
+    lin.weight = nn.Parameter(torch.randn(48, 64))
+    check()
+    assert list(lin.state_dict()) == ["weight", "bias"]
+    for clone in (copy.deepcopy(lin), pickle.loads(pickle.dumps(lin))):
+        assert clone._packed is None
+        with torch.no_grad():
+            assert torch.equal(clone(x), lin(x))
+    lin.double()  # new parameter tensors: the copy is dropped, the plain route runs
+    assert lin._packed is None
+    with torch.no_grad():
+        assert lin(x.double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize("failure", ["missing", "raises", "wrong"])
 def test_onednn_probe_falls_back_to_stock(monkeypatch, failure):
     """A missing op, an op that raises, or one that gives wrong numbers: the probe says no and
@@ -193,3 +260,27 @@ def test_onednn_probe_falls_back_to_stock(monkeypatch, failure):
         assert torch.equal(linear(x, w), F.linear(x, w))
     with pytest.raises(ValueError, match="self-check"):
         set_cpu_linear_backend("onednn")
+
+
+@needs_onednn
+def test_packed_probe_failure_falls_back_to_the_plain_route(monkeypatch):
+    """A reorder op that raises: the packed route is off, modules take the plain rule."""
+    real = torch.ops.mkldnn
+
+    class FakeOps:
+        def __getattr__(self, name):
+            if name == "_reorder_linear_weight":
+                def op(*a):
+                    raise RuntimeError("no packed layout here")
+                return op
+            return getattr(real, name)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", FakeOps())
+    monkeypatch.setattr(linear_mod, "_packed_ok", None)
+    assert not linear_mod.packed_linear_works()
+    lin = Linear(48, 40).eval()
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        assert not linear_mod._use_packed(x, lin.weight, lin.bias)
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    assert lin._packed is None
