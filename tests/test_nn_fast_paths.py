@@ -284,3 +284,28 @@ def test_packed_probe_failure_falls_back_to_the_plain_route(monkeypatch):
         assert not linear_mod._use_packed(x, lin.weight, lin.bias)
         torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
     assert lin._packed is None
+
+
+@pytest.mark.skipif(
+    cpu_linear_backend() != "onednn" or not linear_mod.packed_bf16_linear_works(),
+    reason="oneDNN bf16 pre-packed route unavailable on this CPU",
+)
+@pytest.mark.parametrize("rows", [3, 300])
+def test_bf16_autocast_route_matches_autocast_f_linear(rows):
+    """Under CPU bf16 autocast a Linear module runs oneDNN's bf16 GEMM on a packed bf16 copy:
+    bf16 output, within bf16 rounding of the float64 product and of autocast's own F.linear."""
+    torch.manual_seed(4)
+    lin = Linear(257, 300).eval()
+    x = torch.randn(2, rows, 257)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear_mod._use_packed_bf16(x, lin.weight, lin.bias)
+        out = lin(x)
+        stock = F.linear(x, lin.weight, lin.bias)
+    assert out.dtype == stock.dtype == torch.bfloat16 and lin._packed[torch.bfloat16] is not None
+    ref = x.double() @ lin.weight.double().T + lin.bias.double()
+    scale = x.abs().double() @ lin.weight.abs().double().T + lin.bias.abs().double()
+    assert bool(((out.double() - ref).abs() <= 3 * 2.0**-8 * scale).all())
+    assert bool(((out.double() - stock.double()).abs() <= 3 * 2.0**-8 * scale).all())
+    with torch.no_grad():  # outside autocast: the fp32 routes again
+        assert not linear_mod._use_packed_bf16(x, lin.weight, lin.bias)
+        assert lin(x).dtype == torch.float32

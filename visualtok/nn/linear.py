@@ -28,6 +28,10 @@ Per shape (measured with ``benchmarks/bench_linear.py``, all routes interleaved;
   version: optimiser steps, ``load_state_dict``, in-place writes under ``no_grad``; writes through
   ``.data`` bypass version counters, so call ``.to()``/``load_state_dict`` after those) and dropped
   on ``.to()``/``.cpu()``/``.cuda()``, ``deepcopy`` and pickling;
+* ``Linear`` modules under CPU bf16 autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``)
+  keep a pre-packed bf16 copy of the fp32 weight too and run oneDNN's bf16 GEMM on it: the GEMM
+  autocast's ``F.linear`` would run (bf16 inputs, fp32 accumulation, bf16 output) without casting
+  the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX);
 * otherwise (more rows, or the functional :func:`linear`) oneDNN on the plain weight, except in the
   small-GEMM window where the stock BLAS is faster: ``STOCK_ROWS`` (12..48) rows with fewer than
   ``STOCK_MAX_OUT`` (8192) output features. Unpacked oneDNN is 1.4-2.7x faster than ``F.linear``
@@ -52,6 +56,7 @@ __all__ = [
     "Linear",
     "onednn_linear_works",
     "packed_linear_works",
+    "packed_bf16_linear_works",
     "cpu_linear_backend",
     "cpu_linear_backend_as",
     "linear",
@@ -65,6 +70,7 @@ PACKED_MAX_ROWS = 128  # Linear modules up to this many rows: oneDNN on a pre-pa
 PACK_ROWS_HINT = 16  # the row count oneDNN is told to pack for (any row count runs on it)
 _onednn_ok: bool | None = None  # the probe's verdict, computed once
 _packed_ok: bool | None = None  # the same for the pre-packed weight route
+_packed_bf16_ok: bool | None = None  # and for its bf16 version (CPU bf16 autocast)
 
 
 def onednn_linear_works() -> bool:
@@ -119,18 +125,34 @@ def packed_linear_works() -> bool:
     return _packed_ok
 
 
-def _probe_packed() -> bool:
+def packed_bf16_linear_works() -> bool:
+    """Whether the pre-packed bf16 route exists, the CPU runs bf16 GEMMs natively (oneDNN's own
+    check) and a probe GEMM is within bf16 rounding of a float64 product (probed once)."""
+    global _packed_bf16_ok
+    if _packed_bf16_ok is None:
+        _packed_bf16_ok = packed_linear_works() and _probe_packed(torch.bfloat16)
+    return _packed_bf16_ok
+
+
+def _probe_packed(dtype: torch.dtype = torch.float32) -> bool:
     if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return False
     x, w, b, ref, bound = _probe_data()
+    if dtype == torch.bfloat16:
+        # inputs, weight and output rounded to bf16 (2**-9 each), fp32 accumulation
+        bound = 3 * 2.0**-8 * (x.abs().double() @ w.abs().double().T + b.abs().double())
+    rows = (1, 16, 67)
     try:
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
         with torch.no_grad():
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS_HINT)
-            outs = [torch.ops.mkldnn._linear_pointwise(x[:m], packed, b, "none", [], "")
-                    for m in (1, 16, 67)]
+            packed = torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), PACK_ROWS_HINT)
+            outs = [torch.ops.mkldnn._linear_pointwise(x[:m].to(dtype), packed, b.to(dtype),
+                                                       "none", [], "").float()
+                    for m in rows]
     except Exception:  # the op exists but does not run here
         return False
-    return all(_within_rounding([o], ref[:m], bound[:m]) for o, m in zip(outs, (1, 16, 67)))
+    return all(_within_rounding([o], ref[:m], bound[:m]) for o, m in zip(outs, rows))
 
 
 def _default_backend() -> str:
@@ -186,6 +208,28 @@ def _use_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             and packed_linear_works())
 
 
+def _use_packed_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a ``Linear`` module under CPU bf16 autocast takes oneDNN on a pre-packed bf16 copy
+    of its fp32 weight (the GEMM autocast would run, without casting the weight on every call)."""
+    if _backend != "onednn" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() < 2 or x.numel() == 0:
+        return False
+    if weight.dtype != torch.float32 or not weight.is_contiguous():
+        return False
+    if bias is not None and bias.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return False
+    return packed_bf16_linear_works()
+
+
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """oneDNN is a drop-in replacement here (module docstring), whatever the shape."""
     if _backend != "onednn" or torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -216,30 +260,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state keys) whose forward is :func:`linear`, or, for
-    CPU fp32 inference on at most ``PACKED_MAX_ROWS`` rows, oneDNN on a pre-packed copy of the
-    weight (module docstring)."""
+    CPU inference, oneDNN on a pre-packed copy of the weight: fp32 at most ``PACKED_MAX_ROWS``
+    rows, and bf16 under CPU bf16 autocast (module docstring)."""
 
-    _packed: tuple | None = None  # (weight, (data_ptr, version), packed weight), made on use
+    _packed: dict | None = None  # dtype -> (weight, (data_ptr, version), packed copy), on use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_packed(x, self.weight, self.bias):
+        w, b = self.weight, self.bias
+        if _use_packed(x, w, b):
             return torch.ops.mkldnn._linear_pointwise(
-                x, self._packed_weight(), self.bias, "none", [], ""
+                x, self._packed_weight(torch.float32), b, "none", [], ""
             )
-        return linear(x, self.weight, self.bias)
+        if _use_packed_bf16(x, w, b):  # what autocast's F.linear computes, minus the weight cast
+            bf16 = torch.bfloat16
+            return torch.ops.mkldnn._linear_pointwise(
+                x.to(bf16), self._packed_weight(bf16), None if b is None else b.to(bf16),
+                "none", [], "",
+            )
+        return linear(x, w, b)
 
-    def _packed_weight(self) -> torch.Tensor:
+    def _packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.weight
         key = (w.data_ptr(), w._version)
-        cached = self._packed
+        packed = self._packed if self._packed is not None else {}
+        cached = packed.get(dtype)
         if cached is None or cached[0] is not w or cached[1] != key:
-            self._packed = None  # free the stale copy before making the new one
-            cached = (w, key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS_HINT))
-            self._packed = cached
+            packed.pop(dtype, None)  # free the stale copy before making the new one
+            plain = w.detach().to(dtype)
+            cached = (w, key, torch.ops.mkldnn._reorder_linear_weight(plain, PACK_ROWS_HINT))
+            packed[dtype] = cached
+            self._packed = packed
         return cached[2]
 
     def _apply(self, fn, recurse: bool = True):
-        self._packed = None  # new parameter tensors (device, dtype): the copy is stale
+        self._packed = None  # new parameter tensors (device, dtype): the copies are stale
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
