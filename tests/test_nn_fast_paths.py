@@ -306,6 +306,14 @@ def test_bf16_autocast_route_matches_autocast_f_linear(rows):
     scale = x.abs().double() @ lin.weight.abs().double().T + lin.bias.abs().double()
     assert bool(((out.double() - ref).abs() <= 3 * 2.0**-8 * scale).all())
     assert bool(((out.double() - stock.double()).abs() <= 3 * 2.0**-8 * scale).all())
-    with torch.no_grad():  # outside autocast: the fp32 routes again
-        assert not linear_mod._use_packed_bf16(x, lin.weight, lin.bias)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # GELU fused as post-op
+        assert lin.fuses_gelu(x)
+        fused = lin.forward_gelu(x)
+    assert fused.dtype == torch.bfloat16
+    gelu_ref = F.gelu(ref)
+    bound = 1.2 * 3 * 2.0**-8 * scale + 2.0**-8 * gelu_ref.abs()
+    assert bool(((fused.double() - gelu_ref).abs() <= bound).all())
+    with torch.no_grad():  # outside autocast: the fp32 routes again, GELU unfused
+        assert not linear_mod._use_packed_bf16(x, lin.weight, lin.bias) and not lin.fuses_gelu(x)
         assert lin(x).dtype == torch.float32
+        assert torch.equal(lin.forward_gelu(x), F.gelu(lin(x)))

@@ -31,7 +31,8 @@ Per shape (measured with ``benchmarks/bench_linear.py``, all routes interleaved;
 * ``Linear`` modules under CPU bf16 autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``)
   keep a pre-packed bf16 copy of the fp32 weight too and run oneDNN's bf16 GEMM on it: the GEMM
   autocast's ``F.linear`` would run (bf16 inputs, fp32 accumulation, bf16 output) without casting
-  the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX);
+  the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX).
+  ``Linear.forward_gelu`` (the ViT MLP) also fuses the exact GELU into that GEMM;
 * otherwise (more rows, or the functional :func:`linear`) oneDNN on the plain weight, except in the
   small-GEMM window where the stock BLAS is faster: ``STOCK_ROWS`` (12..48) rows with fewer than
   ``STOCK_MAX_OUT`` (8192) output features. Unpacked oneDNN is 1.4-2.7x faster than ``F.linear``
@@ -150,9 +151,14 @@ def _probe_packed(dtype: torch.dtype = torch.float32) -> bool:
             outs = [torch.ops.mkldnn._linear_pointwise(x[:m].to(dtype), packed, b.to(dtype),
                                                        "none", [], "").float()
                     for m in rows]
+            # the fused exact-GELU post-op of the bf16 route (Linear.forward_gelu)
+            gelu = torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, b.to(dtype), "gelu",
+                                                      [], "none").float()
     except Exception:  # the op exists but does not run here
         return False
-    return all(_within_rounding([o], ref[:m], bound[:m]) for o, m in zip(outs, rows))
+    gelu_ref = F.gelu(ref)  # GELU's slope is at most 1.13: the GEMM bound carries over
+    ok_gelu = _within_rounding([gelu], gelu_ref, 1.2 * bound + 2.0**-8 * gelu_ref.abs())
+    return ok_gelu and all(_within_rounding([o], ref[:m], bound[:m]) for o, m in zip(outs, rows))
 
 
 def _default_backend() -> str:
@@ -278,6 +284,24 @@ class Linear(nn.Linear):
                 "none", [], "",
             )
         return linear(x, w, b)
+
+    def fuses_gelu(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward_gelu` fuses the GELU into the GEMM for this input (the bf16
+        autocast route; elsewhere it is ``gelu(self(x))`` unfused)."""
+        return _use_packed_bf16(x, self.weight, self.bias)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """``gelu(self(x))`` with the exact (erf) GELU. On the bf16 autocast route the GELU is
+        oneDNN's erf post-op applied to the fp32 accumulator before the bf16 output rounding,
+        which saves a pass over the (wide) hidden activations."""
+        b = self.bias
+        if not _use_packed_bf16(x, self.weight, b):
+            return F.gelu(self(x))
+        bf16 = torch.bfloat16
+        return torch.ops.mkldnn._linear_pointwise(
+            x.to(bf16), self._packed_weight(bf16), None if b is None else b.to(bf16),
+            "gelu", [], "none",
+        )
 
     def _packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.weight
