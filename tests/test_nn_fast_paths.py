@@ -46,17 +46,19 @@ def test_onednn_linear_matches_stock(shape, bias):
 
 @needs_onednn
 def test_small_gemm_window_takes_the_stock_path():
-    """12..48 rows with fewer than STOCK_MAX_OUT outputs (a batch-16 decode step's qkv/MLP) take
-    F.linear; fewer rows, more rows, or a wide head take oneDNN."""
-    lo, hi = linear_mod.STOCK_ROWS.start, linear_mod.STOCK_ROWS.stop - 1
+    """1 row and 12..48 rows with fewer than STOCK_MAX_OUT outputs (a batch-1 or batch-16 decode
+    step's qkv/MLP through the functional linear) take F.linear; 2..11 rows, more rows, or a wide
+    head take oneDNN."""
     w, wide = torch.randn(40, 48), torch.randn(linear_mod.STOCK_MAX_OUT, 48)
     with torch.no_grad():
-        for rows in (lo, 16, hi):
+        for rows in (1, 12, 16, 48):
+            assert rows in linear_mod.STOCK_ROWS
             assert not linear_mod._use_onednn(torch.randn(rows, 48), w, None)
         assert not linear_mod._use_onednn(torch.randn(16, 1, 48), w, None)
-        for rows in (1, lo - 1, hi + 1, 256):
+        for rows in (2, 11, 49, 256):
             assert linear_mod._use_onednn(torch.randn(rows, 48), w, None)
-        assert linear_mod._use_onednn(torch.randn(16, 48), wide, None)
+        for rows in (1, 16):
+            assert linear_mod._use_onednn(torch.randn(rows, 48), wide, None)
 
 
 def test_stock_path_where_onednn_does_not_apply():
@@ -181,9 +183,9 @@ def _fp32_bound_holds(out, x, w, b):
 
 
 @needs_packed
-@pytest.mark.parametrize("rows", [1, 16, 128])
+@pytest.mark.parametrize("rows", [3, 16, 128])
 def test_packed_route_within_fp32_rounding_of_float64(rows):
-    """Linear modules at <= PACKED_MAX_ROWS rows run on the pre-packed weight; same numbers."""
+    """Linear modules on PACKED_ROWS rows run on the pre-packed weight; same numbers."""
     torch.manual_seed(2)
     lin = Linear(257, 300).eval()
     x = torch.randn(rows, 257)
@@ -194,8 +196,9 @@ def test_packed_route_within_fp32_rounding_of_float64(rows):
         assert lin._packed is not None  # the packed copy was made and kept
     assert _fp32_bound_holds(out, x, lin.weight, lin.bias)
     assert torch.equal(out3[0], out)
-    with torch.no_grad():  # more rows: the plain route, not the packed one
-        assert not linear_mod._use_packed(torch.randn(129, 257), lin.weight, lin.bias)
+    with torch.no_grad():  # GEMV rows and more rows: the plain routes, not the packed one
+        for other in (1, 2, 129):
+            assert not linear_mod._use_packed(torch.randn(other, 257), lin.weight, lin.bias)
 
 
 @needs_packed

@@ -18,26 +18,29 @@ would serve take ``F.linear``. It is used only where it is a drop-in replacement
 * not while ``torch.compile``/``torch.export``/``torch.jit.trace`` traces (traced graphs stay
   portable; Inductor packs weights for oneDNN itself).
 
-Per shape (measured with ``benchmarks/bench_linear.py``, all routes interleaved; RESULTS.md):
+Per shape (measured with ``benchmarks/bench_linear.py``, all routes interleaved, and inside a
+GPT-B cached step, where every weight streams from memory once per step; RESULTS.md):
 
-* ``Linear`` modules at most ``PACKED_MAX_ROWS`` (128) rows (``x.numel() / in_features``), e.g.
-  every linear of a GPT decode step, use a copy of the weight pre-packed in oneDNN's blocked
-  layout, made on first use and kept on the module (not in its state dict): 1.5-3x faster than
-  both ``F.linear`` and unpacked oneDNN at 8-64 rows, level at 1-2 rows. The copy costs the
-  weight's memory once more; it is remade when the weight changes (a new tensor, storage, or
-  version: optimiser steps, ``load_state_dict``, in-place writes under ``no_grad``; writes through
-  ``.data`` bypass version counters, so call ``.to()``/``load_state_dict`` after those) and dropped
-  on ``.to()``/``.cpu()``/``.cuda()``, ``deepcopy`` and pickling;
+* ``Linear`` modules on ``PACKED_ROWS`` (3..128) rows (``x.numel() / in_features``), e.g. every
+  linear of a GPT decode step at batch 4-64, use a copy of the weight pre-packed in oneDNN's
+  blocked layout, made on first use and kept on the module (not in its state dict): 1.5-3x faster
+  than both ``F.linear`` and unpacked oneDNN at 8-64 rows (a whole GPT-B step at batch 8: 54 ms
+  against 95-97 ms). At 1-2 rows (GEMV) the packed layout is slower than the plain one. The copy
+  costs the weight's memory once more; it is remade when the weight changes (a new tensor,
+  storage, or version: optimiser steps, ``load_state_dict``, in-place writes under ``no_grad``;
+  writes through ``.data`` bypass version counters, so call ``.to()``/``load_state_dict`` after
+  those) and dropped on ``.to()``/``.cpu()``/``.cuda()``, ``deepcopy`` and pickling;
 * ``Linear`` modules under CPU bf16 autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``)
   keep a pre-packed bf16 copy of the fp32 weight too and run oneDNN's bf16 GEMM on it: the GEMM
   autocast's ``F.linear`` would run (bf16 inputs, fp32 accumulation, bf16 output) without casting
   the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX).
   ``Linear.forward_gelu`` (the ViT MLP) also fuses the exact GELU into that GEMM;
-* otherwise (more rows, or the functional :func:`linear`) oneDNN on the plain weight, except in the
-  small-GEMM window where the stock BLAS is faster: ``STOCK_ROWS`` (12..48) rows with fewer than
-  ``STOCK_MAX_OUT`` (8192) output features. Unpacked oneDNN is 1.4-2.7x faster than ``F.linear``
-  at 1-8 rows and at the 16384-wide head, 0.6-0.7x at 16 rows of a 768x2304 or 768x2048 linear,
-  level at 32 rows and 1.1-1.3x from 64 rows up.
+* otherwise (other row counts, or the functional :func:`linear`) oneDNN on the plain weight,
+  except where the stock BLAS is faster: ``STOCK_ROWS`` (1 row, and 12..48 rows) with fewer than
+  ``STOCK_MAX_OUT`` (8192) output features. A GPT-B batch-1 step is 47 ms with ``F.linear``
+  against 49-52 ms with plain oneDNN (weights streaming from memory); at 2 rows plain oneDNN
+  is 1.7x faster than ``F.linear``; at 12..48 rows unpacked oneDNN is 0.6-1.07x of ``F.linear``;
+  from 64 rows up and at the 16384-wide head oneDNN is 1.1-1.5x faster.
 
 ``set_cpu_linear_backend("aten")`` (or ``VISUALTOK_CPU_LINEAR=aten``) turns all of it off.
 """
@@ -65,9 +68,10 @@ __all__ = [
 ]
 
 _BACKENDS = ("onednn", "aten")
-STOCK_ROWS = range(12, 49)  # with fewer than STOCK_MAX_OUT outputs: F.linear (module docstring)
+# rows where F.linear wins (with fewer than STOCK_MAX_OUT outputs; module docstring)
+STOCK_ROWS = frozenset({1, *range(12, 49)})
 STOCK_MAX_OUT = 8192
-PACKED_MAX_ROWS = 128  # Linear modules up to this many rows: oneDNN on a pre-packed weight
+PACKED_ROWS = range(3, 129)  # Linear modules at these many rows: oneDNN on a pre-packed weight
 PACK_ROWS_HINT = 16  # the row count oneDNN is told to pack for (any row count runs on it)
 _onednn_ok: bool | None = None  # the probe's verdict, computed once
 _packed_ok: bool | None = None  # the same for the pre-packed weight route
@@ -209,8 +213,8 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 def _use_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether a ``Linear`` module takes oneDNN on its pre-packed weight for this input."""
-    return (_onednn_applies(x, weight, bias) and x.numel() // x.shape[-1] <= PACKED_MAX_ROWS
+    """Whether a ``Linear`` module takes oneDNN on its pre-packed fp32 weight for this input."""
+    return (_onednn_applies(x, weight, bias) and x.numel() // x.shape[-1] in PACKED_ROWS
             and packed_linear_works())
 
 
@@ -266,8 +270,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state keys) whose forward is :func:`linear`, or, for
-    CPU inference, oneDNN on a pre-packed copy of the weight: fp32 at most ``PACKED_MAX_ROWS``
-    rows, and bf16 under CPU bf16 autocast (module docstring)."""
+    CPU inference, oneDNN on a pre-packed copy of the weight: fp32 on ``PACKED_ROWS`` rows, and
+    bf16 under CPU bf16 autocast (module docstring)."""
 
     _packed: dict | None = None  # dtype -> (weight, (data_ptr, version), packed copy), on use
 
