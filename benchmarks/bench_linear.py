@@ -8,11 +8,16 @@ head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a pr
 (width 512) encode/decode rows, and the VQ search (4096 x 12 codebook).
 
     python benchmarks/bench_linear.py --json runs/bench_linear.json
+    python benchmarks/bench_linear.py --threads 1 --gpt-step 1 2 8 16   # + whole GPT-B steps
+
+``--gpt-step`` also times one whole GPT-B cached step (random init) per route: the library's rule,
+plain oneDNN at every row count, and stock ``F.linear``, in process CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -63,12 +68,69 @@ def interleaved(fns, rounds: int, min_time: float) -> list[float]:
     return [sorted(t)[len(t) // 2] for t in times]
 
 
+@contextlib.contextmanager
+def _route(name: str):
+    """Force every Linear of a model onto one route: ``rule`` (the library's), ``onednn``
+    (plain weight at every row count), ``aten`` (stock ``F.linear``)."""
+    saved = vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS
+    try:
+        if name == "aten":
+            vt_linear._backend = "aten"
+        elif name == "onednn":
+            vt_linear._packed_ok, vt_linear.STOCK_ROWS = False, frozenset()
+        yield
+    finally:
+        vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS = saved
+
+
+@torch.no_grad()
+def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
+    """One GPT-B cached step (12 layers + the 16384-wide head, position 128) per route, CPU time,
+    interleaved: the weights stream from memory once per step, as in generation."""
+    from visualtok import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gpt_b").eval()
+    rows = []
+    for b in batches:
+        model.setup_cache(b)
+        x, pos = torch.randn(b, 1, 768), torch.full((1,), 128, dtype=torch.long)
+
+        def step(x=x, pos=pos):
+            return model.head.logits(model.step(x, pos)[:, -1])
+
+        def routed(name):
+            def call():
+                with _route(name):
+                    return step()
+            return call
+
+        fns = {name: routed(name) for name in ("rule", "onednn", "aten")}
+        for fn in fns.values():
+            fn(), fn()
+        times = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                c0 = time.process_time()
+                fn()
+                times[name].append(time.process_time() - c0)
+        ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+        rows.append({"GPT-B cached step": f"batch rows {b}", "Linear rule ms": ms["rule"],
+                     "oneDNN plain ms": ms["onednn"], "F.linear ms": ms["aten"],
+                     "F.linear / rule": ms["aten"] / ms["rule"],
+                     "oneDNN plain / rule": ms["onednn"] / ms["rule"]})
+    return rows
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per shape at least")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gpt-step", type=int, nargs="*", default=[], metavar="BATCH",
+                    help="also time a whole GPT-B cached step per route at these batch rows")
+    ap.add_argument("--step-rounds", type=int, default=11)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -105,8 +167,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
                 f"{torch.get_num_threads()} threads (load average {load:.2f})")
+    step_rows = gpt_step_rows(args.gpt_step, args.step_rounds) if args.gpt_step else []
+    if step_rows:
+        load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print_table(step_rows, title=f"GPT-B cached step per linear route, CPU time, median of "
+                    f"{args.step_rounds} interleaved rounds (load average {load_end:.2f})")
     write_json(args.json, {"machine": machine_info("cpu"), "load_average_1min": load,
-                           "rows": rows})
+                           "rows": rows, "gpt_step_rows": step_rows})
     return rows
 
 
