@@ -11,7 +11,9 @@ head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a pr
     python benchmarks/bench_linear.py --threads 1 --gpt-step 1 2 8 16   # + whole GPT-B steps
 
 ``--gpt-step`` also times one whole GPT-B cached step (random init) per route: the library's rule,
-plain oneDNN at every row count, and stock ``F.linear``, in process CPU time.
+plain oneDNN at every row count, and stock ``F.linear``, in process CPU time, with the rate at which
+the step streams its weights against one plain read of the same bytes (``Tensor.sum``): at 1-2
+rows the step is bound by the weight stream, not by FLOPs.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
 
     torch.manual_seed(0)
     model = create_model("gpt_b").eval()
+    # bytes a step reads: every Linear weight once (embeddings are gathered, not read whole)
+    weight_bytes = sum(m.weight.numel() * 4 for m in model.modules()
+                       if isinstance(m, torch.nn.Linear))
+    stream = torch.ones(weight_bytes // 4)  # the same bytes as one plain read (the memory roof)
     rows = []
     for b in batches:
         model.setup_cache(b)
@@ -106,6 +112,7 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
             return call
 
         fns = {name: routed(name) for name in ("rule", "onednn", "aten")}
+        fns["read"] = stream.sum
         for fn in fns.values():
             fn(), fn()
         times = {name: [] for name in fns}
@@ -118,7 +125,9 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
         rows.append({"GPT-B cached step": f"batch rows {b}", "Linear rule ms": ms["rule"],
                      "oneDNN plain ms": ms["onednn"], "F.linear ms": ms["aten"],
                      "F.linear / rule": ms["aten"] / ms["rule"],
-                     "oneDNN plain / rule": ms["onednn"] / ms["rule"]})
+                     "oneDNN plain / rule": ms["onednn"] / ms["rule"],
+                     "weights GB/s (rule)": weight_bytes / ms["rule"] / 1e6,
+                     "plain read GB/s": weight_bytes / ms["read"] / 1e6})
     return rows
 
 
