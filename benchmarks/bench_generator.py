@@ -133,6 +133,8 @@ def main_official(args) -> dict:
                    "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}"}
             rows.append(row)
             print(row, flush=True)
+    if args.profile:
+        profile_contenders(model, pair, args.profile, n)
     info["load_average_end"] = load_average()
     title = (f"GPT-B vs LlamaGen, same run, interleaved x{args.repeats}, {n} tokens, "
              f"{torch.get_num_threads()} threads, load average {info['load_average_start']} -> "
@@ -141,6 +143,28 @@ def main_official(args) -> dict:
     payload = {"machine": info, "args": vars(args), "parity": parity, "rows": rows}
     write_json(args.json, payload)
     return payload
+
+
+def profile_contenders(model, pair, batches: list[int], n: int) -> None:
+    """torch.profiler tables (top ops by self CPU time) of one ``n``-token generate per side at
+    each batch: where the remaining time goes (GEMM share against the rest)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for b in batches:
+        lab = torch.arange(b) * 37 % 1000
+        for name, fn in (("visualtok", lambda lab=lab: model.generate(lab, num_tokens=n)),
+                         ("LlamaGen", lambda lab=lab: pair.generate(lab, n, None))):
+            fn()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            events = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in events)
+            gemm = sum(e.self_cpu_time_total for e in events
+                       if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::mv",
+                                    "mkldnn::_linear_pointwise"))
+            print(f"\n## profile: {name}, batch {b}, {n} tokens: GEMM ops {gemm / total:.1%} "
+                  f"of self CPU time ({total / n / 1e3:.1f} ms/step under the profiler)")
+            print(events.table(sort_by="self_cpu_time_total", row_limit=8), flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -173,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=2, help="--official: interleaved rounds")
     ap.add_argument("--parity-tokens", type=int, default=256, help="--official: greedy check")
     ap.add_argument("--parity-batch", type=int, default=2, help="--official: labels in the check")
+    ap.add_argument("--profile", type=int, nargs="*", default=[], metavar="BATCH",
+                    help="--official: torch.profiler table of both samplers at these batches")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

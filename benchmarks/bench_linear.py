@@ -1,17 +1,25 @@
-"""CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) against the
-stock ``F.linear``, interleaved (A, B, A, B) in one process, and what ``visualtok.nn.linear``'s
-dispatch rule picks for each shape.
+"""CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) on the plain
+weight and on a pre-packed one (``_reorder_linear_weight``) against the stock ``F.linear``,
+interleaved (A, B, C, A, B, C) in one process, and what ``visualtok.nn.linear.Linear`` picks for
+each shape.
 
 The shapes are the model linears that matter: GPT-B (width 768: qkv 2304, proj 768, SwiGLU 2048 and
 head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a prefill, TiTok-S
 (width 512) encode/decode rows, and the VQ search (4096 x 12 codebook).
 
     python benchmarks/bench_linear.py --json runs/bench_linear.json
+    python benchmarks/bench_linear.py --threads 1 --gpt-step 1 2 8 16   # + whole GPT-B steps
+
+``--gpt-step`` also times one whole GPT-B cached step (random init) per route: the library's rule,
+plain oneDNN at every row count, and stock ``F.linear``, in process CPU time, with the rate at which
+the step streams its weights against one plain read of the same bytes (``Tensor.sum``): at 1-2
+rows the step is bound by the weight stream, not by FLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -29,9 +37,10 @@ from visualtok.nn import linear as vt_linear  # noqa: E402
 SHAPES = [
     *[(f"GPT-B cached step b={m} qkv", m, 768, 2304) for m in (1, 2, 4, 8, 16)],
     *[(f"GPT-B cached step b={m} mlp", m, 768, 2048) for m in (1, 2, 4, 8, 16)],
+    *[(f"GPT-B cached step b={m} w2", m, 2048, 768) for m in (1, 8, 16)],
     *[(f"GPT-B cached step b={m} head", m, 768, 16384) for m in (1, 2, 4, 8, 16)],
-    ("GPT-B step b=32 qkv", 32, 768, 2304),
-    ("GPT-B step b=64 qkv", 64, 768, 2304),
+    *[(f"GPT-B step b={m} qkv", m, 768, 2304) for m in (32, 64, 128)],
+    ("GPT-B step b=128 head", 128, 768, 16384),
     ("GPT-B prefill 256 qkv", 256, 768, 2304),
     ("GPT-B prefill 2048 mlp", 2048, 768, 2048),
     ("TiTok-S encode rows (8 img) qkv", 8 * 257, 512, 1536),
@@ -61,38 +70,119 @@ def interleaved(fns, rounds: int, min_time: float) -> list[float]:
     return [sorted(t)[len(t) // 2] for t in times]
 
 
+@contextlib.contextmanager
+def _route(name: str):
+    """Force every Linear of a model onto one route: ``rule`` (the library's), ``onednn``
+    (plain weight at every row count), ``aten`` (stock ``F.linear``)."""
+    saved = vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS
+    try:
+        if name == "aten":
+            vt_linear._backend = "aten"
+        elif name == "onednn":
+            vt_linear._packed_ok, vt_linear.STOCK_ROWS = False, frozenset()
+        yield
+    finally:
+        vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS = saved
+
+
+@torch.no_grad()
+def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
+    """One GPT-B cached step (12 layers + the 16384-wide head, position 128) per route, CPU time,
+    interleaved: the weights stream from memory once per step, as in generation."""
+    from visualtok import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gpt_b").eval()
+    # bytes a step reads: every Linear weight once (embeddings are gathered, not read whole)
+    weight_bytes = sum(m.weight.numel() * 4 for m in model.modules()
+                       if isinstance(m, torch.nn.Linear))
+    stream = torch.ones(weight_bytes // 4)  # the same bytes as one plain read (the memory roof)
+    rows = []
+    for b in batches:
+        model.setup_cache(b)
+        x, pos = torch.randn(b, 1, 768), torch.full((1,), 128, dtype=torch.long)
+
+        def step(x=x, pos=pos):
+            return model.head.logits(model.step(x, pos)[:, -1])
+
+        def routed(name):
+            def call():
+                with _route(name):
+                    return step()
+            return call
+
+        fns = {name: routed(name) for name in ("rule", "onednn", "aten")}
+        fns["read"] = stream.sum
+        for fn in fns.values():
+            fn(), fn()
+        times = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                c0 = time.process_time()
+                fn()
+                times[name].append(time.process_time() - c0)
+        ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
+        rows.append({"GPT-B cached step": f"batch rows {b}", "Linear rule ms": ms["rule"],
+                     "oneDNN plain ms": ms["onednn"], "F.linear ms": ms["aten"],
+                     "F.linear / rule": ms["aten"] / ms["rule"],
+                     "oneDNN plain / rule": ms["onednn"] / ms["rule"],
+                     "weights GB/s (rule)": weight_bytes / ms["rule"] / 1e6,
+                     "plain read GB/s": weight_bytes / ms["read"] / 1e6})
+    return rows
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per shape at least")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gpt-step", type=int, nargs="*", default=[], metavar="BATCH",
+                    help="also time a whole GPT-B cached step per route at these batch rows")
+    ap.add_argument("--step-rounds", type=int, default=11)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not vt_linear.onednn_linear_works():
         raise SystemExit("the oneDNN linear op is unavailable in this build: nothing to compare")
     torch.manual_seed(0)
     rows = []
     for label, m, k, n in SHAPES:
         x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+        lin = vt_linear.Linear(k, n)
+        lin.weight.data, lin.bias.data = w, b
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, vt_linear.PACK_ROWS_HINT)
         for fn in (onednn, F.linear, vt_linear.linear):
             fn(x, w, b)  # warm-up (oneDNN primitive cache, page faults)
-        calls = [functools.partial(onednn, x, w, b), functools.partial(F.linear, x, w, b)]
-        t_dnn, t_aten = interleaved(calls, args.rounds, args.min_time)
-        picked = "onednn" if vt_linear._use_onednn(x, w, b) else "aten"
-        best = min(t_dnn, t_aten)
-        chosen = t_dnn if picked == "onednn" else t_aten
+        onednn(x, packed, b), lin(x)
+        calls = [functools.partial(onednn, x, w, b), functools.partial(onednn, x, packed, b),
+                 functools.partial(F.linear, x, w, b)]
+        t_dnn, t_pk, t_aten = interleaved(calls, args.rounds, args.min_time)
+        if vt_linear._use_packed(x, w, b):
+            picked, chosen = "onednn packed", t_pk
+        elif vt_linear._use_onednn(x, w, b):
+            picked, chosen = "onednn", t_dnn
+        else:
+            picked, chosen = "aten", t_aten
         rows.append({
             "shape": label, "M": m, "K": k, "N": n,
-            "onednn us": 1e6 * t_dnn, "F.linear us": 1e6 * t_aten,
-            "F.linear / onednn": t_aten / t_dnn,
-            "rule picks": picked,
-            "picked / best": chosen / best,
+            "onednn us": 1e6 * t_dnn, "onednn packed us": 1e6 * t_pk, "F.linear us": 1e6 * t_aten,
+            "F.linear / picked": t_aten / chosen,
+            "Linear picks": picked,
+            "picked / best": chosen / min(t_dnn, t_pk, t_aten),
             "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
         })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print_table(rows, title=f"CPU fp32 linear: oneDNN vs F.linear (load average {load:.2f})")
+    print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
+                f"{torch.get_num_threads()} threads (load average {load:.2f})")
+    step_rows = gpt_step_rows(args.gpt_step, args.step_rounds) if args.gpt_step else []
+    if step_rows:
+        load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print_table(step_rows, title=f"GPT-B cached step per linear route, CPU time, median of "
+                    f"{args.step_rounds} interleaved rounds (load average {load_end:.2f})")
     write_json(args.json, {"machine": machine_info("cpu"), "load_average_1min": load,
-                           "rows": rows})
+                           "rows": rows, "gpt_step_rows": step_rows})
     return rows
 
 

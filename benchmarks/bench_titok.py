@@ -274,17 +274,19 @@ def bench_official(name: str, args) -> list[dict]:
     x = photos[:B]
     codes = codes_p[:B] if B <= P else model.encode(x)
     enc16, dec16 = bf16(model.encode), bf16(model.decode)
-    # the decode warm-up calls double as the decode parity check (a decode costs seconds per image)
-    max_diff = float((pair.decode(codes) - model.decode(codes)).abs().max())
-    dec16(codes)
-    if max_diff > args.parity_atol:
-        raise SystemExit(f"parity failed for {name}: decode max |diff| {max_diff:.2e} > "
-                         f"{args.parity_atol:g}; not timing different models")
+    stages = [("encode", x, model.encode, pair.encode, enc16, 1)]
+    if "decode" in args.stages:
+        # the decode warm-up calls double as the decode parity check (seconds per image)
+        max_diff = float((pair.decode(codes) - model.decode(codes)).abs().max())
+        dec16(codes)
+        if max_diff > args.parity_atol:
+            raise SystemExit(f"parity failed for {name}: decode max |diff| {max_diff:.2e} > "
+                             f"{args.parity_atol:g}; not timing different models")
+        stages.append(("decode", codes, model.decode, pair.decode, dec16, 0))
+    if "encode" not in args.stages:
+        stages = stages[1:]
     rows = []
-    for stage, inp, ours, off, ours16, warm in (
-        ("encode", x, model.encode, pair.encode, enc16, 1),
-        ("decode", codes, model.decode, pair.decode, dec16, 0),
-    ):
+    for stage, inp, ours, off, ours16, warm in stages:
         load0, cpu = load_average(), {}
         t = time_interleaved(
             {"fp32": lambda f=ours, i=inp: f(i), "official": lambda f=off, i=inp: f(i),
@@ -302,7 +304,8 @@ def bench_official(name: str, args) -> list[dict]:
         })
     rows[0]["codes = official"] = same
     rows[0]["bf16 codes = fp32"] = same16
-    rows[1]["decode max |diff|"] = max_diff
+    if "decode" in args.stages:
+        rows[-1]["decode max |diff|"] = max_diff
     return rows
 
 
@@ -345,6 +348,8 @@ def main() -> None:
     ap.add_argument("--parity-atol", type=float, default=1e-4,
                     help="--official: largest decode |diff| accepted before timing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--stages", nargs="+", choices=["encode", "decode"],
+                    default=["encode", "decode"], help="--official: stages to time")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,6 +58,28 @@ def test_kv_cache_gives_the_logits_of_the_no_cache_path(kind):
     assert not torch.allclose(full[:, 0], full[:, 1])  # positions really differ
 
 
+def test_cached_step_prefix_attention_equals_the_static_masked_buffer(monkeypatch):
+    """Eager CPU steps attend to the written prefix only; the static path (whole buffer + causal
+    mask, what torch.compile and GPUs run) gives the same states, also for a multi-token step."""
+    model = create_model("gpt_tiny", num_tokens=12).eval()
+    B = 2
+    labels = torch.tensor([1, 7])
+    x = torch.randn(B, 4, model.config.dim)
+
+    def run():
+        model.setup_cache(B)
+        out = [model.step(model.condition(labels, B), torch.tensor([0]))]
+        out.append(model.step(x[:, :3], torch.tensor([1, 2, 3])))  # a 3-token step, masked
+        out.append(model.step(x[:, 3:], torch.tensor([4])))
+        return torch.cat(out, 1)
+
+    with torch.no_grad():
+        prefix = run()
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the static path
+        static = run()
+    torch.testing.assert_close(prefix, static, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", sorted(LAYOUTS))
 @pytest.mark.parametrize("cfg_scale", [None, 3.0])
 def test_cached_and_uncached_sampling_agree(kind, cfg_scale):

@@ -46,17 +46,19 @@ def test_onednn_linear_matches_stock(shape, bias):
 
 @needs_onednn
 def test_small_gemm_window_takes_the_stock_path():
-    """12..48 rows with fewer than STOCK_MAX_OUT outputs (a batch-16 decode step's qkv/MLP) take
-    F.linear; fewer rows, more rows, or a wide head take oneDNN."""
-    lo, hi = linear_mod.STOCK_ROWS.start, linear_mod.STOCK_ROWS.stop - 1
+    """1 row and 12..48 rows with fewer than STOCK_MAX_OUT outputs (a batch-1 or batch-16 decode
+    step's qkv/MLP through the functional linear) take F.linear; 2..11 rows, more rows, or a wide
+    head take oneDNN."""
     w, wide = torch.randn(40, 48), torch.randn(linear_mod.STOCK_MAX_OUT, 48)
     with torch.no_grad():
-        for rows in (lo, 16, hi):
+        for rows in (1, 12, 16, 48):
+            assert rows in linear_mod.STOCK_ROWS
             assert not linear_mod._use_onednn(torch.randn(rows, 48), w, None)
         assert not linear_mod._use_onednn(torch.randn(16, 1, 48), w, None)
-        for rows in (1, lo - 1, hi + 1, 256):
+        for rows in (2, 11, 49, 256):
             assert linear_mod._use_onednn(torch.randn(rows, 48), w, None)
-        assert linear_mod._use_onednn(torch.randn(16, 48), wide, None)
+        for rows in (1, 16):
+            assert linear_mod._use_onednn(torch.randn(rows, 48), wide, None)
 
 
 def test_stock_path_where_onednn_does_not_apply():
@@ -168,6 +170,74 @@ def test_both_routes_within_fp32_rounding_of_float64(route):
     assert bool(((out.double() - ref).abs() <= bound).all())
 
 
+needs_packed = pytest.mark.skipif(
+    cpu_linear_backend() != "onednn" or not linear_mod.packed_linear_works(),
+    reason="oneDNN pre-packed linear route unavailable on this machine",
+)
+
+
+def _fp32_bound_holds(out, x, w, b):
+    ref = x.double() @ w.double().T + b.double()
+    bound = x.shape[-1] * 2.0**-24 * (x.abs().double() @ w.abs().double().T + b.abs().double())
+    return bool(((out.double() - ref).abs() <= bound).all())
+
+
+@needs_packed
+@pytest.mark.parametrize("rows", [3, 16, 128])
+def test_packed_route_within_fp32_rounding_of_float64(rows):
+    """Linear modules on PACKED_ROWS rows run on the pre-packed weight; same numbers."""
+    torch.manual_seed(2)
+    lin = Linear(257, 300).eval()
+    x = torch.randn(rows, 257)
+    with torch.no_grad():
+        assert linear_mod._use_packed(x, lin.weight, lin.bias)
+        out = lin(x)
+        out3 = lin(x.view(1, rows, 257))
+        assert lin._packed is not None  # the packed copy was made and kept
+    assert _fp32_bound_holds(out, x, lin.weight, lin.bias)
+    assert torch.equal(out3[0], out)
+    with torch.no_grad():  # GEMV rows and more rows: the plain routes, not the packed one
+        for other in (1, 2, 129):
+            assert not linear_mod._use_packed(torch.randn(other, 257), lin.weight, lin.bias)
+
+
+@needs_packed
+def test_packed_copy_follows_the_weight():
+    """The packed copy is remade after optimiser steps, load_state_dict and in-place writes, and
+    never travels into deepcopy, pickle or a state dict."""
+    import copy
+    import pickle
+
+    torch.manual_seed(3)
+    lin = Linear(64, 48)
+    x = torch.randn(4, 64)
+
+    def check():
+        with torch.no_grad():
+            assert torch.allclose(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+
+    check()
+    lin(x).square().sum().backward()  # training: no packed copy used, one optimiser step
+    torch.optim.SGD(lin.parameters(), lr=0.5).step()
+    check()
+    lin.load_state_dict({"weight": torch.randn(48, 64), "bias": torch.randn(48)})
+    check()
+    with torch.no_grad():
+        lin.weight.mul_(-2.0)
+    check()
+    lin.weight = nn.Parameter(torch.randn(48, 64))
+    check()
+    assert list(lin.state_dict()) == ["weight", "bias"]
+    for clone in (copy.deepcopy(lin), pickle.loads(pickle.dumps(lin))):
+        assert clone._packed is None
+        with torch.no_grad():
+            assert torch.equal(clone(x), lin(x))
+    lin.double()  # new parameter tensors: the copy is dropped, the plain route runs
+    assert lin._packed is None
+    with torch.no_grad():
+        assert lin(x.double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize("failure", ["missing", "raises", "wrong"])
 def test_onednn_probe_falls_back_to_stock(monkeypatch, failure):
     """A missing op, an op that raises, or one that gives wrong numbers: the probe says no and
@@ -193,3 +263,60 @@ def test_onednn_probe_falls_back_to_stock(monkeypatch, failure):
         assert torch.equal(linear(x, w), F.linear(x, w))
     with pytest.raises(ValueError, match="self-check"):
         set_cpu_linear_backend("onednn")
+
+
+@needs_onednn
+def test_packed_probe_failure_falls_back_to_the_plain_route(monkeypatch):
+    """A reorder op that raises: the packed route is off, modules take the plain rule."""
+    real = torch.ops.mkldnn
+
+    class FakeOps:
+        def __getattr__(self, name):
+            if name == "_reorder_linear_weight":
+                def op(*a):
+                    raise RuntimeError("no packed layout here")
+                return op
+            return getattr(real, name)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", FakeOps())
+    monkeypatch.setattr(linear_mod, "_packed_ok", None)
+    assert not linear_mod.packed_linear_works()
+    lin = Linear(48, 40).eval()
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        assert not linear_mod._use_packed(x, lin.weight, lin.bias)
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    assert lin._packed is None
+
+
+@pytest.mark.skipif(
+    cpu_linear_backend() != "onednn" or not linear_mod.packed_bf16_linear_works(),
+    reason="oneDNN bf16 pre-packed route unavailable on this CPU",
+)
+@pytest.mark.parametrize("rows", [3, 300])
+def test_bf16_autocast_route_matches_autocast_f_linear(rows):
+    """Under CPU bf16 autocast a Linear module runs oneDNN's bf16 GEMM on a packed bf16 copy:
+    bf16 output, within bf16 rounding of the float64 product and of autocast's own F.linear."""
+    torch.manual_seed(4)
+    lin = Linear(257, 300).eval()
+    x = torch.randn(2, rows, 257)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear_mod._use_packed_bf16(x, lin.weight, lin.bias)
+        out = lin(x)
+        stock = F.linear(x, lin.weight, lin.bias)
+    assert out.dtype == stock.dtype == torch.bfloat16 and lin._packed[torch.bfloat16] is not None
+    ref = x.double() @ lin.weight.double().T + lin.bias.double()
+    scale = x.abs().double() @ lin.weight.abs().double().T + lin.bias.abs().double()
+    assert bool(((out.double() - ref).abs() <= 3 * 2.0**-8 * scale).all())
+    assert bool(((out.double() - stock.double()).abs() <= 3 * 2.0**-8 * scale).all())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # GELU fused as post-op
+        assert lin.fuses_gelu(x)
+        fused = lin.forward_gelu(x)
+    assert fused.dtype == torch.bfloat16
+    gelu_ref = F.gelu(ref)
+    bound = 1.2 * 3 * 2.0**-8 * scale + 2.0**-8 * gelu_ref.abs()
+    assert bool(((fused.double() - gelu_ref).abs() <= bound).all())
+    with torch.no_grad():  # outside autocast: the fp32 routes again, GELU unfused
+        assert not linear_mod._use_packed_bf16(x, lin.weight, lin.bias) and not lin.fuses_gelu(x)
+        assert lin(x).dtype == torch.float32
+        assert torch.equal(lin.forward_gelu(x), F.gelu(lin(x)))

@@ -68,6 +68,7 @@ class Block(nn.Module):
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
         cache_positions: torch.Tensor | None = None,
+        kv_length: int | None = None,
     ) -> torch.Tensor:
         x = x + self.attention(
             self.attention_norm(x),
@@ -76,5 +77,6 @@ class Block(nn.Module):
             rotary=rotary,
             kv_cache=kv_cache,
             cache_positions=cache_positions,
+            kv_length=kv_length,
         )
         return x + self.feed_forward(self.ffn_norm(x))

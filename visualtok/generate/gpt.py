@@ -286,10 +286,19 @@ class GPT(nn.Module, PretrainedMixin):
             raise ValueError(
                 "call setup_cache(batch_size) before step(); the batch size must match"
             )
-        mask = self.cache_keys[None, :] <= positions[:, None]  # [L, max_len]: causal, static buffer
         rot = (self.rope_cos[positions], self.rope_sin[positions])
+        end = None  # static shapes: attend over the whole buffer with a causal mask
+        if positions.device.type == "cpu" and not torch.compiler.is_compiling():
+            # eager CPU: attend to the written prefix only (no sync to read positions here); one
+            # new token at the end of the prefix needs no mask. Late keys beyond the prefix are
+            # masked out either way, so the result is the same.
+            end = int(positions.max()) + 1
+        mask = self.cache_keys[None, :end] <= positions[:, None]  # [L, end]: causal
+        if end is not None and x.shape[1] == 1:
+            mask = None
         for layer, cache in zip(self.layers, self._caches):
-            x = layer(x, rotary=rot, attn_mask=mask, kv_cache=cache, cache_positions=positions)
+            x = layer(x, rotary=rot, attn_mask=mask, kv_cache=cache, cache_positions=positions,
+                      kv_length=end)
         return self.norm(x)
 
     def hidden_states(

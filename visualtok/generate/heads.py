@@ -151,9 +151,11 @@ class FlatHead(nn.Module):
         return F.cross_entropy(self.logits(h), self.layout.to_ids(codes), reduction="none")
 
     def sample(self, h, h_uncond, scale, config: SamplingConfig, generator=None):
-        logits = self.logits(h)
-        if h_uncond is not None:
-            logits = apply_cfg(logits, self.logits(h_uncond), scale)
+        if h_uncond is None:
+            logits = self.logits(h)
+        else:  # one GEMM over [cond; uncond] rows: the wide output layer is read once
+            logits, uncond = self.logits(torch.cat([h, h_uncond])).split(h.shape[0])
+            logits = apply_cfg(logits, uncond, scale)
         ids, logprob = sample_from_logits(logits, config, generator)
         return self.layout.from_ids(ids), logprob
 

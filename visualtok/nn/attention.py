@@ -108,11 +108,16 @@ class Attention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
         cache_positions: torch.Tensor | None = None,
+        kv_length: int | None = None,
         context: torch.Tensor | None = None,
         q_pos: torch.Tensor | None = None,
         k_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x: [B, L, D]`` -> ``[B, L, D]``; keys/values from ``context`` (default ``x``)."""
+        """``x: [B, L, D]`` -> ``[B, L, D]``; keys/values from ``context`` (default ``x``).
+
+        With a ``kv_cache``, ``kv_length`` (optional) attends to the first ``kv_length`` cache
+        positions only (the written prefix; ``attn_mask`` is then ``[L, kv_length]``) instead of the
+        whole static buffer."""
         B, L, D = x.shape
         if context is None and q_pos is None and k_pos is None:
             qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
@@ -128,6 +133,8 @@ class Attention(nn.Module):
             if cache_positions is None:
                 raise ValueError("cache_positions are required with a kv_cache")
             k, v = kv_cache.update(cache_positions, k, v)
+            if kv_length is not None:
+                k, v = k[:, :, :kv_length], v[:, :, :kv_length]
             k, v = k.to(q.dtype), v.to(q.dtype)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale

@@ -28,6 +28,8 @@ class MLP(nn.Module):
         self.c_proj = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.c_fc.fuses_gelu(x):  # CPU bf16 autocast: GELU as the GEMM's post-op (oneDNN)
+            return self.c_proj(self.c_fc.forward_gelu(x))
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
