@@ -13,9 +13,10 @@ The reference runs the same weights through the official code's layout, rebuilt 
 ResnetBlocks, up/downsampling and GroupNorms are the same ops on both sides. Codes and pixels of
 the reference are checked against ours before timing. The reference runs on PyTorch's stock
 kernels (MKL sgemm for fp32 linears), as the official code does; visualtok's CPU fp32 inference
-linears run through oneDNN (``visualtok.nn.linear``). bf16 is autocast on both model halves
-(quantizer math stays fp32); "bf16 same codes" is the fraction of codes equal to fp32 on real
-photos (scikit-image).
+linears run through oneDNN (``visualtok.nn.linear``). bf16 is the model cast with
+``.to(torch.bfloat16)``: bf16 weights and channels-last bf16 activations in the CNN, while the
+quantizer and ``quant_conv`` stay fp32 (``ImageTokenizer.keep_fp32``); "bf16 same codes" is the
+fraction of codes equal to fp32 on real photos (scikit-image).
 
     python benchmarks/bench_cnn.py                               # vqgan_16, retok_ss at 256x256
     python benchmarks/bench_cnn.py --presets vqgan_16 --batch 1 --repeats 1
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import os
 import sys
 from pathlib import Path
 
@@ -200,20 +203,19 @@ def bench_preset(name: str, args) -> list[dict]:
     enc_gf = gflop(lambda: model.encode(x[:1]))
     dec_gf = gflop(lambda: model.decode(codes[:1]))
 
-    def timed(fn, inp, bf16: bool, stock: bool = False) -> float:
-        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
+    def timed(fn, inp, stock: bool = False) -> float:
         def call():
-            with ctx, (stock_path() if stock else contextlib.nullcontext()):
+            with stock_path() if stock else contextlib.nullcontext():
                 return fn(inp)
         return time_call(call, dev, warmup=1, repeats=args.repeats)
 
-    t_ref_enc = timed(ref.encode, x, False, stock=True)
-    t_ref_dec = timed(ref.decode, codes, False, stock=True)
-    t_enc, t_dec = timed(model.encode, x, False), timed(model.decode, codes, False)
-    with torch.autocast(dev.type, dtype=torch.bfloat16):
-        codes_bf16 = model.encode(x)
-    t_enc16, t_dec16 = timed(model.encode, x, True), timed(model.decode, codes, True)
+    t_ref_enc = timed(ref.encode, x, stock=True)
+    t_ref_dec = timed(ref.decode, codes, stock=True)
+    t_enc, t_dec = timed(model.encode, x), timed(model.decode, codes)
+    # the bf16 path: a bf16 copy of the weights (channels-last trunk, fp32 quantizer + quant_conv)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    codes_bf16 = low.encode(x)
+    t_enc16, t_dec16 = timed(low.encode, x), timed(low.decode, codes)
     B, rows = args.batch, []
     for stage, gf, t_ref, t32, t16 in (("encode", enc_gf, t_ref_enc, t_enc, t_enc16),
                                        ("decode", dec_gf, t_ref_dec, t_dec, t_dec16)):
@@ -238,11 +240,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     info = machine_info(args.device)
+    info["load_average_start"] = os.getloadavg()
     print(f"machine: {info}")
     rows = []
     with torch.no_grad():  # scoped: a caller's grad mode is left as it was
         for name in args.presets.split(","):
             rows += bench_preset(name.strip(), args)
+    info["load_average_end"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min): start {info['load_average_start']}, "
+          f"end {info['load_average_end']}")
     cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref", "bf16 img/s",
             "bf16/fp32", "bf16 same codes", "ref same codes", "ref max |diff|"]
     print_table(rows, cols, title=f"CNN tokenizers, batch {args.batch}, {args.device}, "

@@ -40,3 +40,36 @@ def test_rfid_vqgan(tmp_path, image_folder):  # noqa: F811
     )
     assert res["num_samples"] == 5 and np.isfinite(res["rfid"])
     assert res["codes"]["tokens_per_image"] == 64
+
+
+def _rd_results(path, model, points, size=(64, 64), n=24):
+    path.mkdir(parents=True, exist_ok=True)
+    pts = [{"tokens": k, "bits": k * 10.0, "psnr": psnr, "ssim": ssim, "fid": None}
+           for k, psnr, ssim in points]
+    (path / "results.json").write_text(json.dumps(
+        {"model": model, "images": "kodak", "num_samples": n, "image_size": list(size),
+         "points": pts}))
+    return path / "results.json"
+
+
+def test_rd_compare_table_at_equal_bits_and_plot(tmp_path):
+    a = _rd_results(tmp_path / "a", "retok_tiny",
+                    [(1, 12.0, 0.2), (16, 15.5, 0.4), (56, 17.0, 0.5)])
+    b = _rd_results(tmp_path / "b", "vqgan_tiny", [(16, 16.25, 0.45)])
+    out = tmp_path / "cmp"
+    res = _script("rd_compare").main([str(a), str(b), "--labels", "ReTok,VQGAN", "--out", str(out)])
+    assert res["equal_bits"] == [160.0]
+    md = (out / "table.md").read_text()
+    equal = md.split("**All points**")[0]
+    assert "| ReTok | 16 | 160 | 15.50 | 0.4000 |" in equal
+    assert "| VQGAN | 16 | 160 | 16.25 | 0.4500 |" in equal and "| 56 |" not in equal
+    assert (out / "rate_distortion.png").stat().st_size > 0
+
+
+def test_rd_compare_refuses_runs_on_different_images(tmp_path):
+    a = _rd_results(tmp_path / "a", "retok_tiny", [(16, 15.5, 0.4)])
+    b = _rd_results(tmp_path / "b", "vqgan_tiny", [(16, 16.2, 0.45)], size=(128, 128))
+    with pytest.raises(ValueError, match="different sizes"):
+        _script("rd_compare").main([str(a), str(b), "--out", str(tmp_path / "cmp")])
+    with pytest.raises(ValueError, match="--labels gives 1 names for 2"):
+        _script("rd_compare").main([str(a), str(a), "--labels", "x", "--out", str(tmp_path)])

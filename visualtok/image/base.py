@@ -66,6 +66,18 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
     supports_prefix: bool = False  # decode accepts codes[:, :k] (1D, flexible-length tokenizers)
     continuous: bool = False  # KL/VAE mode: latents are continuous, codes come from post-training Q
     size_multiple: int | None = None  # fully convolutional: any H, W divisible by this are accepted
+    keep_fp32: tuple[str, ...] = ("quantizer",)  # submodules a bf16/fp16 cast leaves in fp32
+
+    def _apply(self, fn, recurse=True):
+        """``.to(torch.bfloat16)`` / ``.half()`` cast the trunk; the ``keep_fp32`` submodules (the
+        quantizer: codes are searched in fp32, DESIGN §3) are put back to fp32."""
+        super()._apply(fn, recurse)
+        for name in self.keep_fp32:
+            mod = getattr(self, name, None)
+            for t in [] if mod is None else [*mod.parameters(), *mod.buffers()]:
+                if t.dtype in (torch.bfloat16, torch.float16):
+                    t.data = t.data.float()
+        return self
 
     # ------------------------------------------------------------------ description
     @property

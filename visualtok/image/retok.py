@@ -237,6 +237,7 @@ class ReTok(ImageTokenizer):
 
     config_class = ReTokConfig
     supports_prefix = True
+    keep_fp32 = ("quantizer", "quant_conv")  # bf16 trunk, fp32 codes (see ``encode_latents``)
 
     def __init__(self, config: ReTokConfig) -> None:
         super().__init__()
@@ -261,9 +262,10 @@ class ReTok(ImageTokenizer):
     # ------------------------------------------------------------------ training hooks
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
         """Images [0, 1] ``[B, 3, H, W]`` -> pre-quantizer latents ``[B, N + M, D]``."""
-        x = images.to(self.quant_conv.weight.dtype) * 2.0 - 1.0
+        x = images.to(self.encoder.conv_in.weight.dtype) * 2.0 - 1.0
         tokens = self.s2to1encoder(self.encoder(x))  # [B, N + M, Z]
-        return linear(tokens, self.quant_conv.weight.flatten(1), self.quant_conv.bias)
+        q = self.quant_conv  # in fp32 whatever the trunk's dtype: the codes come from these values
+        return linear(tokens.float(), q.weight.float().flatten(1), q.bias.float())
 
     def decode_features(self, z_q: torch.Tensor, inner: bool = False):
         """``[B, k, D]`` -> ``rec_spatial [B, Z, g, g]`` (and, with ``inner``, the HSR features

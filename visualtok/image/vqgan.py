@@ -18,6 +18,12 @@ Images are [-1, 1] inside (users pass [0, 1]). The model is fully convolutional:
 divisible by ``2**(len(ch_mult) - 1)`` encode, to codes ``[B, H/f, W/f, 1]`` in raster order.
 ``VQGANEncoder``/``VQGANDecoder`` also carry the options ReTok's CNN stages use (no attention,
 adaptive GroupNorm, depth-to-space upsampling); see ``image/retok.py``.
+
+**bf16**: ``tok.to(torch.bfloat16)`` casts the trunk and runs it channels-last (``nn/conv.py``:
+``fast_layout``); ``quant_conv`` and the quantizer stay fp32 (``keep_fp32``), so the codes are
+searched on fp32 latents. On random full-size weights about 92-94% of the codes equal fp32's: each
+bf16 stage adds ~4e-3 relative error to the latents, and 16384 cosine codes of 8 dimensions have
+near ties (``benchmarks/RESULTS.md``, issue #12).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ..nn.conv import (
     Downsample,
     ResnetBlock,
     Upsample,
+    fast_layout,
     group_norm,
 )
 from ..quantize.config import QuantizerConfig, build_quantizer
@@ -134,7 +141,7 @@ class VQGANEncoder(nn.Module):
         self.conv_out = nn.Conv2d(c_in, z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(fast_layout(x))
         for level in self.conv_blocks:
             h = level.blocks(h)
             if hasattr(level, "downsample"):
@@ -178,6 +185,7 @@ class VQGANDecoder(nn.Module):
         self.conv_out = nn.Conv2d(c_in, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = fast_layout(z)
         h = self.conv_in(z)
         for block in self.mid:
             h = block(h)
@@ -187,7 +195,7 @@ class VQGANDecoder(nn.Module):
             h = level.blocks(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 @register_model_class
@@ -195,6 +203,7 @@ class VQGAN(ImageTokenizer):
     """LlamaGen VQGAN (2D codes). See the module docstring; ``VQGAN(VQGANConfig(...))``."""
 
     config_class = VQGANConfig
+    keep_fp32 = ("quantizer", "quant_conv")  # bf16 trunk, fp32 codes (see ``encode_latents``)
 
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__()
@@ -222,8 +231,9 @@ class VQGAN(ImageTokenizer):
     # ------------------------------------------------------------------ training hooks
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
         """Images [0, 1] ``[B, 3, H, W]`` -> pre-quantizer latents ``[B, H/f, W/f, D]``."""
-        x = images.to(self.quant_conv.weight.dtype) * 2.0 - 1.0
-        return self.quant_conv(self.encoder(x)).permute(0, 2, 3, 1)
+        h = self.encoder(images.to(self.encoder.conv_in.weight.dtype) * 2.0 - 1.0)
+        q = self.quant_conv  # in fp32 whatever the trunk's dtype: the codes come from these values
+        return F.conv2d(h.float(), q.weight.float(), q.bias.float()).permute(0, 2, 3, 1)
 
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
         """``[B, h, w, D]`` -> ``[B, 3, h*f, w*f]`` on the [0, 1] scale, not clamped."""
