@@ -575,12 +575,15 @@ class FlexTok(ImageTokenizer):
         return x
 
     def flow_loss(self, images: torch.Tensor, keep: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                  generator: torch.Generator | None = None,
+                  latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Rectified-flow training loss on the VAE latents of ``images`` (nested dropout, CFG
-        dropout, logit-normal t). Returns ``{"flow", "x_t", "t", "v", "quant", "keep"}``."""
+        dropout, logit-normal t). Returns ``{"flow", "x_t", "t", "v", "quant", "keep"}``.
+        ``latents``: the scaled VAE latents of ``images`` when the caller has them (cached)."""
         cfg = self.config
-        latents = self.vae_encode(images, sample=self.training and cfg.vae_sample_posterior,
-                                  generator=generator)
+        if latents is None:
+            latents = self.vae_encode(images, sample=self.training and cfg.vae_sample_posterior,
+                                      generator=generator)
         latents = latents.to(self.encoder.registers.dtype)
         quant = self.quantizer(self.encoder(latents))
         B, dev = latents.shape[0], latents.device
