@@ -163,3 +163,36 @@ def test_linear_predictor_recovers_a_linear_curve_model():
     assert max(abs(m) for m in model.config.margins) < 0.1
     sim = report["simulated"][0]
     assert sim["met"] >= 0.85 and sim["tokens"] <= 1.1 * sim["oracle_tokens"]
+
+
+def test_rate_distortion_adaptive_mode(tok, tmp_path, real_photos):
+    """eval/rate_distortion.py --adaptive: tokens per image against quality for the predictor and
+    the search at each target, drawn over the fixed-length curve."""
+    import importlib.util
+    from pathlib import Path
+
+    from _train_helpers import write_photos
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "rate_distortion.py"
+    spec = importlib.util.spec_from_file_location("eval_rate_distortion", path)
+    rd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rd)
+    photos = write_photos(tmp_path / "photos", real_photos[:2])
+    model_dir = tok.save_pretrained(tmp_path / "tok")
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, hidden=0,
+                                                 lengths=(1, 4, 8), decode_kwargs=KW))
+    pred_dir = pred.save_pretrained(tmp_path / "pred")
+    res = rd.main([str(model_dir), str(photos), "--no-fid", "--tokens", "1,4,8", "--decode-steps",
+                   "2", "--guidance", "1.0", "--adaptive", str(pred_dir), "--targets", "9", "12",
+                   "--out", str(tmp_path / "rd"), "--no-progress"])
+    pts = res["adaptive"]
+    assert [(p["method"], p["target"]) for p in pts] == [
+        ("search", 9.0), ("predictor", 9.0), ("search", 12.0), ("predictor", 12.0)]
+    for p in pts:
+        assert len(p["lengths"]) == 2
+        assert p["mean_tokens"] == pytest.approx(sum(p["lengths"]) / len(p["lengths"]))
+        if p["method"] == "search":  # meets the target, or even all tokens do not
+            assert all(q >= p["target"] or k == 8 for k, q in zip(p["lengths"], p["psnr"]))
+    assert (tmp_path / "rd" / "rate_distortion.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        rd.main([str(model_dir), str(photos), "--adaptive", str(pred_dir)])  # no --targets

@@ -41,6 +41,7 @@ __all__ = [
     "decode_adaptive",
     "image_statistics",
     "curve_at",
+    "evaluate_adaptive",
     "quality_curves",
     "search_lengths",
 ]
@@ -284,3 +285,27 @@ def decode_adaptive(tok: Any, adaptive: AdaptiveCodes, **decode_kwargs: Any) -> 
             out = part.new_empty((adaptive.codes.shape[0], *part.shape[1:]))
         out[idx] = part
     return out
+
+
+@torch.no_grad()
+def evaluate_adaptive(tok: Any, images: torch.Tensor, target: float, method: str,
+                      predictor: LengthPredictor | None = None,
+                      decode_kwargs: dict | None = None) -> dict[str, Any]:
+    """One image at a time (as a user would call it): chosen lengths, the PSNR of each image
+    decoded from its prefix, the share meeting ``target``, mean tokens, seconds per image (the
+    choice only, not the checking decode)."""
+    kw = decode_kwargs or {}
+    lengths, quality, seconds = [], [], 0.0
+    for i in range(images.shape[0]):
+        x = images[i : i + 1]
+        t0 = time.perf_counter()
+        out = encode_adaptive(tok, x, target, method=method, predictor=predictor,
+                              decode_kwargs=kw)
+        seconds += time.perf_counter() - t0
+        lengths.append(int(out.lengths[0]))
+        quality.append(float(psnr(tok.decode(out.prefix(0), **kw), x)[0]))
+    q = torch.tensor(quality)
+    return {"method": method, "target": float(target), "lengths": lengths, "psnr": quality,
+            "met": float((q >= target).float().mean()),
+            "mean_tokens": sum(lengths) / len(lengths), "mean_psnr": float(q.mean()),
+            "seconds": seconds / images.shape[0]}
