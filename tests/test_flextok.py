@@ -538,3 +538,27 @@ def test_flow_stage_resumes_exactly(tmp_path, real_photos):
         assert torch.equal(wa[k], wb[k]), k
     assert json.loads((tmp_path / "b" / "model" / "config.json").read_text())["config"][
         "keep_sampling"] == "pow2"
+
+
+def test_conditioning_diagnostic(model, tmp_path, real_photos):
+    """eval/flextok_conditioning.py: flow loss per prefix length and code diversity. A decoder
+    that cannot see its registers (adaLN-zero at init: zero output) scores every k alike."""
+    import importlib.util
+
+    from _train_helpers import write_photos
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "flextok_conditioning.py"
+    spec = importlib.util.spec_from_file_location("eval_flextok_conditioning", path)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    photos = write_photos(tmp_path / "photos", real_photos[:3])
+    res = diag.main([str(model.save_pretrained(tmp_path / "m")), str(photos), "--out",
+                     str(tmp_path / "d")])
+    assert [r["condition"] for r in res["rows"]] == ["null", "1", "2", "4", "8"]
+    assert len(res["distinct_codes_per_register"]) == 8
+    assert len({round(r["mean"], 6) for r in res["rows"]}) > 1  # random decoder: k matters
+    torch.manual_seed(0)
+    blind = FlexTok(FlexTokConfig(**{**TINY, "zero_init": True})).eval()
+    res = diag.main([str(blind.save_pretrained(tmp_path / "b")), str(photos)])
+    assert len({r["mean"] for r in res["rows"]}) == 1
+    assert max(res["distinct_codes_per_register"]) == 1  # zero head: one code for every image
