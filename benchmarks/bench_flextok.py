@@ -22,7 +22,7 @@ adaLN embeddings expanded over the packed sequence, and two decoder passes per s
 then null condition) as its pipeline runs them. Outputs are checked against ours before timing.
 
     python benchmarks/bench_flextok.py                      # CPU, batch 2 encode / 1 decode
-    python benchmarks/bench_flextok.py --profile --repeats 1 --batch 1
+    python benchmarks/bench_flextok.py --profile --repeats 1 --batch 1 --ks 16
     python benchmarks/bench_flextok.py --device cuda --batch 8 --json out.json
 """
 
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", action="store_true", help="operator breakdown of a decode step")
+    ap.add_argument("--ks", default=None,
+                    help="comma-separated kept-token counts for the decode step (default 1,16,N)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         enc_ours["vs_reference"] = enc_ours["per"] / enc_ref["per"]
         for r in (enc_bf, enc_bfw):
             r["vs_our_fp32"] = r["per"] / enc_ours["per"]
-        for k in (1, 16, n):
+        for k in ([int(v) for v in args.ks.split(",")] if args.ks else (1, 16, n)):
             kk = torch.full_like(keep, k)
             mem = k == 16  # peak memory does not depend on k (the mask token keeps N registers)
             ours = timed(f"decode step ours fp32 k={k}",

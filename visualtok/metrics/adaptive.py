@@ -121,13 +121,17 @@ def search_lengths(tok: Any, images: torch.Tensor, target: float, codes: torch.T
     return torch.tensor(lengths, dtype=torch.long, device=codes.device), decodes
 
 
+_GRIDS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
 def image_statistics(images: torch.Tensor) -> torch.Tensor:
-    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 6]``: the PSNR of
-    block means on 4x4 .. 32x32 grids (bilinear upsampling), log10 pixel variance and log10
-    gradient energy. Cheap (no network), computed in the same pass as the encode."""
+    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 13]``: the PSNR of
+    its block means on 2x2 .. 64x64 grids (bilinear upsampling; grids capped at the image size),
+    log10 pixel variance and log10 gradient energy. Cheap (no network), computed in the same pass
+    as the encode."""
     x = images.float()
     feats = []
-    for g in (4, 8, 16, 32):
+    for g in _GRIDS:
         g = min(g, x.shape[-2], x.shape[-1])
         coarse = F.interpolate(F.adaptive_avg_pool2d(x, g), size=x.shape[-2:], mode="bilinear",
                                align_corners=False)
@@ -186,7 +190,7 @@ class LengthPredictor(nn.Module, PretrainedMixin):
                              f"{len(config.margins)}")
         self.config = config
         self.lengths = lengths
-        self.num_features = 3 * d + (6 if config.inputs == "tokens+image" else 0)
+        self.num_features = 3 * d + (len(_GRIDS) + 2 if config.inputs == "tokens+image" else 0)
         f, k = self.num_features, len(lengths)
         self.net = (nn.Linear(f, k) if h == 0 else
                     nn.Sequential(nn.Linear(f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
