@@ -8,7 +8,11 @@ measures
 * **decode**: seconds per Euler step (conditional + null-condition pass, APG) at k = 1, 16, 256
   kept tokens;
 * **peak memory** of one encode and one decode step (profiler allocation records on CPU);
-* the **bf16** autocast path of ours against our fp32.
+* the **bf16** paths of ours against our fp32: CPU/CUDA autocast (weights cast to bf16 per
+  call) and a bf16 copy of the model (weights stored in bf16, bf16 inputs; the FSQ still rounds
+  in fp32), whose linears run oneDNN's bf16 GEMM on CPUs with avx512_bf16 / AMX;
+* with ``--profile``: where one decode step's time goes (GEMMs, attention, everything else; top
+  operators) in fp32 and in bf16, from ``torch.profiler``.
 
 The reference rebuilds the official computation layout (apple/ml-flextok @ 87d00cc), in our own
 code, on the same weights: every sample is packed into one ``[1, L, D]`` sequence padded to a
@@ -18,6 +22,7 @@ adaLN embeddings expanded over the packed sequence, and two decoder passes per s
 then null condition) as its pipeline runs them. Outputs are checked against ours before timing.
 
     python benchmarks/bench_flextok.py                      # CPU, batch 2 encode / 1 decode
+    python benchmarks/bench_flextok.py --profile --repeats 1 --batch 1 --ks 16
     python benchmarks/bench_flextok.py --device cuda --batch 8 --json out.json
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import sys
 from pathlib import Path
 
@@ -166,6 +172,41 @@ def our_step(model, x, t, quants, keep, scale, momentum):
     return apg_update(v[:B], v[B:], scale, momentum)
 
 
+# ---------------------------------------------------------------------- profile
+_GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
+         "mkldnn::_linear_pointwise", "aten::_weight_int8pack_mm")
+_ATTN = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_"
+         "flash_attention", "aten::_scaled_dot_product_efficient_attention",
+         "aten::_flash_attention_forward", "aten::_efficient_attention_forward",
+         "aten::_scaled_dot_product_attention_math")
+
+
+def profile_step(fn, top: int = 8) -> dict:
+    """Self CPU time of one call of ``fn`` by operator: shares of GEMMs, attention and the rest,
+    and the ``top`` operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(ops.values()) or 1.0
+    gemm = sum(v for k, v in ops.items() if k in _GEMM)
+    attn = sum(v for k, v in ops.items() if k in _ATTN)
+    ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:top]
+    return {"total_s": total / 1e6, "gemm_share": gemm / total, "attention_share": attn / total,
+            "other_share": 1 - (gemm + attn) / total,
+            "top": [(k, v / 1e6, v / total) for k, v in ranked]}
+
+
+def print_profile(label: str, prof: dict) -> None:
+    print(f"profile {label}: {prof['total_s']:.3f} s self CPU; GEMM {100 * prof['gemm_share']:.0f}"
+          f"%, attention {100 * prof['attention_share']:.0f}%, other "
+          f"{100 * prof['other_share']:.0f}%")
+    for name, secs, share in prof["top"]:
+        print(f"    {name:<55} {secs:8.3f} s {100 * share:5.1f}%")
+
+
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -176,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode-batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="operator breakdown of a decode step")
+    ap.add_argument("--ks", default=None,
+                    help="comma-separated kept-token counts for the decode step (default 1,16,N)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -213,6 +257,18 @@ def main(argv: list[str] | None = None) -> None:
     def bf16():
         return torch.autocast(dev.type, dtype=torch.bfloat16)
 
+    # weights stored in bf16 (the VAE is not used by these measurements)
+    model_bf = copy.deepcopy(model).to(torch.bfloat16)
+    lat_bf, quants_bf = lat.bfloat16(), quants.bfloat16()
+    lat1_bf = lat_bf[: args.decode_batch]
+
+    def enc_bf16w():
+        return model_bf.quantizer.encode(model_bf.encoder(lat_bf))
+
+    with torch.no_grad():
+        same_bf = float((enc_bf16w() == codes).all(-1).float().mean())
+    print(f"check: bf16-weight tokens equal to fp32 tokens {same_bf:.4f} (bf16 rounding)")
+
     with torch.no_grad():
         enc_ours = timed("encode ours fp32", lambda: model.quantizer.encode(model.encoder(lat)),
                          lambda s: args.batch / s)
@@ -220,14 +276,17 @@ def main(argv: list[str] | None = None) -> None:
             enc_ref = timed("encode reference fp32", lambda: ref_encode(model, lat),
                             lambda s: args.batch / s)
         with bf16():
-            enc_bf = timed("encode ours bf16", lambda: model.quantizer.encode(model.encoder(lat)),
+            enc_bf = timed("encode ours bf16 autocast",
+                           lambda: model.quantizer.encode(model.encoder(lat)),
                            lambda s: args.batch / s)
-        for r in (enc_ours, enc_ref, enc_bf):
+        enc_bfw = timed("encode ours bf16 weights", enc_bf16w, lambda s: args.batch / s)
+        for r in (enc_ours, enc_ref, enc_bf, enc_bfw):
             r["unit"] = "images/s"
-        rows += [enc_ours, enc_ref, enc_bf]
-        rows[-3]["vs_reference"] = enc_ours["per"] / enc_ref["per"]
-        rows[-1]["vs_our_fp32"] = enc_bf["per"] / enc_ours["per"]
-        for k in (1, 16, n):
+        rows += [enc_ours, enc_ref, enc_bf, enc_bfw]
+        enc_ours["vs_reference"] = enc_ours["per"] / enc_ref["per"]
+        for r in (enc_bf, enc_bfw):
+            r["vs_our_fp32"] = r["per"] / enc_ours["per"]
+        for k in ([int(v) for v in args.ks.split(",")] if args.ks else (1, 16, n)):
             kk = torch.full_like(keep, k)
             mem = k == 16  # peak memory does not depend on k (the mask token keeps N registers)
             ours = timed(f"decode step ours fp32 k={k}",
@@ -238,14 +297,25 @@ def main(argv: list[str] | None = None) -> None:
                             lambda kk=kk: ref_step(model, lat1, t, quants, kk, 7.5, None),
                             lambda s: s, mem)
             with bf16():
-                obf = timed(f"decode step ours bf16 k={k}",
+                obf = timed(f"decode step ours bf16 autocast k={k}",
                             lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None),
                             lambda s: s, mem)
-            for r in (ours, ref, obf):
+            obw = timed(f"decode step ours bf16 weights k={k}",
+                        lambda kk=kk: our_step(model_bf, lat1_bf, t, quants_bf, kk, 7.5, None),
+                        lambda s: s, mem)
+            for r in (ours, ref, obf, obw):
                 r["unit"] = "s/step"
             ours["vs_reference"] = ref["per"] / ours["per"]
-            obf["vs_our_fp32"] = ours["per"] / obf["per"]
-            rows += [ours, ref, obf]
+            for r in (obf, obw):
+                r["vs_our_fp32"] = ours["per"] / r["per"]
+            rows += [ours, ref, obf, obw]
+        profiles = {}
+        if args.profile:
+            k16 = torch.full_like(keep, 16)
+            profiles["fp32"] = profile_step(lambda: our_step(model, lat1, t, quants, k16, 7.5,
+                                                             None))
+            profiles["bf16 weights"] = profile_step(
+                lambda: our_step(model_bf, lat1_bf, t, quants_bf, k16, 7.5, None))
         img = torch.rand(1, 3, *model.image_size, device=dev)
         vae_s = time_call(lambda: model.vae_encode(img), dev, warmup=1, repeats=1)
     rows.append(dict(label="VAE encode (shared diffusers module), 1 image", seconds=vae_s,
@@ -253,8 +323,12 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, ["label", "per", "unit", "vs_reference", "vs_our_fp32", "peak_mib"],
                 title=f"{args.preset} on {info.get('cpu_model', info.get('gpu', dev))}, "
                       f"{info['torch_threads']} threads (ratios > 1: ours faster)")
+    for label, prof in profiles.items():
+        print_profile(f"decode step k=16, ours {label}", prof)
     write_json(args.json, {"machine": info, "args": vars(args), "rows": rows,
-                           "check": {"tokens_identical": same, "velocity_max_abs_diff": dv}})
+                           "profiles": profiles,
+                           "check": {"tokens_identical": same, "velocity_max_abs_diff": dv,
+                                     "bf16_weight_tokens_equal": same_bf}})
 
 
 if __name__ == "__main__":

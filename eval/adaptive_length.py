@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 import visualtok
 from visualtok.data.image_io import iter_image_batches, list_images
-from visualtok.metrics.adaptive import encode_adaptive
-from visualtok.metrics.image import psnr
+from visualtok.metrics.adaptive import evaluate_adaptive
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,19 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.cat(list(iter_image_batches(list_images(args.images), tok.image_size[0], 32)))
     rows = []
     for target in args.targets:
-        res = {}
-        for method in ("search", "predictor"):
-            t0 = time.perf_counter()
-            out = [encode_adaptive(tok, images[i : i + 1], target, method=method,
-                                   predictor=pred, decode_kwargs=kw)
-                   for i in range(images.shape[0])]
-            secs = (time.perf_counter() - t0) / images.shape[0]
-            lengths = torch.cat([o.lengths for o in out])
-            quality = torch.cat([psnr(tok.decode(o.prefix(0), **kw), images[i : i + 1])
-                                 for i, o in enumerate(out)])
-            res[method] = dict(lengths=lengths.tolist(), psnr=quality.tolist(),
-                               met=float((quality >= target).float().mean()),
-                               mean_tokens=float(lengths.float().mean()), seconds=secs)
+        res = {m: evaluate_adaptive(tok, images, target, m, pred, kw)
+               for m in ("search", "predictor")}
         s, p = res["search"], res["predictor"]
         rows.append(dict(target=target, images=images.shape[0], search_met=s["met"],
                          predictor_met=p["met"], search_tokens=s["mean_tokens"],

@@ -8,6 +8,15 @@ For tokenizers with ``supports_prefix`` each image is encoded once and decoded f
 tokens for every ``k`` in ``--tokens`` (default: powers of two up to all tokens). PSNR and SSIM are
 always computed; FID (against the same centre-cropped images) unless ``--no-fid``. Tokenizers
 without prefix decoding give a single point. Writes ``results.json`` and ``rate_distortion.png``.
+
+Adaptive mode (``--adaptive PREDICTOR --targets 16 17 18``): for each target PSNR every image gets
+its own length, from the single-pass predictor and from the bisection search
+(``visualtok.metrics.adaptive``); the mean tokens per image against the mean PSNR of those
+prefixes (and the share meeting the target) are added to the results and drawn over the
+fixed-length curve:
+
+    python eval/rate_distortion.py titok_photo128_nested ../shared/data/images/kodak --no-fid \
+        --adaptive runs/titok_nested_length --targets 16 17 18 --out runs/rd_adaptive
 """
 
 from __future__ import annotations
@@ -50,7 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--guidance", type=float, default=None,
                     help="flow decoders (FlexTok): guidance scale (default: the model's)")
     ap.add_argument("--seed", type=int, default=0, help="flow decoders: fixed sampling seed")
-    return ap.parse_args(argv)
+    ap.add_argument("--adaptive", default=None, metavar="PREDICTOR",
+                    help="a trained LengthPredictor: add adaptive-length points (needs --targets)")
+    ap.add_argument("--targets", type=float, nargs="+", default=None,
+                    help="target PSNRs (dB) for --adaptive")
+    args = ap.parse_args(argv)
+    if (args.adaptive is None) != (args.targets is None):
+        ap.error("--adaptive and --targets go together")
+    return args
 
 
 def decode_kwargs(tok, args: argparse.Namespace) -> dict:
@@ -81,7 +97,8 @@ def token_counts(spec: str | None, total: int) -> list[int]:
     return ks + [total]
 
 
-def plot(points: list[dict], bits_per_token: float, path: Path, title: str) -> None:
+def plot(points: list[dict], bits_per_token: float, path: Path, title: str,
+         adaptive: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +108,17 @@ def plot(points: list[dict], bits_per_token: float, path: Path, title: str) -> N
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     ks = [p["tokens"] for p in points]
     for ax, m in zip(axes[0], metrics):
-        ax.plot(ks, [p[m] for p in points], "o-")
+        ax.plot(ks, [p[m] for p in points], "o-", label="fixed k (all images)")
+        if m == "psnr" and adaptive:
+            for method, style in (("search", "s--"), ("predictor", "^-")):
+                pts = [a for a in adaptive if a["method"] == method]
+                ax.plot([a["mean_tokens"] for a in pts], [a["mean_psnr"] for a in pts], style,
+                        label=f"adaptive, {method}")
+                for a in pts:
+                    ax.annotate(f"{a['target']:g} dB: {100 * a['met']:.0f}%",
+                                (a["mean_tokens"], a["mean_psnr"]), fontsize=6,
+                                textcoords="offset points", xytext=(3, -8))
+            ax.legend(fontsize=7)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens")
         ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "fid": "FID"}[m])
@@ -103,6 +130,31 @@ def plot(points: list[dict], bits_per_token: float, path: Path, title: str) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+@torch.no_grad()
+def adaptive_points(tok, paths: list[Path], args: argparse.Namespace) -> list[dict]:
+    """Per target and method: mean tokens per image, mean PSNR, share meeting the target."""
+    import visualtok
+    from visualtok.metrics.adaptive import LengthPredictor, evaluate_adaptive
+
+    if not (getattr(tok, "supports_prefix", False) and len(tok.token_shape) == 1):
+        raise SystemExit(f"--adaptive needs a 1D tokenizer with prefix decoding; {args.model} "
+                         "has none")
+    pred = visualtok.load(args.adaptive)
+    if not isinstance(pred, LengthPredictor):
+        raise SystemExit(f"--adaptive {args.adaptive}: not a LengthPredictor checkpoint")
+    pred = pred.eval().to(args.device)
+    kw = dict(pred.config.decode_kwargs)  # the settings its curves were measured with
+    images = torch.cat(list(iter_image_batches(paths, tok.image_size, args.batch_size)))
+    images = images.to(args.device)
+    out = []
+    for target in args.targets:
+        for method in ("search", "predictor"):
+            r = evaluate_adaptive(tok, images, target, method, pred, kw)
+            out.append({k: r[k] for k in ("method", "target", "mean_tokens", "mean_psnr", "met",
+                                          "seconds", "lengths", "psnr")})
+    return out
 
 
 @torch.no_grad()
@@ -155,8 +207,15 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     }
     if not flexible:
         results["note"] = "tokenizer does not decode token prefixes: one point only"
+    if args.adaptive is not None:
+        results["adaptive"] = adaptive_points(tok, paths, args)
     write_results(args.out, results)
-    plot(points, bpt, args.out / "rate_distortion.png", f"{args.model} (n = {n})")
+    plot(points, bpt, args.out / "rate_distortion.png", f"{args.model} (n = {n})",
+         results.get("adaptive"))
+    for a in results.get("adaptive", []):
+        print(f"adaptive {a['method']:>9} target {a['target']:g} dB: {a['mean_tokens']:.1f} "
+              f"tokens/image, PSNR {a['mean_psnr']:.3f}, met {100 * a['met']:.1f}%, "
+              f"{a['seconds']:.3f} s/image")
     for p in points:
         fid = "" if p["fid"] is None else f"   FID[{n}] {p['fid']:.4g}"
         print(f"{p['tokens']:5d} tokens {p['bits']:8.0f} bits   PSNR {p['psnr']:.3f}   "

@@ -3,6 +3,8 @@ baseline's guarantee, the single-pass predictor, and clear errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -113,13 +115,84 @@ def test_train_length_predictor_script(tok, tmp_path, real_photos):
     write_photos(photos / "kodak", real_photos[:1])
     model_dir = tok.save_pretrained(tmp_path / "tok")
     out = script.main([str(model_dir), str(photos), "--out", str(tmp_path / "pred"), "--steps",
-                       "2", "--guidance", "1.0", "--epochs", "5", "--length-step", "4"])
+                       "2", "--guidance", "1.0", "--lengths", "1,4,8", "--folds", "2",
+                       "--targets", "10"])
     pred = visualtok.load(out)
     assert pred.lengths == (1, 4, 8) and pred.config.decode_kwargs == KW
+    assert pred.config.inputs == "tokens+image" and len(pred.config.margins) == 3
     from safetensors.torch import load_file
 
     curves = load_file(str(out / "curves.safetensors"))
     assert curves["psnr"].shape == (4, 3) and curves["z_q"].shape == (4, 8, 6)  # kodak skipped
-    got = encode_adaptive(tok, real_photos[:2, :, :32, :32], 10.0, method="predictor",
-                          predictor=pred)
-    assert set(got.lengths.tolist()) <= {1, 4, 8}
+    assert curves["images"].dtype == torch.uint8 and curves["lengths"].tolist() == [1, 4, 8]
+    report = json.loads((out / "fit.json").read_text())
+    assert report["images"] == 4 and report["simulated"][0]["target"] == 10.0
+    x = real_photos[:2, :, :32, :32]
+    got = encode_adaptive(tok, x, 10.0, method="predictor", predictor=pred)
+    curve = pred(tok.quantizer.decode(tok.encode(x)), x)
+    assert torch.equal(got.lengths, pred.choose(curve, 10.0))
+    with pytest.raises(ValueError, match="also takes the images"):
+        pred(tok.quantizer.decode(tok.encode(x)))
+    with pytest.raises(ValueError, match="holds curves at lengths"):  # the cache must match
+        script.main([str(model_dir), str(photos), "--out", str(tmp_path / "pred"),
+                     "--lengths", "1,2,8"])
+
+
+def test_linear_predictor_recovers_a_linear_curve_model():
+    """Ridge on curves that are exactly linear in the inputs: near-zero out-of-fold error, so the
+    margins are tiny and the decisions match the true smallest k."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
+    import train_length_predictor as script
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 8, 6, generator=g)
+    lengths = (1, 2, 4, 8)
+    probe = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, lengths=lengths,
+                                                  hidden=0))
+    x = probe.features(z)
+    w = torch.randn(x.shape[1], generator=g)
+    q = 15.0 + (x @ w)[:, None] * 0.3 + torch.tensor([0.0, 1.0, 2.0, 3.0])
+    args = argparse.Namespace(folds=4, epochs=0, lr=0.0, seed=0, quantile=0.9, targets=[16.0])
+    cfg = LengthPredictorConfig(num_tokens=8, token_dim=6, lengths=lengths, hidden=0)
+    model, report = script.fit({"z_q": z, "psnr": q}, cfg, args)
+    assert report["cv_rmse"] < 0.05 < report["mean_curve_rmse"]
+    assert max(abs(m) for m in model.config.margins) < 0.1
+    sim = report["simulated"][0]
+    assert sim["met"] >= 0.85 and sim["tokens"] <= 1.1 * sim["oracle_tokens"]
+
+
+def test_rate_distortion_adaptive_mode(tok, tmp_path, real_photos):
+    """eval/rate_distortion.py --adaptive: tokens per image against quality for the predictor and
+    the search at each target, drawn over the fixed-length curve."""
+    import importlib.util
+    from pathlib import Path
+
+    from _train_helpers import write_photos
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "rate_distortion.py"
+    spec = importlib.util.spec_from_file_location("eval_rate_distortion", path)
+    rd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rd)
+    photos = write_photos(tmp_path / "photos", real_photos[:2])
+    model_dir = tok.save_pretrained(tmp_path / "tok")
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, hidden=0,
+                                                 lengths=(1, 4, 8), decode_kwargs=KW))
+    pred_dir = pred.save_pretrained(tmp_path / "pred")
+    res = rd.main([str(model_dir), str(photos), "--no-fid", "--tokens", "1,4,8", "--decode-steps",
+                   "2", "--guidance", "1.0", "--adaptive", str(pred_dir), "--targets", "9", "12",
+                   "--out", str(tmp_path / "rd"), "--no-progress"])
+    pts = res["adaptive"]
+    assert [(p["method"], p["target"]) for p in pts] == [
+        ("search", 9.0), ("predictor", 9.0), ("search", 12.0), ("predictor", 12.0)]
+    for p in pts:
+        assert len(p["lengths"]) == 2
+        assert p["mean_tokens"] == pytest.approx(sum(p["lengths"]) / len(p["lengths"]))
+        if p["method"] == "search":  # meets the target, or even all tokens do not
+            assert all(q >= p["target"] or k == 8 for k, q in zip(p["lengths"], p["psnr"]))
+    assert (tmp_path / "rd" / "rate_distortion.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        rd.main([str(model_dir), str(photos), "--adaptive", str(pred_dir)])  # no --targets

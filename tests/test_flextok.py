@@ -348,9 +348,76 @@ def test_training_loss_decreases():
     assert all(p.grad is None for p in m.vae.parameters())  # the VAE is frozen
 
 
-def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos):
+class PatchTeacher(torch.nn.Module):
+    """A fixed random conv net standing in for a frozen vision model: [B, 12, H/8, W/8]."""
+
+    label = "test teacher (random conv)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 8, stride=8)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape,
+                                               generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, images):
+        return self.conv(images)
+
+
+@pytest.fixture
+def patch_teacher():
+    """A teacher in the TEACHERS registry (as ReTok's tests plug theirs) for one test."""
+    from visualtok.registry import TEACHERS, register_teacher
+
+    register_teacher("test-patch")(lambda device: PatchTeacher())
+    yield "test-patch"
+    TEACHERS.remove("test-patch")
+
+
+def test_repa_teacher_comes_from_the_teachers_registry(patch_teacher):
+    from visualtok.train.flextok_task import FlexTokLossConfig, FlexTokTask
+
+    with pytest.raises(ValueError, match="repa_teacher 'nope'.*test-patch"):
+        FlexTokLossConfig(repa_teacher="nope")
+    m = FlexTok(FlexTokConfig(**TINY)).train()
+    task = FlexTokTask(m, FlexTokLossConfig(repa_weight=1.0, repa_teacher=patch_teacher,
+                                            repa_layer=0), None)
+    assert isinstance(task.teacher, PatchTeacher) and not task.teacher.training
+    head = task.modules["model"].repa_head
+    assert head[-1].weight.shape[0] == 12  # the teacher's width, found by a probe forward
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    batch = {"image": torch.rand(2, 3, 32, 32), "index": torch.arange(2)}
+    cos = []
+    for _ in range(15):  # the per-patch alignment is learnable: cosine rises
+        torch.manual_seed(0)
+        out = task.compute_loss("model", batch, 0)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        cos.append(float(out.logs["loss/repa_cosine"]))
+    assert cos[-1] > cos[0] + 0.1
+
+
+def test_cached_latents_give_the_same_loss_and_follow_changed_images():
+    from visualtok.train.flextok_task import FlexTokLossConfig, FlexTokTask
+
+    m = FlexTok(FlexTokConfig(**TINY)).train()
+    plain = FlexTokTask(m, FlexTokLossConfig(), None)
+    cached = FlexTokTask(m, FlexTokLossConfig(cache_latents=True), None)
+    x = torch.rand(3, 3, 32, 32)
+    for images in (x, x, x.flip(-1)):  # fill, hit, then a changed (augmented) image set
+        batch = {"image": images, "index": torch.tensor([4, 0, 7])}
+        losses = []
+        for task in (plain, cached):
+            torch.manual_seed(1)
+            losses.append(task.compute_loss("model", batch, 0).loss)
+        assert torch.equal(losses[0], losses[1])  # the same posterior draws, cached or not
+    assert sorted(k[0] for k in cached.latent_cache.items) == [0, 0, 4, 4, 7, 7]
+
+
+def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos, patch_teacher):
     """Stage 1 trains the VAE; stage 2 FlexTok on it (frozen VAE, scaling factor calibrated,
-    REPA-style alignment to a frozen teacher: the seeded random-tiny one, for speed)."""
+    cached latents, REPA-style alignment to a registered frozen teacher)."""
     import yaml
     from _train_helpers import tiny_config, write_photos
 
@@ -364,7 +431,7 @@ def test_two_stage_training_through_the_shared_trainer(tmp_path, real_photos):
          {"reconstruction": "l1"}),
         ("flextok", {"name": "flextok_tiny", "init_from": None},
          {"calibrate_scaling": True, "calibrate_batches": 1, "repa_weight": 0.5,
-          "repa_teacher": "random-tiny", "repa_layer": 0}),
+          "repa_teacher": patch_teacher, "repa_layer": 0, "cache_latents": True}),
     ):
         if runs:
             model["init_from"] = str(runs[-1] / "model")
@@ -437,3 +504,61 @@ def test_convert_wiring_variants(tmp_path):
     dec["dec_seq_packer"]["per_subseq_embs"] = True  # disagrees with adaLN_expansion 1
     with pytest.raises(ValueError, match="per_subseq_embs"):
         parse_wiring(w)
+
+
+def test_flow_stage_resumes_exactly(tmp_path, real_photos):
+    """Stage 2 with a calibrated scaling factor, cached latents and a pow2 nested dropout set by
+    the stage: resuming from the step-2 checkpoint gives the same weights, bit for bit."""
+    from _train_helpers import tiny_config, write_config, write_photos
+    from safetensors.torch import load_file
+
+    from visualtok.train import load_train_config
+    from visualtok.train.trainer import Trainer
+
+    data = write_photos(tmp_path / "photos", real_photos)
+
+    def trainer(name, **extra):
+        cfg = tiny_config(data, tmp_path / name, task="flextok",
+                          trainer={"steps": 4, "ckpt_every": 2, **extra})
+        cfg["model"] = {"name": "flextok_tiny", "overrides": dict(TINY, vae=dict(TINY_VAE_CONFIG))}
+        cfg["loss"] = {"calibrate_scaling": True, "calibrate_batches": 1, "cache_latents": True,
+                       "keep_sampling": "pow2"}
+        return Trainer(load_train_config(write_config(tmp_path / f"{name}.yaml", cfg)))
+
+    a = trainer("a")
+    a.fit()
+    assert a.task.model.config.keep_sampling == "pow2"
+    b = trainer("b", resume=str(tmp_path / "a" / "checkpoints" / "step_00000002"))
+    b.fit()
+    assert b.history[0]["step"] == 3  # it did resume
+    wa = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert json.loads((tmp_path / "b" / "model" / "config.json").read_text())["config"][
+        "keep_sampling"] == "pow2"
+
+
+def test_conditioning_diagnostic(model, tmp_path, real_photos):
+    """eval/flextok_conditioning.py: flow loss per prefix length and code diversity. A decoder
+    that cannot see its registers (adaLN-zero at init: zero output) scores every k alike."""
+    import importlib.util
+
+    from _train_helpers import write_photos
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "flextok_conditioning.py"
+    spec = importlib.util.spec_from_file_location("eval_flextok_conditioning", path)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    photos = write_photos(tmp_path / "photos", real_photos[:3])
+    res = diag.main([str(model.save_pretrained(tmp_path / "m")), str(photos), "--out",
+                     str(tmp_path / "d")])
+    assert [r["condition"] for r in res["rows"]] == ["null", "1", "2", "4", "8"]
+    assert len(res["distinct_codes_per_register"]) == 8
+    assert len({round(r["mean"], 6) for r in res["rows"]}) > 1  # random decoder: k matters
+    torch.manual_seed(0)
+    blind = FlexTok(FlexTokConfig(**{**TINY, "zero_init": True})).eval()
+    res = diag.main([str(blind.save_pretrained(tmp_path / "b")), str(photos)])
+    assert len({r["mean"] for r in res["rows"]}) == 1
+    assert max(res["distinct_codes_per_register"]) == 1  # zero head: one code for every image

@@ -1,17 +1,22 @@
 """Train the single-pass adaptive-length predictor of a 1D tokenizer from its own RD curves.
 
     python train/train_length_predictor.py titok_photo128_nested runs/photos128 \
-        --out runs/titok_nested_length --images 64 --length-step 8
+        --out runs/titok_nested_length --images 540
     python train/train_length_predictor.py runs/flextok_tiny/model runs/patches64 \
         --out runs/flextok_tiny_length --images 512 --steps 10 --guidance 1.0
 
 For each training image (Kodak is never used: ``--exclude kodak``) the tokenizer encodes once and
-decodes the prefixes k = 1, s, 2s, ..., N (``--length-step s``; FlexTok with a fixed seed and step
-count), giving the PSNR curve q(k). A ``LengthPredictor`` learns to predict the curve from the
-quantized tokens (MSE in dB) on 75% of the images; its ``margin`` is the ``--quantile`` quantile
-of (predicted - true) on the other 25%, so the chosen k meets the target about that often on
-unseen images. Writes a visualtok checkpoint
-(``visualtok.load(out)``) and ``curves.safetensors`` (the RD curves, reusable).
+decodes the prefixes k of ``--lengths`` (default: 1, 2, 3, 4, 6, 8, 12, ... : powers of two and
+1.5x them, up to N; FlexTok with a fixed seed and step count), giving the PSNR curve q(k).
+``curves.safetensors`` in ``--out`` keeps the curves, tokens and images, and is reused.
+
+A ``LengthPredictor`` then learns the curve from the pooled quantized tokens plus cheap image
+statistics (``--inputs``): by ridge regression (``--hidden 0``, the ridge strength chosen by
+cross-validation) or an MLP. Its per-length margins are the ``--quantile`` quantiles of the
+out-of-fold error (predicted - true, ``--folds``-fold cross-validation), so the chosen k meets the
+target about that often on unseen images. With ``--targets`` the decisions are also simulated on
+the out-of-fold predictions (coverage and tokens against the true smallest k), to pick the
+quantile without touching the test set. Writes a visualtok checkpoint (``visualtok.load(out)``).
 """
 
 from __future__ import annotations
@@ -41,13 +46,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=None, help="decoder sampling steps")
     ap.add_argument("--guidance", type=float, default=None, help="decoder guidance scale")
-    ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--quantile", type=float, default=0.95)
-    ap.add_argument("--length-step", type=int, default=1,
-                    help="predict q at k = step, 2*step, ..., N (and k = 1); 1 = every k")
+    ap.add_argument("--lengths", type=str, default=None,
+                    help="comma-separated prefix lengths (must end at N); default: a log grid")
+    ap.add_argument("--inputs", choices=["tokens", "tokens+image"], default="tokens+image")
+    ap.add_argument("--hidden", type=int, default=0, help="0: ridge regression; > 0: MLP width")
+    ap.add_argument("--epochs", type=int, default=300, help="MLP only")
+    ap.add_argument("--lr", type=float, default=2e-3, help="MLP only")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--quantile", type=float, default=0.9)
+    ap.add_argument("--targets", type=float, nargs="*", default=[],
+                    help="simulate the decisions at these PSNR targets (out-of-fold)")
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not 0 < args.quantile < 1:
+        ap.error(f"--quantile must be in (0, 1); got {args.quantile}")
+    if args.folds < 2:
+        ap.error(f"--folds must be >= 2; got {args.folds}")
+    return args
 
 
 def decode_kwargs(args: argparse.Namespace) -> dict:
@@ -59,63 +74,164 @@ def decode_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
-@torch.no_grad()
-def lengths_grid(n: int, step: int) -> list[int]:
-    return sorted({1, n} | set(range(step, n + 1, step)))
+def default_lengths(n: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, 24, ...: powers of two and 1.5x them, below N, then N."""
+    ks = {1}
+    p = 2
+    while p < n:
+        ks |= {p, p * 3 // 2}
+        p *= 2
+    return sorted(k for k in ks if k < n) + [n]
+
+
+def parse_lengths(text: str | None, n: int) -> list[int]:
+    if text is None:
+        return default_lengths(n)
+    try:
+        ks = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--lengths must be comma-separated integers; got {text!r}") from None
+    if not ks or ks[0] < 1 or ks[-1] != n:
+        raise ValueError(f"--lengths must lie in [1, {n}] and end at N = {n}; got {text!r}")
+    return ks
 
 
 def collect_curves(tok, paths: list[Path], batch_size: int, kw: dict,
                    ks: list[int]) -> dict[str, torch.Tensor]:
-    z_all, q_all = [], []
+    """Per image: quantized tokens, PSNR at each k of ``ks`` and the image itself (uint8), so
+    other predictor inputs can be fitted later without decoding again."""
+    z_all, q_all, im_all = [], [], []
     size = tok.image_size
     for batch in tqdm(iter_image_batches(paths, size[0], batch_size), desc="rd curves",
                       total=(len(paths) + batch_size - 1) // batch_size):
         codes, q = quality_curves(tok, batch, ks=ks, decode_kwargs=kw)
         z_all.append(tok.quantizer.decode(codes).float())
         q_all.append(q)
-    return {"z_q": torch.cat(z_all), "psnr": torch.cat(q_all)}
+        im_all.append((batch * 255).round().to(torch.uint8))
+    return {"z_q": torch.cat(z_all), "psnr": torch.cat(q_all), "images": torch.cat(im_all),
+            "lengths": torch.tensor(ks)}
 
 
-def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, epochs: int, lr: float,
-        quantile: float, seed: int, calib_fraction: float = 0.25) -> LengthPredictor:
-    """Fit on part of the images; set ``margin`` from the residuals on the held-out rest."""
+def _standardise(model: LengthPredictor, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    model.feature_mean.copy_(x.mean(0))
+    model.feature_std.copy_(x.std(0).clamp_min(1e-6))
+    model.offset.copy_(q.mean(0))
+    return (x - model.feature_mean) / model.feature_std
+
+
+def _fit_one(cfg: LengthPredictorConfig, x: torch.Tensor, q: torch.Tensor, ridge: float,
+             epochs: int, lr: float, seed: int) -> LengthPredictor:
+    """A predictor fitted on raw features ``x [n, F]`` and curves ``q [n, K]``."""
     torch.manual_seed(seed)
     model = LengthPredictor(cfg)
-    n = data["z_q"].shape[0]
-    perm = torch.randperm(n)
-    n_cal = max(1, int(round(n * calib_fraction)))
-    cal, tr = perm[:n_cal], perm[n_cal:]
-    model.offset.fill_(float(data["psnr"][tr, 0].mean()))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-    z, q = data["z_q"][tr].detach().clone(), data["psnr"][tr].detach().clone()
-    for _ in tqdm(range(epochs), desc="fit"):
-        perm = torch.randperm(z.shape[0])
-        for i in range(0, z.shape[0], 64):
+    with torch.no_grad():
+        xs = _standardise(model, x, q)
+        y = q - model.offset
+    if cfg.hidden == 0:  # closed-form ridge on standardised inputs
+        a = xs.double()
+        w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype),
+                               a.T @ y.double())
+        with torch.no_grad():
+            model.net.weight.copy_(w.T.float())
+            model.net.bias.zero_()
+        return model.eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=ridge * 1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(xs.shape[0])
+        for i in range(0, xs.shape[0], 64):
             idx = perm[i : i + 64]
-            loss = (model(z[idx]) - q[idx]).pow(2).mean()
+            loss = (model.net(xs[idx]) - y[idx]).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        fit_err = (model(z) - q).flatten()
-        err = (model(data["z_q"][cal]) - data["psnr"][cal]).flatten()
-    model.config.margin = float(torch.quantile(err, quantile))
-    log.info("fit rmse %.3f dB; held-out rmse %.3f dB; margin (q%.2f) %.3f dB",
-             float(fit_err.pow(2).mean().sqrt()), float(err.pow(2).mean().sqrt()), quantile,
-             model.config.margin)
     return model.eval()
 
 
+def _predict(model: LengthPredictor, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        xs = (x - model.feature_mean) / model.feature_std
+        return (model.net(xs) + model.offset).cummax(dim=1).values
+
+
+def out_of_fold(cfg: LengthPredictorConfig, x: torch.Tensor, q: torch.Tensor, ridge: float,
+                folds: int, epochs: int, lr: float, seed: int) -> torch.Tensor:
+    """Predictions ``[n, K]`` of each image by a predictor fitted without its fold."""
+    n = x.shape[0]
+    folds = min(folds, n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    pred = torch.empty_like(q)
+    for f in range(folds):
+        held = perm[f::folds]
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[held] = False
+        model = _fit_one(cfg, x[keep], q[keep], ridge, epochs, lr, seed)
+        pred[held] = _predict(model, x[held])
+    return pred
+
+
+def simulate(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor,
+             target: float) -> dict[str, float]:
+    """Out-of-fold decisions at ``target``: coverage and mean tokens against the true smallest k
+    on the same (interpolated) curves, over the images whose curve reaches the target."""
+    reach = q[:, -1] >= target
+    k = model.choose(pred, target)
+    met = model.dense(q)[torch.arange(q.shape[0]), k - 1] >= target - 1e-6
+    n = reach.float().sum().clamp_min(1)
+    oracle = model.choose(q, target, margins=False)
+    return {"target": target, "reachable": float(reach.float().mean()),
+            "met": float((met & reach).float().sum() / n),
+            "tokens": float(k[reach].float().mean()) if reach.any() else float("nan"),
+            "oracle_tokens": float(oracle[reach].float().mean()) if reach.any() else float("nan")}
+
+
+def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, args: argparse.Namespace
+        ) -> tuple[LengthPredictor, dict]:
+    """Choose the ridge strength by cross-validation, calibrate per-length margins out of fold,
+    fit on every image."""
+    probe = LengthPredictor(cfg)
+    images = data["images"].float() / 255.0 if "images" in data else None
+    x = probe.features(data["z_q"], images if cfg.inputs == "tokens+image" else None)
+    q = data["psnr"].float()
+    base = (q - q.mean(0)).pow(2).mean().sqrt()  # the mean curve (in-sample: optimistic)
+    scores = {}
+    for ridge in ((0.01, 0.1, 1.0, 10.0, 100.0) if cfg.hidden == 0 else (1.0,)):
+        pred = out_of_fold(cfg, x, q, ridge, args.folds, args.epochs, args.lr, args.seed)
+        scores[ridge] = (float((pred - q).pow(2).mean().sqrt()), pred)
+    ridge = min(scores, key=lambda r: scores[r][0])
+    rmse, pred = scores[ridge]
+    err = pred - q  # > 0: predicted too high (the dangerous side)
+    cfg.margins = tuple(float(m) for m in torch.quantile(err, args.quantile, dim=0))
+    model = _fit_one(cfg, x, q, ridge, args.epochs, args.lr, args.seed)
+    fit_rmse = float((_predict(model, x) - q).pow(2).mean().sqrt())
+    report = {"images": int(q.shape[0]), "lengths": list(model.lengths), "inputs": cfg.inputs,
+              "ridge": ridge, "fit_rmse": fit_rmse, "cv_rmse": rmse, "mean_curve_rmse":
+              float(base), "quantile": args.quantile, "margins": list(cfg.margins),
+              "simulated": [simulate(model, pred, q, t) for t in args.targets]}
+    log.info("ridge %g: fit rmse %.3f dB, out-of-fold rmse %.3f dB (mean curve %.3f dB); "
+             "margins (q%.2f) %s dB", ridge, fit_rmse, rmse, float(base), args.quantile,
+             " ".join(f"{m:.2f}" for m in cfg.margins))
+    for s in report["simulated"]:
+        log.info("simulated at %.1f dB: met %.1f%% of reachable (%.0f%% reachable), tokens %.1f "
+                 "vs oracle %.1f (%.2fx)", s["target"], 100 * s["met"], 100 * s["reachable"],
+                 s["tokens"], s["oracle_tokens"], s["tokens"] / s["oracle_tokens"])
+    return model, report
+
+
 def main(argv: list[str] | None = None) -> Path:
+    import json
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     tok = visualtok.load(args.tokenizer).eval()
     kw = decode_kwargs(args)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "curves.safetensors"
-    ks = lengths_grid(tok.max_tokens, args.length_step)
+    ks = parse_lengths(args.lengths, tok.max_tokens)
     if cache.is_file():
         data = load_file(str(cache))
+        if "lengths" in data and data["lengths"].tolist() != ks:
+            raise ValueError(f"{cache} holds curves at lengths {data['lengths'].tolist()}, not "
+                             f"{ks}: pass --lengths to match or use another --out")
     else:
         paths = [p for p in list_images(args.images)
                  if not set(args.exclude) & set(p.relative_to(args.images).parts[:-1])]
@@ -124,11 +240,13 @@ def main(argv: list[str] | None = None) -> Path:
         data = collect_curves(tok, [paths[i] for i in sorted(pick)], args.batch_size, kw, ks)
         save_file(data, str(cache))
     cfg = LengthPredictorConfig(num_tokens=tok.max_tokens, token_dim=data["z_q"].shape[-1],
-                                lengths=tuple(ks), tokenizer=str(args.tokenizer),
-                                decode_kwargs=kw)
-    model = fit(data, cfg, args.epochs, args.lr, args.quantile, args.seed)
+                                lengths=tuple(ks), hidden=args.hidden, inputs=args.inputs,
+                                tokenizer=str(args.tokenizer), decode_kwargs=kw)
+    model, report = fit(data, cfg, args)
     out = model.save_pretrained(args.out)
-    print(f"wrote {out} (margin {model.config.margin:.3f} dB over {data['psnr'].shape[0]} images)")
+    (args.out / "fit.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out} (out-of-fold rmse {report['cv_rmse']:.3f} dB over "
+          f"{report['images']} images)")
     return out
 
 

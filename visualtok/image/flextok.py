@@ -200,7 +200,10 @@ def causal_last_mask(num_patches: int, num_registers: int,
 
 
 def _layer_norm(x: torch.Tensor) -> torch.Tensor:
-    """Non-affine LayerNorm computed in fp32 (eps 1e-5), cast back to the input dtype."""
+    """Non-affine LayerNorm computed in fp32 (eps 1e-5), in the input dtype. For bf16/fp16 inputs
+    PyTorch's kernel already accumulates in fp32, so no fp32 copy of ``x`` is made."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return F.layer_norm(x, x.shape[-1:], eps=1e-5)
     return F.layer_norm(x.float(), x.shape[-1:], eps=1e-5).to(x.dtype)
 
 
@@ -235,6 +238,20 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
     return x * (1.0 + scale) + shift
 
 
+def _per_segment(fn, segments: tuple[int, ...] | None, x: torch.Tensor,
+                 *others: torch.Tensor) -> torch.Tensor:
+    """``fn(i, x[:, seg_i], *others[:, seg_i])`` written into one output, segment by segment
+    (the per-segment adaLN parameters broadcast without expanding them over the sequence)."""
+    if segments is None:
+        return fn(0, x, *others)
+    out, start = torch.empty_like(x), 0
+    for i, n in enumerate(segments):
+        out[:, start : start + n] = fn(i, x[:, start : start + n],
+                                       *(o[:, start : start + n] for o in others))
+        start += n
+    return out
+
+
 class FlexBlock(nn.Module):
     """Pre-norm block ``[B, L, D] -> [B, L, D]``; with ``adaln_expansion`` > 0 it is adaLN-zero.
 
@@ -259,14 +276,22 @@ class FlexBlock(nn.Module):
             x = x + self.attn(_layer_norm(x), attn_mask=attn_mask)
             return x + self.mlp(_layer_norm(x))
         B, D = x.shape[0], x.shape[-1]
-        mod = self.modulation(F.silu(emb)).view(B, self.adaln_expansion, 6 * D)
-        if self.adaln_expansion == 2:  # (expansion 1: [B, 1, 6D] broadcasts over the sequence)
-            mod = torch.cat([mod[:, i:i + 1].expand(-1, n, -1) for i, n in enumerate(segments)],
-                            dim=1)
+        # [B, E, 1, 6D]: one set per segment (E = 2: patches, registers); E = 1 broadcasts
+        mod = self.modulation(F.silu(emb)).view(B, self.adaln_expansion, 1, 6 * D)
         gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = mod.chunk(6, dim=-1)
-        h = self.attn(_modulate(_layer_norm(x), shift_msa, scale_msa), attn_mask=attn_mask)
-        x = x + gate_msa * h
-        return x + gate_mlp * self.mlp(_modulate(_layer_norm(x), shift_mlp, scale_mlp))
+        seg = segments if self.adaln_expansion == 2 else None
+
+        def pre(i, y, shift=shift_msa, scale=scale_msa):
+            return _modulate(y, shift[:, i], scale[:, i])
+
+        def res(gate):
+            return lambda i, y, h: y + gate[:, i] * h
+
+        h = self.attn(_per_segment(pre, seg, _layer_norm(x)), attn_mask=attn_mask)
+        x = _per_segment(res(gate_msa), seg, x, h)
+        h = self.mlp(_per_segment(lambda i, y: pre(i, y, shift_mlp, scale_mlp), seg,
+                                  _layer_norm(x)))
+        return _per_segment(res(gate_mlp), seg, x, h)
 
 
 class FlexTokEncoder(nn.Module):
@@ -571,12 +596,15 @@ class FlexTok(ImageTokenizer):
         return x
 
     def flow_loss(self, images: torch.Tensor, keep: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                  generator: torch.Generator | None = None,
+                  latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Rectified-flow training loss on the VAE latents of ``images`` (nested dropout, CFG
-        dropout, logit-normal t). Returns ``{"flow", "x_t", "t", "v", "quant", "keep"}``."""
+        dropout, logit-normal t). Returns ``{"flow", "x_t", "t", "v", "quant", "keep"}``.
+        ``latents``: the scaled VAE latents of ``images`` when the caller has them (cached)."""
         cfg = self.config
-        latents = self.vae_encode(images, sample=self.training and cfg.vae_sample_posterior,
-                                  generator=generator)
+        if latents is None:
+            latents = self.vae_encode(images, sample=self.training and cfg.vae_sample_posterior,
+                                      generator=generator)
         latents = latents.to(self.encoder.registers.dtype)
         quant = self.quantizer(self.encoder(latents))
         B, dev = latents.shape[0], latents.device

@@ -7,9 +7,11 @@
   with k, with one decode per probe (about log2(N) + 1 decodes per image).
 * ``method="predictor"``: one pass, in the spirit of KARL (Duggal et al. 2025): a small
   ``LengthPredictor`` reads the quantized tokens of the full encoding (the encoder's output, no
-  decode) and predicts the image's whole quality curve q(k) for k = 1..N; the chosen k is the
-  smallest with ``q(k) - margin >= target``. It is trained on the tokenizer's own per-image
-  rate-distortion curves (``train/train_length_predictor.py``); ``margin`` is calibrated there.
+  decode), optionally with cheap statistics of the input image (``image_statistics``), and
+  predicts the image's whole quality curve q(k) on a grid of k; the chosen k is the smallest
+  with ``q(k) - margin(k) >= target`` (the curve interpolated between grid points). It is
+  trained on the tokenizer's own per-image rate-distortion curves
+  (``train/train_length_predictor.py``); the margins are calibrated there.
 
 Results are ``AdaptiveCodes``: ``codes [B, N, F]`` with every position ``>= lengths[b]`` set to
 ``pad_value``, and ``lengths [B]``. Padding and lengths are explicit; ``decode_adaptive`` decodes
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, PositiveInt
+from ..config import Config, NonNegativeInt, PositiveInt
 from ..hub import PretrainedMixin
 from ..registry import register_model_class
 from .image import psnr
@@ -36,6 +39,9 @@ __all__ = [
     "LengthPredictorConfig",
     "encode_adaptive",
     "decode_adaptive",
+    "image_statistics",
+    "curve_at",
+    "evaluate_adaptive",
     "quality_curves",
     "search_lengths",
 ]
@@ -115,6 +121,30 @@ def search_lengths(tok: Any, images: torch.Tensor, target: float, codes: torch.T
     return torch.tensor(lengths, dtype=torch.long, device=codes.device), decodes
 
 
+_GRIDS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def image_statistics(images: torch.Tensor) -> torch.Tensor:
+    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 13]``: the PSNR of
+    its block means on 2x2 .. 64x64 grids (bilinear upsampling; grids capped at the image size),
+    log10 pixel variance and log10 gradient energy. Cheap (no network), computed in the same pass
+    as the encode."""
+    x = images.float()
+    feats = []
+    for g in _GRIDS:
+        g = min(g, x.shape[-2], x.shape[-1])
+        coarse = F.interpolate(F.adaptive_avg_pool2d(x, g), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        feats.append(psnr(coarse.clamp(0, 1), x))
+    feats.append(torch.log10(x.flatten(1).var(dim=1) + 1e-6))
+    grad = (x.diff(dim=-1).pow(2).mean(dim=(1, 2, 3)) + x.diff(dim=-2).pow(2).mean(dim=(1, 2, 3)))
+    feats.append(torch.log10(grad + 1e-8))
+    return torch.stack(feats, dim=1)
+
+
+_INPUTS = ("tokens", "tokens+image")
+
+
 @dataclass
 class LengthPredictorConfig(Config):
     """Constructor arguments of ``LengthPredictor``."""
@@ -122,20 +152,28 @@ class LengthPredictorConfig(Config):
     num_tokens: PositiveInt = 32  # N of the tokenizer it was trained for
     token_dim: PositiveInt = 6  # D of the tokenizer's quantized values
     lengths: tuple[PositiveInt, ...] = ()  # the prefix lengths it predicts q for (empty: 1..N)
-    hidden: PositiveInt = 256
+    # 0: a linear map (fitted by ridge regression); > 0: an MLP with this hidden width
+    hidden: NonNegativeInt = 256
+    # "tokens": pooled quantized tokens (mean, std, mean of the first 4); "tokens+image": those
+    # plus ``image_statistics`` of the input
+    inputs: Literal["tokens", "tokens+image"] = "tokens"
     tokenizer: str | None = None  # name/path of the tokenizer (informational)
     metric: str = "psnr"
-    # dB subtracted from the predicted curve (calibrated on training images)
+    # dB subtracted from the predicted curve: ``margin`` everywhere plus ``margins[i]`` at
+    # ``lengths[i]`` (per-length quantiles of the error, calibrated on training images)
     margin: float = 0.0
+    margins: tuple[float, ...] = ()
     decode_kwargs: dict[str, Any] = field(default_factory=dict)  # how the curves were decoded
 
 
 @register_model_class
 class LengthPredictor(nn.Module, PretrainedMixin):
-    """Quantized tokens ``[B, N, D]`` -> predicted quality curve ``[B, K]`` at ``lengths``.
+    """Quantized tokens ``[B, N, D]`` (and the images, with ``inputs="tokens+image"``) ->
+    predicted quality curve ``[B, K]`` at ``lengths``, never decreasing in k.
 
-    The curve is parameterised as q(first length) plus non-negative increments, so it never
-    decreases.
+    The inputs are standardised with the training set's mean and std (buffers), then mapped by a
+    linear layer or a small MLP. ``choose`` interpolates the curve (linear in log k) so any k in
+    1..N can be picked, not only a grid point.
     """
 
     config_class = LengthPredictorConfig
@@ -147,28 +185,71 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] != n:
             raise ValueError(f"lengths must increase strictly within [1, {n}] and end at {n}; "
                              f"got {lengths}")
+        if config.margins and len(config.margins) != len(lengths):
+            raise ValueError(f"margins must have one value per length ({len(lengths)}); got "
+                             f"{len(config.margins)}")
         self.config = config
         self.lengths = lengths
-        self.net = nn.Sequential(nn.LayerNorm(n * d), nn.Linear(n * d, h), nn.SiLU(),
-                                 nn.Linear(h, h), nn.SiLU(), nn.Linear(h, len(lengths)))
-        self.register_buffer("offset", torch.zeros(()))  # mean q(1) of the training curves
+        self.num_features = 3 * d + (len(_GRIDS) + 2 if config.inputs == "tokens+image" else 0)
+        f, k = self.num_features, len(lengths)
+        self.net = (nn.Linear(f, k) if h == 0 else
+                    nn.Sequential(nn.Linear(f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
+                                  nn.Linear(h, k)))
+        self.register_buffer("feature_mean", torch.zeros(f))
+        self.register_buffer("feature_std", torch.ones(f))
+        self.register_buffer("offset", torch.zeros(k))  # mean training curve
 
-    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+    def features(self, z_q: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw (unstandardised) inputs ``[B, F]``."""
         n, d = self.config.num_tokens, self.config.token_dim
         if z_q.ndim != 3 or tuple(z_q.shape[1:]) != (n, d):
             raise ValueError(f"LengthPredictor takes quantized tokens [B, {n}, {d}]; "
                              f"got {tuple(z_q.shape)}")
-        out = self.net(z_q.flatten(1).float())
-        first = out[:, :1] + self.offset
-        steps = nn.functional.softplus(out[:, 1:])
-        return torch.cat([first, first + steps.cumsum(dim=1)], dim=1)
+        z = z_q.float()
+        parts = [z.mean(1), z.std(1, correction=0), z[:, :4].mean(1)]
+        if self.config.inputs == "tokens+image":
+            if images is None or images.ndim != 4 or images.shape[0] != z.shape[0]:
+                raise ValueError("this LengthPredictor (inputs='tokens+image') also takes the "
+                                 "images [B, 3, H, W] the tokens were encoded from")
+            parts.append(image_statistics(images.to(z.device)))
+        return torch.cat(parts, dim=1)
 
-    def choose(self, curve: torch.Tensor, target: float) -> torch.Tensor:
-        """Smallest length with ``curve - margin >= target``; N when none is."""
-        ok = (curve - self.config.margin) >= target
+    def forward(self, z_q: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        x = (self.features(z_q, images) - self.feature_mean) / self.feature_std
+        return (self.net(x) + self.offset).cummax(dim=1).values
+
+    def dense(self, curve: torch.Tensor) -> torch.Tensor:
+        """``[B, K]`` on ``lengths`` -> ``[B, N]`` at k = 1..N (see ``curve_at``)."""
+        ks = torch.arange(1, self.config.num_tokens + 1, device=curve.device)
+        return curve_at(curve, self.lengths, ks)
+
+    def choose(self, curve: torch.Tensor, target: float, margins: bool = True) -> torch.Tensor:
+        """Smallest k in 1..N with the curve (minus the margins, unless ``margins=False``),
+        linear in log k between the lengths, ``>= target``; N when none is."""
+        adj = curve
+        if margins:
+            adj = curve - self.config.margin
+            if self.config.margins:
+                adj = adj - torch.tensor(self.config.margins, device=curve.device)
+        ok = self.dense(adj) >= target
+        n = ok.shape[1]
         first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0].long(),
-                                                                            ok.shape[1] - 1))
-        return torch.tensor(self.lengths, device=curve.device)[first.long()]
+                                                                            n - 1))
+        return first.long() + 1
+
+
+def curve_at(curve: torch.Tensor, lengths: tuple[int, ...], ks: torch.Tensor) -> torch.Tensor:
+    """Curves ``[B, K]`` given at ``lengths`` -> ``[B, len(ks)]`` at ``ks``, linear in log k
+    between lengths (constant beyond them)."""
+    grid = torch.tensor(lengths, device=curve.device, dtype=torch.float64)
+    k = ks.to(curve.device, torch.float64)
+    if len(lengths) == 1:
+        return curve[:, :1].expand(-1, k.numel())
+    j = torch.searchsorted(grid, k).clamp(1, len(lengths) - 1)
+    lo, hi = j - 1, j
+    w = ((k.log() - grid[lo].log()) / (grid[hi].log() - grid[lo].log())).clamp(0, 1)
+    w = w.to(curve.dtype)
+    return curve[:, lo] * (1 - w) + curve[:, hi] * w
 
 
 @torch.no_grad()
@@ -189,7 +270,8 @@ def encode_adaptive(tok: Any, images: torch.Tensor, target: float, metric: str =
             raise ValueError(f"the predictor was trained for {predictor.config.num_tokens} "
                              f"tokens; this tokenizer has {tok.max_tokens}")
         z_q = tok.quantizer.decode(codes)
-        lengths, decodes = predictor.choose(predictor(z_q), target).to(codes.device), 0
+        curve = predictor(z_q, images if predictor.config.inputs == "tokens+image" else None)
+        lengths, decodes = predictor.choose(curve, target).to(codes.device), 0
     else:
         raise ValueError(f"method must be 'search' or 'predictor'; got {method!r}")
     stats = {"method": method, "seconds": time.perf_counter() - t0, "decodes": decodes}
@@ -207,3 +289,27 @@ def decode_adaptive(tok: Any, adaptive: AdaptiveCodes, **decode_kwargs: Any) -> 
             out = part.new_empty((adaptive.codes.shape[0], *part.shape[1:]))
         out[idx] = part
     return out
+
+
+@torch.no_grad()
+def evaluate_adaptive(tok: Any, images: torch.Tensor, target: float, method: str,
+                      predictor: LengthPredictor | None = None,
+                      decode_kwargs: dict | None = None) -> dict[str, Any]:
+    """One image at a time (as a user would call it): chosen lengths, the PSNR of each image
+    decoded from its prefix, the share meeting ``target``, mean tokens, seconds per image (the
+    choice only, not the checking decode)."""
+    kw = decode_kwargs or {}
+    lengths, quality, seconds = [], [], 0.0
+    for i in range(images.shape[0]):
+        x = images[i : i + 1]
+        t0 = time.perf_counter()
+        out = encode_adaptive(tok, x, target, method=method, predictor=predictor,
+                              decode_kwargs=kw)
+        seconds += time.perf_counter() - t0
+        lengths.append(int(out.lengths[0]))
+        quality.append(float(psnr(tok.decode(out.prefix(0), **kw), x)[0]))
+    q = torch.tensor(quality)
+    return {"method": method, "target": float(target), "lengths": lengths, "psnr": quality,
+            "met": float((q >= target).float().mean()),
+            "mean_tokens": sum(lengths) / len(lengths), "mean_psnr": float(q.mean()),
+            "seconds": seconds / images.shape[0]}

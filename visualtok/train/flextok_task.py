@@ -8,13 +8,16 @@ Two stages, both on the shared trainer:
 * ``flextok``: the tokenizer on the frozen VAE's latents: FlexTok's rectified-flow loss
   ``|v(x_t, t, registers) - (noise - x0)|^2`` with nested dropout (``keep_sampling``: uniform or
   powers of two), CFG dropout to the null condition and logit-normal t. Optional REPA-style
-  alignment: the mean-pooled decoder patch features of block ``repa_layer`` (through a 2-layer
-  MLP) are aligned by cosine with a frozen teacher's global features of the clean image. The
-  teacher is pluggable (``visualtok.metrics.inception.build_feature_extractor``); the one
-  available offline is the FID Inception network (``eval`` extra): the "Inception teacher", not
-  the DINOv2 of the papers, and pooled rather than per-patch. With ``calibrate_scaling`` the
-  latent scaling factor is first set to ``1 / std`` of the frozen VAE's posterior means (SD
-  recipe), so the flow sees unit-variance latents; it is saved in the model config.
+  alignment: the decoder's patch features after block ``repa_layer`` (through a 2-layer MLP) are
+  aligned, patch by patch, by cosine with a frozen teacher's features of the clean image resampled
+  to the patch grid (``train/semantic.py``'s ``semantic_alignment``). The teacher is pluggable the
+  same way as ReTok's: any name in the ``TEACHERS`` registry (``register_teacher``); the one
+  available offline is the FID Inception network (``eval`` extra), labelled "Inception teacher,
+  not the paper's DINOv2". With ``calibrate_scaling`` the latent scaling factor is first set to
+  ``1 / std`` of the frozen VAE's posterior means (SD recipe), so the flow sees unit-variance
+  latents; it is saved in the model config. ``cache_latents`` keeps the frozen VAE's posteriors
+  per dataset index (checked against a fingerprint of each image, so augmented images are
+  re-encoded): on small datasets the VAE then runs once per image instead of once per step.
 
 Start the second stage from the first one's checkpoint with ``model.init_from``.
 """
@@ -26,12 +29,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveInt
+from ..nn.linear import Linear
 from ..registry import register_task
 from .losses import reconstruction_loss
+from .semantic import semantic_alignment
 from .task import StepOutput, Task
 
 __all__ = ["FlexTokVAELossConfig", "FlexTokVAETask", "FlexTokLossConfig", "FlexTokTask"]
@@ -95,11 +99,52 @@ class FlexTokVAETask(Task):
 class FlexTokLossConfig(Config):
     flow_weight: NonNegativeFloat = 1.0
     repa_weight: NonNegativeFloat = 0.0  # REPA-style alignment to a frozen teacher (0 = off)
-    # build_feature_extractor name
-    repa_teacher: Literal["inception", "random-tiny"] = "inception"
+    repa_teacher: str = "inception"  # a registered teacher (visualtok.registry.TEACHERS)
     repa_layer: NonNegativeInt = 1  # decoder block whose patch outputs are aligned (0-based)
     calibrate_scaling: bool = False  # first set the latent scaling factor to 1/std (own VAEs)
     calibrate_batches: PositiveInt = 4
+    cache_latents: bool = False  # keep the frozen VAE's posteriors by dataset index (small data)
+    # nested dropout of this stage; None: the model config's (set here, it is saved with the model)
+    keep_sampling: Literal["uniform", "pow2", "uniform_pow2"] | None = None
+
+    def validate(self) -> FlexTokLossConfig:
+        super().validate()
+        from ..registry import TEACHERS
+
+        if self.repa_teacher not in TEACHERS:
+            raise ValueError(f"unknown repa_teacher {self.repa_teacher!r} (loss.repa_teacher); "
+                             f"registered teachers: {TEACHERS.names()}")
+        return self
+
+
+class _LatentCache:
+    """Frozen-VAE posteriors ``(mean, std)`` keyed by dataset index and a fingerprint of the image
+    (two fixed projections, float64): each augmented version (e.g. flipped) is encoded once."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[int, float, float], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._proj: torch.Tensor | None = None
+
+    def _keys(self, images: torch.Tensor, index: torch.Tensor) -> list[tuple[int, float, float]]:
+        x = images.detach().double().flatten(1)
+        if self._proj is None or self._proj.shape[0] != x.shape[1]:
+            g = torch.Generator().manual_seed(0)
+            self._proj = torch.rand(x.shape[1], dtype=torch.float64, generator=g)
+        fps = torch.stack([x.sum(1), x @ self._proj.to(x.device)], dim=1).tolist()
+        return [(int(i), a, b) for i, (a, b) in zip(index.tolist(), fps)]
+
+    @torch.no_grad()
+    def posterior(self, vae: nn.Module, images: torch.Tensor,
+                  index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = self._keys(images, index)
+        miss = [j for j, k in enumerate(keys) if k not in self.items]
+        if miss:
+            dtype = next(vae.parameters()).dtype
+            dist = vae.encode((images[miss] * 2.0 - 1.0).to(dtype)).latent_dist
+            for j, mean, std in zip(miss, dist.mean, dist.std):
+                self.items[keys[j]] = (mean, std)
+        return (torch.stack([self.items[k][0] for k in keys]),
+                torch.stack([self.items[k][1] for k in keys]))
 
 
 class _FlowStep(nn.Module):
@@ -112,24 +157,34 @@ class _FlowStep(nn.Module):
         self.repa_head = None
         if repa_dim is not None:
             d = model.config.decoder_dim
-            self.repa_head = nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(),
-                                           nn.Linear(2 * d, repa_dim))
+            self.repa_head = nn.Sequential(Linear(d, 2 * d), nn.SiLU(), Linear(2 * d, repa_dim))
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                latents: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         feats: list[torch.Tensor] = []
         hook = None
         if self.repa_head is not None:
             block = self.model.decoder.blocks[self.repa_layer]
             hook = block.register_forward_hook(lambda m, i, o: feats.append(o))
         try:
-            out = self.model.flow_loss(images)
+            out = self.model.flow_loss(images, latents=latents)
         finally:
             if hook is not None:
                 hook.remove()
         if feats:
             n = feats[0].shape[1] - self.model.config.num_registers  # patch tokens come first
-            out["repa_prediction"] = self.repa_head(feats[0][:, :n].mean(dim=1))
+            out["repa_prediction"] = self.repa_head(feats[0][:, :n])  # [B, patches, C]
         return out
+
+
+def _teacher_width(teacher: nn.Module, image_size: int) -> int:
+    """Channels of a teacher's features: its ``feature_dim``, else from one probe forward."""
+    dim = getattr(teacher, "feature_dim", None)
+    if dim is None:
+        with torch.no_grad():
+            f = teacher(torch.zeros(1, 3, image_size, image_size))
+        dim = f.shape[1] if f.ndim == 4 else f.shape[-1]
+    return int(dim)
 
 
 @register_task("flextok")
@@ -142,18 +197,24 @@ class FlexTokTask(Task):
         if not model.config.vae_frozen:
             raise ValueError("task 'flextok' trains on a frozen VAE: set vae_frozen=True")
         model.vae.requires_grad_(False)
+        if loss_config.keep_sampling is not None:
+            from dataclasses import replace
+
+            model.config = replace(model.config, keep_sampling=loss_config.keep_sampling)
+            model.config.validate()
         self.teacher = None
         repa_dim = None
         if loss_config.repa_weight > 0:
             if not 0 <= loss_config.repa_layer < model.config.decoder_depth:
                 raise ValueError(f"loss.repa_layer must be in [0, {model.config.decoder_depth})")
-            from ..metrics.inception import build_feature_extractor
+            from .semantic import build_teacher
 
-            self.teacher = build_feature_extractor(loss_config.repa_teacher)
-            repa_dim = self.teacher.feature_dim
+            self.teacher = build_teacher(loss_config.repa_teacher)
+            repa_dim = _teacher_width(self.teacher, model.config.image_size)
             log.info("REPA-style alignment to the frozen %s teacher (papers used DINOv2)",
-                     loss_config.repa_teacher)
+                     getattr(self.teacher, "label", loss_config.repa_teacher))
         self.modules = {"model": _FlowStep(model, repa_dim, loss_config.repa_layer)}
+        self.latent_cache = _LatentCache() if loss_config.cache_latents else None
         self._calibrated = not loss_config.calibrate_scaling
         self._seen: list[torch.Tensor] = []
 
@@ -175,16 +236,23 @@ class FlexTokTask(Task):
         images = batch["image"]
         if not self._calibrated:
             self._calibrate(images)
-        out = self.modules["model"](images)
+        latents = None
+        if self.latent_cache is not None:  # the same draws as FlexTok.vae_encode's sampling
+            mean, std = self.latent_cache.posterior(self.model.vae, images, batch["index"])
+            if self.model.config.vae_sample_posterior:
+                mean = mean + std * torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
+            latents = mean * self.model.scaling_factor
+        out = self.modules["model"](images, latents)
         c = self.loss_config
         loss = c.flow_weight * out["flow"]
         logs = {"loss/flow": out["flow"].detach(), "nested/mean_tokens": out["keep"].float().mean()}
         if self.teacher is not None:
             self.teacher.to(images.device)
-            target = self.teacher((images.clamp(0, 1) * 255).round().to(torch.uint8))
-            cos = F.cosine_similarity(out["repa_prediction"].float(), target.float(), dim=-1)
-            loss = loss + c.repa_weight * (1.0 - cos.mean())
-            logs["loss/repa_cosine"] = cos.mean().detach()
+            with torch.no_grad():
+                target = self.teacher(images.clamp(0, 1))
+            distance = semantic_alignment(out["repa_prediction"], target).mean()
+            loss = loss + c.repa_weight * distance
+            logs["loss/repa_cosine"] = (1.0 - distance).detach()
         logs["loss/total"] = loss.detach()
         return StepOutput(loss, logs)
 

@@ -175,6 +175,10 @@ class Trainer:
                 f"{meta.get('model_class')!r}; this run trains {now['task']!r} / "
                 f"{now['model_class']!r}"
             )
+        # task state first: it may set config values learned in training (FlexTok's calibrated
+        # latent scaling factor), which the config comparison must then see
+        self.task.load_state_dict(state.get("task", {}))
+        now = self._meta()
         diff = _config_diff(meta.get("model_config"), now["model_config"])
         if diff:
             raise CheckpointError(
@@ -197,7 +201,6 @@ class Trainer:
                 raise CheckpointError(f"{directory} has no EMA weights but trainer.ema is enabled")
             self.ema.load_state_dict(state["ema"])
         self.sampler.load_state_dict(state["sampler"])
-        self.task.load_state_dict(state.get("task", {}))
         rng_file = directory / f"rng_rank{self.rank}.pt"
         ckpt.set_rng_state(ckpt.load_state_file(rng_file))
         self.step = int(state["step"])
