@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ..nn.linear import Linear
 from ..nn.vit import Transformer
 from ..quantize.search import l2_normalize
@@ -66,28 +67,23 @@ __all__ = [
 
 
 @dataclass
-class VQTokenConfig:
+class VQTokenConfig(Config):
     """Per-video clustering options (the paper's adaptive setting: K in 12..32, elbow)."""
 
-    min_clusters: int = 12  # K range of the adaptive sweep (inclusive)
-    max_clusters: int = 32
-    num_clusters: int | None = None  # fixed K (the fixed-length subtask); None = adaptive
-    max_iters: int = 100  # Lloyd iterations per K (release: 100 in the adaptive path)
-    tol: float = 1e-4  # stop when ||C_new - C|| < tol (release value)
-    seed: int = 0  # seeds the K-means++ draws when no generator is passed
+    min_clusters: PositiveInt = 12  # K range of the adaptive sweep (inclusive)
+    max_clusters: PositiveInt = 32
+    num_clusters: PositiveInt | None = None  # fixed K (the fixed-length subtask); None = adaptive
+    max_iters: PositiveInt = 100  # Lloyd iterations per K (release: 100 in the adaptive path)
+    tol: NonNegativeFloat = 1e-4  # stop when ||C_new - C|| < tol (release value)
+    seed: NonNegativeInt = 0  # seeds the K-means++ draws when no generator is passed
 
     def validate(self) -> VQTokenConfig:
-        if self.num_clusters is not None:
-            if isinstance(self.num_clusters, bool) or self.num_clusters < 1:
-                raise ValueError(f"num_clusters must be an int >= 1; got {self.num_clusters!r}")
-        elif not 1 <= self.min_clusters <= self.max_clusters - 2:
+        super().validate()
+        if self.num_clusters is None and self.min_clusters > self.max_clusters - 2:
             raise ValueError(
-                f"the elbow needs >= 3 K values: 1 <= min_clusters <= max_clusters - 2; got "
-                f"{self.min_clusters}..{self.max_clusters}"
+                f"VQTokenConfig: the elbow needs >= 3 K values, min_clusters <= max_clusters - 2; "
+                f"got min_clusters {self.min_clusters}, max_clusters {self.max_clusters}"
             )
-        if self.max_iters < 1 or not self.tol >= 0:
-            raise ValueError(f"max_iters must be >= 1 and tol >= 0; got {self.max_iters}, "
-                             f"{self.tol}")
         return self
 
     def ks(self) -> list[int]:
@@ -479,17 +475,24 @@ def uniform_pool_grid(tokens: torch.Tensor, num_frames: int, tokens_per_frame: i
 
 # ---------------------------------------------------------------------------- VQ-attention
 @dataclass
-class CrossDynamicsConfig:
+class CrossDynamicsConfig(Config):
     """Constructor arguments of ``CrossDynamicsAttention``."""
 
-    feature_dim: int = 896  # D of the codes / frame features
-    num_frames: int = 32  # T of the hash map (max)
-    tokens_per_frame: int = 729  # N of the hash map
-    width: int = 256
-    depth: int = 1  # the paper: one layer
-    heads: int = 8
-    num_output_tokens: int = 32  # fixed number of tokens out
-    decoder_depth: int = 1  # reconstruction head (training target: the frame features)
+    feature_dim: PositiveInt = 896  # D of the codes / frame features
+    num_frames: PositiveInt = 32  # T of the hash map (max)
+    tokens_per_frame: PositiveInt = 729  # N of the hash map
+    width: PositiveInt = 256
+    depth: PositiveInt = 1  # the paper: one layer
+    heads: PositiveInt = 8
+    num_output_tokens: PositiveInt = 32  # fixed number of tokens out
+    decoder_depth: PositiveInt = 1  # reconstruction head (training target: the frame features)
+
+    def validate(self) -> CrossDynamicsConfig:
+        super().validate()
+        if self.width % self.heads:
+            raise ValueError(f"CrossDynamicsConfig.heads {self.heads} must divide width "
+                             f"{self.width}")
+        return self
 
 
 class CrossDynamicsAttention(nn.Module):
@@ -508,7 +511,7 @@ class CrossDynamicsAttention(nn.Module):
 
     def __init__(self, config: CrossDynamicsConfig) -> None:
         super().__init__()
-        c = self.config = config
+        c = self.config = config.validate()
         w = c.width
         self.code_in = Linear(c.feature_dim, w)
         self.pos_frame = nn.Parameter(0.02 * torch.randn(c.num_frames, w))
