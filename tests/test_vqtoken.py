@@ -99,6 +99,27 @@ def test_sweep_matches_release_loops():
     assert torch.allclose(ours.distortion, torch.tensor(ref_dist, dtype=torch.float64), rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("t", "n", "d", "noise", "ks", "seed"),
+    [
+        (4, 30, 16, 0.3, [1, 2, 3], 0),  # K below the tracked runners-up; K = 1
+        (8, 75, 24, 0.6, list(range(2, 12)), 1),  # many iterations: dense and sparse rescoring
+        (6, 50, 32, 0.9, [5, 9, 16], 2),  # K not contiguous, loose clusters
+    ],
+)
+def test_sweep_matches_release_loops_across_paths(t, n, d, noise, ks, seed):
+    """Same labels, centres and iteration counts as the release's loops, for every K."""
+    feats, _ = _clusters(4, t=t, n=n, d=d, noise=noise, seed=seed)
+    x = l2_normalize(feats.reshape(-1, d))
+    seeds = kmeans_pp_chain(x, max(ks), torch.Generator().manual_seed(seed))
+    ours = kmeans_sweep(x, ks, seeds=seeds)
+    u = torch.rand(max(ks), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref_labels, ref_dist = release_sweep(x, ks, u, 100, 1e-4)
+    assert torch.equal(ours.labels, ref_labels)
+    assert torch.allclose(ours.distortion, torch.tensor(ref_dist, dtype=torch.float64), rtol=1e-4)
+    assert int(ours.iterations.max()) > 2 and bool((ours.iterations <= 100).all())
+
+
 def test_compression_ratio_and_tokdense_by_hand(clip_features, tmp_path):
     out = vqtoken_compress(clip_features, VQTokenConfig(min_clusters=3, max_clusters=12))
     k = out.num_clusters

@@ -1,10 +1,12 @@
-"""Pre-tokenize an image folder into token shards for generator training.
+"""Pre-tokenize an image (or video) folder into token shards for generator training.
 
     python train/pretokenize.py --tokenizer titok_s128 --images /data/imagenet/train --out tokens/
+    python train/pretokenize.py --tokenizer runs/titok3d_tiny/model --videos clips/ --out tokens/v
     accelerate launch --num_processes 4 train/pretokenize.py --tokenizer runs/titok_tiny/model \
         --images ../shared/data/images --out tokens/photos --image-size 64
 
-Labels come from the first-level sub-folders (ImageNet layout). Shards already on disk are
+With ``--videos`` each video file gives one clip of the tokenizer's frame count (uniformly
+sampled). Labels come from the first-level sub-folders (ImageNet layout). Shards already on disk are
 skipped, so an interrupted run resumes; under ``accelerate launch`` each process writes the
 shards ``i % num_processes == process_index``.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from visualtok.data.image_io import list_images, select_subset
-from visualtok.generate.tokens import labels_from_folders, pretokenize_images
+from visualtok.generate.tokens import labels_from_folders, pretokenize_images, pretokenize_videos
 
 
 def _load_tokenizer(name: str, random_init: bool) -> torch.nn.Module:
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument(
         "--random-init", action="store_true", help="build the preset with random weights"
     )
-    p.add_argument("--images", required=True, help="image folder (class sub-folders give labels)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="image folder (class sub-folders give labels)")
+    src.add_argument("--videos", help="video folder (mp4/webm/...; one clip per file)")
     p.add_argument("--out", required=True, help="output token folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=1024)
@@ -54,11 +58,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
     except ImportError:  # accelerate is a dependency; this only keeps the script usable without it
         rank, world, device = 0, 1, torch.device("cpu")
     device = torch.device(args.device) if args.device else device
-    files, subset = select_subset(list_images(args.images), args.limit)
-    print(f"images: {subset} files under {args.images}")
-    labels, classes = labels_from_folders(args.images, files)
+    root = args.images or args.videos
+    if args.videos:
+        from visualtok.data.video import VIDEO_EXTENSIONS
+
+        found = sorted(f for f in Path(root).rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS)
+        if not found:
+            raise ValueError(f"--videos {root}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    else:
+        found = list_images(root)
+    files, subset = select_subset(found, args.limit)
+    print(f"{'videos' if args.videos else 'images'}: {subset} files under {root}")
+    labels, classes = labels_from_folders(root, files)
     tok = _load_tokenizer(args.tokenizer, args.random_init)
-    written = pretokenize_images(
+    written = (pretokenize_videos if args.videos else pretokenize_images)(
         tok,
         files,
         args.out,

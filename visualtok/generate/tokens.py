@@ -6,9 +6,10 @@ Layout of a token folder::
     shard-00000.safetensors     codes [n, *S, F] (smallest int dtype), labels [n], index [n]
     ...
 
-``pretokenize_images`` writes shard ``i`` (images ``i*shard_size ..``) from process
-``i % num_processes``, each shard atomically, and skips shards already on disk: a crashed or
-interrupted run resumes where it stopped, and ``accelerate launch`` splits the work by process.
+``pretokenize_images`` (``pretokenize_videos``: one clip per video file) writes shard ``i``
+(items ``i*shard_size ..``) from process ``i % num_processes``, each shard atomically, and skips
+shards already on disk: a crashed or interrupted run resumes where it stopped, and ``accelerate
+launch`` splits the work by process.
 Labels are the first-level sub-folder of each image (ImageNet layout), sorted; 0 when flat.
 """
 
@@ -30,6 +31,7 @@ from ..quantize.layout import CodeLayout
 
 __all__ = [
     "pretokenize_images",
+    "pretokenize_videos",
     "labels_from_folders",
     "TokenDataset",
     "read_token_meta",
@@ -80,6 +82,52 @@ def pretokenize_images(
 
     if not files:
         raise ValueError("pretokenize_images: no image files given")
+    size = tuple(tokenizer.image_size)
+    return _pretokenize(
+        tokenizer, files, out_dir, lambda chunk: iter_image_batches(chunk, size, batch_size),
+        labels, class_names, batch_size, shard_size, process_index, num_processes, device,
+        tokenizer_name, {},
+    )
+
+
+@torch.no_grad()
+def pretokenize_videos(
+    tokenizer: torch.nn.Module,
+    files: list[Path],
+    out_dir: str | Path,
+    labels: list[int] | None = None,
+    class_names: list[str] | None = None,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    process_index: int = 0,
+    num_processes: int = 1,
+    device: str | torch.device = "cpu",
+    tokenizer_name: str | None = None,
+    sampling: str = "uniform",
+) -> list[Path]:
+    """Token shards of video clips, as ``pretokenize_images``: each file gives one clip of the
+    tokenizer's ``num_frames`` (``sampling`` over the whole file, ``visualtok.data.video_io``),
+    short side resized and centre-cropped to its frame size. An unreadable file is an error."""
+    from ..data.video_io import read_video
+
+    if not files:
+        raise ValueError("pretokenize_videos: no video files given")
+    t, (h, w) = int(tokenizer.num_frames), tuple(tokenizer.image_size)
+
+    def batches(chunk: list[Path]):
+        for i in range(0, len(chunk), batch_size):
+            yield torch.stack([read_video(f, t, sampling, size=min(h, w), crop=(h, w))
+                               for f in chunk[i : i + batch_size]])
+
+    return _pretokenize(
+        tokenizer, files, out_dir, batches, labels, class_names, batch_size, shard_size,
+        process_index, num_processes, device, tokenizer_name, {"num_frames": t},
+    )
+
+
+def _pretokenize(tokenizer, files, out_dir, batches, labels, class_names, batch_size, shard_size,
+                 process_index, num_processes, device, tokenizer_name, extra_meta) -> list[Path]:
+    """The shard loop shared by images and videos: ``batches(files)`` yields model inputs."""
     if labels is not None and len(labels) != len(files):
         raise ValueError(f"got {len(labels)} labels for {len(files)} files")
     if shard_size < 1 or batch_size < 1:
@@ -87,14 +135,14 @@ def pretokenize_images(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout: CodeLayout = tokenizer.code_layout
-    size = tuple(tokenizer.image_size)
     num_shards = (len(files) + shard_size - 1) // shard_size
     shard_names = [f"shard-{i:05d}.safetensors" for i in range(num_shards)]
     meta = {
         "tokenizer": tokenizer_name or getattr(tokenizer, "model_name", None),
         "code_layout": layout.to_dict(),
         "token_shape": list(tokenizer.token_shape),
-        "image_size": list(size),
+        "image_size": list(tokenizer.image_size),
+        **extra_meta,
         "num_images": len(files),
         "class_names": class_names or [],
         "num_classes": len(class_names) if class_names else 0,
@@ -110,10 +158,7 @@ def pretokenize_images(
             log.info("skipping %s: already written", path.name)
             continue
         lo, hi = i * shard_size, min((i + 1) * shard_size, len(files))
-        codes = [
-            tokenizer.encode(b.to(device)).cpu()
-            for b in iter_image_batches(files[lo:hi], size, batch_size)
-        ]
+        codes = [tokenizer.encode(b.to(device)).cpu() for b in batches(files[lo:hi])]
         lab = torch.tensor(
             labels[lo:hi] if labels is not None else [0] * (hi - lo), dtype=torch.long
         )
@@ -124,7 +169,7 @@ def pretokenize_images(
         }
         _save_shard(path, tensors, {"code_layout": json.dumps(layout.to_dict())})
         written.append(path)
-        log.info("wrote %s (%d images)", path.name, hi - lo)
+        log.info("wrote %s (%d items)", path.name, hi - lo)
     return written
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..config import config_from_dict
+from ..config import Config, PositiveFloat, PositiveInt, config_from_dict
 from ..image.base import ImageTokenizer, TokenizerOutput
 from ..nn.linear import Linear
 from ..nn.vit import Transformer
@@ -36,22 +36,24 @@ __all__ = ["TiTok3DConfig", "TiTok3D", "check_clip", "video_to_tubelets", "tubel
 
 
 @dataclass
-class TiTok3DConfig:
+class TiTok3DConfig(Config):
     """Constructor arguments of ``TiTok3D`` (one-to-one with YAML / config.json)."""
 
-    num_frames: int = 16  # T of the input clips
-    image_size: int = 128  # square frame side H = W
-    tubelet: tuple[int, int, int] = (4, 8, 8)  # (frames, height, width) per tubelet
-    pos_embed: str = "factorized"  # "factorized" (t + h + w tables) | "learned" (one per tubelet)
-    encoder_width: int = 512
-    encoder_depth: int = 8
-    encoder_heads: int = 8
-    decoder_width: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 8
-    mlp_ratio: float = 4.0
-    num_latent_tokens: int = 128
-    token_size: int = 12
+    num_frames: PositiveInt = 16  # T of the input clips
+    image_size: PositiveInt = 128  # square frame side H = W
+    # (frames, height, width) per tubelet
+    tubelet: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 8, 8)
+    # "factorized" (t + h + w tables) | "learned" (one per tubelet)
+    pos_embed: Literal["factorized", "learned"] = "factorized"
+    encoder_width: PositiveInt = 512
+    encoder_depth: PositiveInt = 8
+    encoder_heads: PositiveInt = 8
+    decoder_width: PositiveInt = 512
+    decoder_depth: PositiveInt = 8
+    decoder_heads: PositiveInt = 8
+    mlp_ratio: PositiveFloat = 4.0
+    num_latent_tokens: PositiveInt = 128
+    token_size: PositiveInt = 12
     quantizer: QuantizerConfig = field(
         default_factory=lambda: QuantizerConfig(
             type="vq", dim=12, codebook_size=4096, l2_normalize=True
@@ -59,20 +61,19 @@ class TiTok3DConfig:
     )
 
     def validate(self) -> TiTok3DConfig:
-        self.tubelet = tuple(int(v) for v in self.tubelet)
-        if len(self.tubelet) != 3 or min(self.tubelet) < 1:
-            raise ValueError(f"tubelet must be 3 positive ints (t, h, w); got {self.tubelet}")
+        super().validate()
         tt, th, tw = self.tubelet
         if self.num_frames % tt:
-            raise ValueError(f"num_frames {self.num_frames} must be a multiple of the tubelet's "
-                             f"{tt} frames")
+            raise ValueError(f"TiTok3DConfig.num_frames {self.num_frames} must be a multiple of "
+                             f"the tubelet's {tt} frames (tubelet[0])")
         if self.image_size % th or self.image_size % tw:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of the tubelet's "
-                             f"{th}x{tw} pixels")
-        if self.pos_embed not in ("factorized", "learned"):
-            raise ValueError(f"pos_embed must be 'factorized' or 'learned'; got {self.pos_embed!r}")
-        if self.num_latent_tokens < 1:
-            raise ValueError(f"num_latent_tokens must be >= 1; got {self.num_latent_tokens}")
+            raise ValueError(f"TiTok3DConfig.image_size {self.image_size} must be a multiple of "
+                             f"the tubelet's {th}x{tw} pixels (tubelet[1:])")
+        for part in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
+            if width % heads:
+                raise ValueError(f"TiTok3DConfig.{part}_heads {heads} must divide "
+                                 f"{part}_width {width}")
         self.quantizer.validate()
         if self.quantizer.dim != self.token_size:
             raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal token_size "

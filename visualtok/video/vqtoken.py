@@ -35,6 +35,7 @@ plain mean of the members, an empty cluster keeps its centre, stop when the cent
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ..nn.linear import Linear
 from ..nn.vit import Transformer
 from ..quantize.search import l2_normalize
@@ -65,28 +67,23 @@ __all__ = [
 
 
 @dataclass
-class VQTokenConfig:
+class VQTokenConfig(Config):
     """Per-video clustering options (the paper's adaptive setting: K in 12..32, elbow)."""
 
-    min_clusters: int = 12  # K range of the adaptive sweep (inclusive)
-    max_clusters: int = 32
-    num_clusters: int | None = None  # fixed K (the fixed-length subtask); None = adaptive
-    max_iters: int = 100  # Lloyd iterations per K (release: 100 in the adaptive path)
-    tol: float = 1e-4  # stop when ||C_new - C|| < tol (release value)
-    seed: int = 0  # seeds the K-means++ draws when no generator is passed
+    min_clusters: PositiveInt = 12  # K range of the adaptive sweep (inclusive)
+    max_clusters: PositiveInt = 32
+    num_clusters: PositiveInt | None = None  # fixed K (the fixed-length subtask); None = adaptive
+    max_iters: PositiveInt = 100  # Lloyd iterations per K (release: 100 in the adaptive path)
+    tol: NonNegativeFloat = 1e-4  # stop when ||C_new - C|| < tol (release value)
+    seed: NonNegativeInt = 0  # seeds the K-means++ draws when no generator is passed
 
     def validate(self) -> VQTokenConfig:
-        if self.num_clusters is not None:
-            if isinstance(self.num_clusters, bool) or self.num_clusters < 1:
-                raise ValueError(f"num_clusters must be an int >= 1; got {self.num_clusters!r}")
-        elif not 1 <= self.min_clusters <= self.max_clusters - 2:
+        super().validate()
+        if self.num_clusters is None and self.min_clusters > self.max_clusters - 2:
             raise ValueError(
-                f"the elbow needs >= 3 K values: 1 <= min_clusters <= max_clusters - 2; got "
-                f"{self.min_clusters}..{self.max_clusters}"
+                f"VQTokenConfig: the elbow needs >= 3 K values, min_clusters <= max_clusters - 2; "
+                f"got min_clusters {self.min_clusters}, max_clusters {self.max_clusters}"
             )
-        if self.max_iters < 1 or not self.tol >= 0:
-            raise ValueError(f"max_iters must be >= 1 and tol >= 0; got {self.max_iters}, "
-                             f"{self.tol}")
         return self
 
     def ks(self) -> list[int]:
@@ -121,15 +118,17 @@ def kmeans_pp_chain(
     Euclidean distance to the nearest chosen seed, plus ``eps`` (as released). One uniform number
     per draw, inverted through the cumulative weights (float64), so the first ``j`` seeds of a
     chain of length ``k`` are the chain of length ``j``. The running minimum distance is updated
-    with one ``[N]`` product per seed (the release recomputes all distances per draw).
+    with one matrix-vector product per seed (the release recomputes all distances per draw).
     """
     n = x.shape[0]
     u = torch.rand(k, generator=generator, dtype=torch.float64)
     idx = torch.empty(k, dtype=torch.long)
     idx[0] = min(int(u[0] * n), n - 1)
     best = torch.full((n,), float("inf"), dtype=torch.float64)
+    sq = x.square().sum(1)
     for j in range(1, k):
-        d2 = (x - x[idx[j - 1]]).square_().sum(1).double()
+        i = int(idx[j - 1])  # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c: one matrix-vector product
+        d2 = (sq + sq[i] - 2 * (x @ x[i])).clamp_(min=0).double()
         best = torch.minimum(best, d2)
         idx[j] = _inverse_cdf(best + eps, u[j])
     return idx
@@ -165,16 +164,19 @@ def kmeans_sweep(
 ) -> KMeansSweep:
     """Cosine K-means (Lloyd, as released) of unit-norm ``x [N, D]`` for every K in ``ks`` at once.
 
-    All centres of all K sit in one ``[sum K, D]`` matrix, so one matmul scores a token against
-    every K, and a padded ``[R, S, K_max]`` view gives each K its argmin of ``1 - cos``. Member
-    sums are kept per (K, cluster) and updated only for tokens that changed cluster. Tokens whose
-    cluster cannot have changed are not rescored (Elkan's bounds, exact; once fewer than 3/4 of the
-    (K, token) pairs need it, those are rescored K by K): a centre that moves by ``delta`` changes
-    a unit token's cosine by at most ``delta``, so a token whose cosine to its own centre, minus
-    that centre's moves, still beats every other centre's cosine plus that centre's moves (by
-    ``margin``, far above float rounding) keeps its cluster. Each K stops on its own when its
-    centres move less than ``tol`` (the release's rule); ``seeds`` (default: one K-means++ chain)
-    gives the initial centres ``x[seeds[:K]]``.
+    Every K starts from a prefix of one seed list (``seeds``, default one K-means++ chain), so the
+    first assignment of all K is one ``[K_max, N]`` product. After that, a token is rescored for a
+    K only when it may have switched cluster (exact bounds in the style of Elkan and Hamerly): a
+    unit centre that moves by ``delta`` changes a unit token's cosine to it by at most ``delta``,
+    so per (K, token) we keep an upper bound on the distance (``1 - cos``) to its own centre and
+    lower bounds on the distance to its ``_RUNNERS_UP`` nearest other centres (one by one) and to
+    all the rest (one shared bound), and a token whose own bound beats all others by ``margin``
+    (far above fp32 rounding) keeps its cluster. When many (K, token) pairs need it, one fp32 GEMM
+    scores all tokens against the centres of every K still running; otherwise each K rescores only
+    its own tokens (``index_select`` + a small GEMM). Each K's ranking is one ``argmax`` (the
+    release's first-index tie rule) and one ``topk``: no Python loop over clusters. Member sums
+    are updated only for tokens that switched (``index_add_``). Each K stops on its own when its
+    centres move less than ``tol`` (the release's rule) and leaves the GEMM.
     """
     x = x.float().contiguous()
     n, d = x.shape
@@ -186,50 +188,55 @@ def kmeans_sweep(
     xs = l2_normalize(x)  # the release normalises again before scoring; so do we
     ks_t = torch.tensor(ks)
     offsets = torch.cumsum(ks_t, 0) - ks_t
-    total, width = int(ks_t.sum()), max(kmax, 2)
+    total = int(ks_t.sum())
     block = torch.repeat_interleave(torch.arange(s), ks_t)  # [sum K]: which K a centre belongs to
-    valid = torch.arange(width)[None, :] < ks_t[:, None]  # [S, width]
-    flat_of = torch.where(valid, offsets[:, None] + torch.arange(width)[None, :], total)
-    cent = torch.cat([x[seeds[:k]] for k in ks])  # [sum K, D]
+    within = torch.arange(total) - offsets[block]  # [sum K]: its index inside its K
+    cent = x[seeds[within]]  # [sum K, D]: K's centres are the first K seeds
     cn = l2_normalize(cent)
-    labels = torch.zeros(s, n, dtype=torch.long)
-    lo = torch.full((s, n), -float("inf"))  # lower bound: cosine to the own centre
-    hi = torch.full((s, n, width), float("inf"))  # upper bounds: cosine to each other centre
+    st = _Bounds.empty(s, n)
+    labels = st.labels
     active = torch.ones(s, dtype=torch.bool)
     iters = torch.zeros(s, dtype=torch.long)
-    sums = counts = prev = None
-    for _ in range(max_iters):
-        need = active[:, None] & (lo <= hi.amax(2) + margin)  # [S, N]
-        if int(need.sum()) * 4 > 3 * s * n:  # most (K, token) pairs: one matmul for every K
-            dist = torch.cat([1 - xs @ cn.T, xs.new_full((n, 1), float("inf"))], 1)[:, flat_of]
-            best = dist.argmin(2)  # [N, S]; first index on ties, like the release's argmin
-            d_best = dist.gather(2, best[..., None])[..., 0]
-            others = 1 - dist.scatter(2, best[..., None], float("inf"))  # own centre -> -inf
-            labels = torch.where(need, best.T, labels)
-            lo = torch.where(need, 1 - d_best.T, lo)
-            hi = torch.where(need[..., None], others.transpose(0, 1), hi)
-        else:  # few pairs left near a boundary: rescore only those, K by K
-            for i in need.any(1).nonzero().squeeze(1).tolist():
-                tok = need[i].nonzero().squeeze(1)
-                k0, k = int(offsets[i]), ks[i]
-                dist = 1 - xs[tok] @ cn[k0 : k0 + k].T  # [R_i, K_i]
-                best = dist.argmin(1)
-                labels[i, tok] = best
-                lo[i, tok] = 1 - dist.gather(1, best[:, None])[:, 0]
-                hi[i, tok, :k] = 1 - dist.scatter(1, best[:, None], float("inf"))
-        iters += active.long()
-        flat = offsets[:, None] + labels  # [S, N] row of each token's centre
-        if sums is None:
-            sums = _member_sums(x, flat, total)
-            counts = torch.bincount(flat.flatten(), minlength=total)
+    sums = counts = None  # per-centre member sums and counts, from the first assignment on
+    for it in range(max_iters):
+        act = active.nonzero().squeeze(1).tolist()
+        moved = []  # per K: (K index, tokens that switched, their new and old labels)
+        assign = functools.partial(st.assign, moved)
+
+        if it == 0:  # every K starts from a prefix of the same seeds: one [N, K_max] product
+            cos_t = l2_normalize(x[seeds]) @ xs.T  # [K_max, N]
+            for i in act:
+                assign(i, None, cos_t[: ks[i]].T.contiguous())
         else:
-            moved = flat != prev
-            if bool(moved.any()):
-                si, ni = moved.nonzero(as_tuple=True)
-                sums.index_add_(0, flat[si, ni], x[ni]).index_add_(0, prev[si, ni], -x[ni])
-                counts += torch.bincount(flat[si, ni], minlength=total)
-                counts -= torch.bincount(prev[si, ni], minlength=total)
-        prev = flat
+            need = st.own_ub + margin >= torch.minimum(st.cand_lb.amin(2), st.rest_lb)  # [S, N]
+            counts_need = need.sum(1).tolist()
+            if sum(counts_need[i] for i in act) * 10 > 3 * n * len(act):  # many: one GEMM, all K
+                cos_t = cn[active[block]] @ xs.T  # [sum K_a, N]: each K's rows contiguous
+                start = 0
+                for i in act:
+                    assign(i, None, cos_t[start : start + ks[i]].T.contiguous())
+                    start += ks[i]
+            else:  # K by K: all tokens if most of this K's need it, else only those
+                for i in act:
+                    if counts_need[i] == 0:
+                        continue
+                    c_i = cn[offsets[i] : offsets[i] + ks[i]]
+                    if counts_need[i] * 5 > 3 * n:
+                        assign(i, None, xs @ c_i.T)
+                    else:
+                        rows = need[i].nonzero().squeeze(1)
+                        assign(i, rows, xs.index_select(0, rows) @ c_i.T)
+        iters += active.long()
+        if it == 0:
+            sums = _member_sums(x, labels, offsets, total)
+            counts = torch.bincount((offsets[:, None] + labels).flatten(), minlength=total)
+        elif moved:
+            si = torch.cat([torch.full_like(m[1], m[0]) for m in moved])
+            ni, new_l, old_l = (torch.cat(v) for v in list(zip(*moved))[1:])
+            dst, src = offsets[si] + new_l, offsets[si] + old_l
+            xm = x.index_select(0, ni)
+            sums.index_add_(0, dst, xm).index_add_(0, src, xm, alpha=-1)
+            counts += torch.bincount(dst, minlength=total) - torch.bincount(src, minlength=total)
         new = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], cent)
         shift = torch.zeros(s).index_add_(0, block, (cent - new).square().sum(1)).sqrt()
         move = active & ~(shift < tol)
@@ -238,13 +245,16 @@ def kmeans_sweep(
             cn_new = l2_normalize(cent)
             delta = (cn_new - cn).norm(dim=1)  # how far each normalised centre moved
             cn = cn_new
-            lo -= delta[flat]
-            hi += torch.cat([delta, delta.new_zeros(1)])[flat_of][:, None, :]
+            dk = torch.zeros(s, max(kmax, _RUNNERS_UP + 2))  # room for padded runners-up
+            dk[block, within] = delta  # [S, K_max]
+            st.own_ub += dk.gather(1, labels)
+            st.cand_lb -= dk[:, None, :].expand(s, n, dk.shape[1]).gather(2, st.cand)
+            st.rest_lb -= dk.amax(1, keepdim=True)
         active = move
         if not bool(active.any()):
             break
     centroids = torch.zeros(s, kmax, d)
-    centroids[valid[:, :kmax]] = cent
+    centroids[block, within] = cent
     # sum ||x - c||^2 = sum (|x|^2 - 2 x.c + |c|^2) with each token's own centre
     flat = offsets[:, None] + labels
     dots = (x @ cent.T).gather(1, flat.T)  # [N, S]
@@ -252,10 +262,60 @@ def kmeans_sweep(
     return KMeansSweep(list(ks), labels, centroids, err.double().sum(0), iters)
 
 
-def _member_sums(x: torch.Tensor, flat: torch.Tensor, total: int) -> torch.Tensor:
-    """Per-centre sums of members, one ``[sum K, N]`` one-hot matmul (every K at once)."""
+_INF = float("inf")
+_RUNNERS_UP = 4  # per (K, token): runners-up bounded one by one; the rest share one bound
+
+
+@dataclass
+class _Bounds:
+    """Per (K, token) of a sweep: the label and the bounds that decide whether to rescore it."""
+
+    labels: torch.Tensor  # [S, N] int64
+    own_ub: torch.Tensor  # [S, N] upper bound: distance (1 - cos) to the own centre
+    cand: torch.Tensor  # [S, N, R] the runners-up at the last rescoring
+    cand_lb: torch.Tensor  # [S, N, R] lower bounds: distance to each runner-up
+    rest_lb: torch.Tensor  # [S, N] lower bound: distance to every other centre
+
+    @classmethod
+    def empty(cls, s: int, n: int) -> _Bounds:
+        r = _RUNNERS_UP
+        return cls(torch.zeros(s, n, dtype=torch.long), torch.full((s, n), _INF),
+                   torch.zeros(s, n, r, dtype=torch.long), torch.full((s, n, r), -_INF),
+                   torch.full((s, n), -_INF))
+
+    def assign(self, moved: list, i: int, rows: torch.Tensor | None, cos: torch.Tensor) -> None:
+        """Write K ``i``'s argmax and bounds for ``rows`` (None: all) from ``cos [R, K]``; append
+        ``(i, tokens, new labels, old labels)`` of the tokens that switched to ``moved``."""
+        own, d_own, ci, cd, rd = _rank(cos)
+        sel = (i,) if rows is None else (i, rows)
+        old = self.labels[sel].clone()  # (i,) is a view
+        self.labels[sel], self.own_ub[sel], self.rest_lb[sel] = own, d_own, rd
+        self.cand[sel], self.cand_lb[sel] = ci, cd
+        sw = (own != old).nonzero().squeeze(1)
+        if sw.numel():
+            moved.append((i, sw if rows is None else rows[sw], own[sw], old[sw]))
+
+
+def _rank(cos: torch.Tensor):
+    """Per row of ``cos [R, K]``: the nearest centre (argmax, first on ties, as the release's
+    argmin of ``1 - cos``) and its distance, the runners-up and their distances, and the next
+    distance (a lower bound for every other centre); missing runners-up get distance ``inf``."""
+    own = cos.argmax(1)
+    need = _RUNNERS_UP + 2
+    if cos.shape[1] < need:
+        cos = torch.cat([cos, cos.new_full((cos.shape[0], need - cos.shape[1]), -_INF)], 1)
+    v, i = cos.topk(need, dim=1)
+    dist = 1 - v
+    # an exact tie at the top (topk's first index is not the argmax): leave the bounds open
+    rest = torch.where(i[:, 0] == own, dist[:, -1], -_INF)
+    return own, dist[:, 0], i[:, 1:-1], dist[:, 1:-1], rest
+
+
+def _member_sums(x: torch.Tensor, labels: torch.Tensor, offsets: torch.Tensor, total: int):
+    """Per-centre sums of members ``[sum K, D]`` for labels ``[S, N]``: one one-hot matmul."""
+    flat = (offsets[:, None] + labels).flatten()
     onehot = torch.zeros(total, x.shape[0])
-    onehot[flat.flatten(), torch.arange(x.shape[0]).repeat(flat.shape[0])] = 1.0
+    onehot[flat, torch.arange(x.shape[0]).repeat(labels.shape[0])] = 1.0
     return onehot @ x
 
 
@@ -415,17 +475,24 @@ def uniform_pool_grid(tokens: torch.Tensor, num_frames: int, tokens_per_frame: i
 
 # ---------------------------------------------------------------------------- VQ-attention
 @dataclass
-class CrossDynamicsConfig:
+class CrossDynamicsConfig(Config):
     """Constructor arguments of ``CrossDynamicsAttention``."""
 
-    feature_dim: int = 896  # D of the codes / frame features
-    num_frames: int = 32  # T of the hash map (max)
-    tokens_per_frame: int = 729  # N of the hash map
-    width: int = 256
-    depth: int = 1  # the paper: one layer
-    heads: int = 8
-    num_output_tokens: int = 32  # fixed number of tokens out
-    decoder_depth: int = 1  # reconstruction head (training target: the frame features)
+    feature_dim: PositiveInt = 896  # D of the codes / frame features
+    num_frames: PositiveInt = 32  # T of the hash map (max)
+    tokens_per_frame: PositiveInt = 729  # N of the hash map
+    width: PositiveInt = 256
+    depth: PositiveInt = 1  # the paper: one layer
+    heads: PositiveInt = 8
+    num_output_tokens: PositiveInt = 32  # fixed number of tokens out
+    decoder_depth: PositiveInt = 1  # reconstruction head (training target: the frame features)
+
+    def validate(self) -> CrossDynamicsConfig:
+        super().validate()
+        if self.width % self.heads:
+            raise ValueError(f"CrossDynamicsConfig.heads {self.heads} must divide width "
+                             f"{self.width}")
+        return self
 
 
 class CrossDynamicsAttention(nn.Module):
@@ -444,7 +511,7 @@ class CrossDynamicsAttention(nn.Module):
 
     def __init__(self, config: CrossDynamicsConfig) -> None:
         super().__init__()
-        c = self.config = config
+        c = self.config = config.validate()
         w = c.width
         self.code_in = Linear(c.feature_dim, w)
         self.pos_frame = nn.Parameter(0.02 * torch.randn(c.num_frames, w))
