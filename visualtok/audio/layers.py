@@ -4,7 +4,15 @@ convolutions, EnCodec's length-preserving ("same") padding, and the Snake activa
 Weight normalisation (Salimans & Kingma 2016) stores ``weight_g [C_out, 1, 1]`` and ``weight_v``
 (the official checkpoints' key names) and computes ``weight = g * v / |v|`` per output row with
 ``torch._weight_norm``, the op behind ``torch.nn.utils.weight_norm``: converted weights give the
-very same kernel values.
+very same kernel values. Without autograd (inference) the kernel is computed once and kept until
+``g`` or ``v`` change (in-place updates, ``load_state_dict``, ``.to()``); with autograd it is
+recomputed every forward so that gradients reach ``g`` and ``v``.
+
+Speed (same values as the plain ops, bit for bit): reflect padding is a copy into a preallocated
+buffer plus the few mirrored edge samples (``aten::reflection_pad1d`` is a slow per-element
+kernel); a zero padding is no copy at all; Snake runs in place on one temporary. (An activation
+written straight into the padded buffer would save a pass but is not bit-identical: a strided
+output gives every row a scalar tail, whose ``exp`` differs from the vectorised one by an ulp.)
 """
 
 from __future__ import annotations
@@ -30,9 +38,18 @@ class _WeightNormMixin:
             self.weight = nn.Parameter(weight.detach().clone())
 
     def kernel(self) -> torch.Tensor:
-        if self.weight_norm:
-            return torch._weight_norm(self.weight_v, self.weight_g, 0)
-        return self.weight
+        if not self.weight_norm:
+            return self.weight
+        v, g = self.weight_v, self.weight_g
+        if torch.is_grad_enabled():
+            return torch._weight_norm(v, g, 0)
+        # inference: reuse the kernel until a parameter is written (version) or replaced (pointer)
+        key = (v._version, g._version, v.data_ptr(), g.data_ptr(), v.dtype, v.device)
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, torch._weight_norm(v, g, 0))
+            self.__dict__["_kernel_cache"] = cached
+        return cached[1]
 
 
 class WNConv1d(nn.Module, _WeightNormMixin):
@@ -78,16 +95,30 @@ def extra_padding_for_conv1d(length: int, kernel_size: int, stride: int, padding
 
 
 def pad1d(x: torch.Tensor, left: int, right: int, mode: str = "reflect") -> torch.Tensor:
-    """``F.pad`` on the last dim; reflect padding of a signal shorter than the pad first extends it
-    with zeros on the right (and drops them again), as EnCodec does."""
+    """``F.pad(x, (left, right), mode)`` on the last dim (no copy when both are 0). Reflect padding
+    of a signal shorter than the pad first extends it with zeros on the right (and drops them
+    again), as EnCodec does."""
+    length = x.shape[-1]
+    if left == right == 0:
+        return x
     if mode != "reflect":
         return F.pad(x, (left, right), mode)
-    length, extra = x.shape[-1], 0
     if length <= max(left, right):
         extra = max(left, right) - length + 1
-        x = F.pad(x, (0, extra))
-    y = F.pad(x, (left, right), "reflect")
-    return y[..., : y.shape[-1] - extra]
+        y = F.pad(F.pad(x, (0, extra)), (left, right), "reflect")
+        return y[..., : y.shape[-1] - extra]
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.pad(x, (left, right), "reflect")
+    # a plain copy into the padded buffer plus the mirrored edges: reflection_pad1d's values
+    # at a memcpy's speed (that kernel walks element by element)
+    out = x.new_empty(*x.shape[:-1], left + length + right)
+    out[..., left : left + length] = x
+    if left:
+        out[..., :left] = out[..., left + 1 : 2 * left + 1].flip(-1)
+    if right:
+        end = left + length
+        out[..., end:] = out[..., end - right - 1 : end - 1].flip(-1)
+    return out
 
 
 class Snake(nn.Module):
@@ -100,5 +131,9 @@ class Snake(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(shape[0], shape[1], -1)
-        x = x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
-        return x.reshape(shape)
+        if torch.is_grad_enabled() and (x.requires_grad or self.alpha.requires_grad):
+            y = x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        else:  # the same ops in place on one temporary (bit-identical)
+            y = torch.mul(self.alpha, x).sin_()
+            y.mul_(y).mul_((self.alpha + 1e-9).reciprocal()).add_(x)
+        return y.reshape(shape)
