@@ -69,3 +69,20 @@ def test_snake_in_place_equals_the_formula():
     x.requires_grad_(True)
     snake(x).sum().backward()
     assert snake.alpha.grad is not None and x.grad is not None
+
+
+@pytest.mark.parametrize("c_in,c_out,stride,padding", [(6, 3, 2, 0), (8, 4, 5, 3), (5, 7, 4, 2),
+                                                       (3, 2, 1, 0)])
+def test_overlap_add_transposed_conv_matches_the_conv(c_in, c_out, stride, padding):
+    conv = WNConvTranspose1d(c_in, c_out, 2 * stride, stride, padding=padding)
+    x = torch.randn(2, c_in, 17)
+    with torch.no_grad():
+        fast = conv(x)
+        assert "_ola_cache" in conv.__dict__  # the overlap-add path ran
+    ref = F.conv_transpose1d(x, conv.kernel().detach(), conv.bias.detach(), stride, padding)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    conv4 = WNConvTranspose1d(c_in, c_out, 3, 2)  # not 2s taps: the plain conv
+    with torch.no_grad():
+        torch.testing.assert_close(conv4(x), F.conv_transpose1d(x, conv4.kernel(), conv4.bias, 2))
+        assert "_ola_cache" not in conv4.__dict__
