@@ -10,12 +10,17 @@
   ``descript-audiotools``, so it is not a project dependency): the official ``DAC`` with random
   weights, converted from its state dict and kwargs.
 
-``ours bf16``: our codec under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (convs and LSTM
-in bf16, the quantizer in fp32); ``bf16 codes = fp32`` is the share of its codes equal to the
-fp32 ones. Speed is "x real time" (seconds of audio per second of wall time, median of
-``--repeats`` after a warm-up; the two sides are called alternately, see ``paired_times``).
-``codes_equal`` says whether both sides gave identical codes in that run, ``max_abs_diff`` the
-largest difference of the audio decoded from those codes.
+Speed is "x real time" (seconds of audio per second of wall time) and the ratios "x" are
+official time / our time, median of ``--repeats`` after a warm-up, the contenders called in
+rounds (official, ours, ours bf16, ...; ``time_interleaved``) so that load that comes and goes
+hits all alike; "(CPU time)" ratios use the process CPU time per call, the work each side did
+whatever share of a core it got (steadier on a loaded machine; meaningful with ``--threads 1``).
+``codes_equal`` says whether both sides gave identical codes, ``max_abs_diff`` the largest
+difference of the audio decoded from those codes. ``bf16``: our codec under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (convs and LSTM in bf16, the quantizer in fp32),
+its ratios against the official fp32; ``bf16 codes = fp32`` is the share of its codes equal to
+the fp32 ones (a bf16 decode takes the exact fp32 codes, so fp32 encode + bf16 decode keeps
+them all). ``load 1m`` is the 1-minute load average before and after each row.
 
 * **ours** (``--ours``): visualtok's codec (``codec_small`` / ``codec_lm``, causal, random
   weights), batch 1 x ``--seconds`` of real speech: encode and decode offline (one call) against
@@ -28,16 +33,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import machine_info, print_table, time_call, write_json  # noqa: E402
+from benchmarks._common import machine_info, print_table, time_interleaved, write_json  # noqa: E402
 from visualtok.audio.io import read_audio  # noqa: E402
 from visualtok.convert import convert_checkpoint  # noqa: E402
 
@@ -53,22 +56,6 @@ def speech_batch(batch: int, seconds: float, sample_rate: int) -> torch.Tensor:
         wav, _ = read_audio(path, sample_rate=sample_rate, channels=1)
         out[i, :, : min(n, wav.shape[-1])] = wav[:, :n]
     return out
-
-
-def paired_times(ref_fn, ours_fn, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``ref_fn`` and ``ours_fn``, called alternately after one warm-up each,
-    so that a change in the machine's load hits both sides alike."""
-    ref_fn()
-    ours_fn()
-    a, b = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ref_fn()
-        a.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ours_fn()
-        b.append(time.perf_counter() - t0)
-    return statistics.median(a), statistics.median(b)
 
 
 def official_encodec(wav: torch.Tensor, seed: int = 0):
@@ -115,20 +102,46 @@ def _encodec_case(ref, ours, wav, n_q, b, seconds, repeats):
     got = ours.encode(wav, 24000, n_q=n_q)
     equal = torch.equal(got.to_official(), frames[0][0])
     diff = float((ours.decode(got) - ref.decode(frames)[..., : wav.shape[-1]]).abs().max())
-    t = {}
-    t["ref_enc"], t["ours_enc"] = paired_times(lambda: ref.encode(wav),
-                                               lambda: ours.encode(wav, 24000, n_q=n_q), repeats)
-    t["ref_dec"], t["ours_dec"] = paired_times(lambda: ref.decode(frames),
-                                               lambda: ours.decode(got), repeats)
-    row = _row("EnCodec 24 kHz, 6 kbps", b, seconds, t, equal, diff)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the quantizer itself stays fp32
-        fast = ours.encode(wav, 24000, n_q=n_q)
-        enc_bf16 = time_call(lambda: ours.encode(wav, 24000, n_q=n_q), repeats=repeats)
-        dec_bf16 = time_call(lambda: ours.decode(fast), repeats=repeats)
-    row.update({"ours bf16 enc xRT": b * seconds / enc_bf16,
-                "ours bf16 dec xRT": b * seconds / dec_bf16,
-                "bf16 codes = fp32": float((fast.codes == got.codes).float().mean())})
-    print(row, flush=True)
+    return _measure("EnCodec 24 kHz, 6 kbps", b, seconds, repeats, equal, diff,
+                    enc=(lambda: ref.encode(wav), lambda: ours.encode(wav, 24000, n_q=n_q)),
+                    dec=(lambda: ref.decode(frames), lambda: ours.decode(got)),
+                    codes=lambda: ours.encode(wav, 24000, n_q=n_q).codes)
+
+
+def _bf16(fn):
+    """``fn`` under CPU bf16 autocast (convs and LSTM in bf16; the quantizer keeps fp32)."""
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn()
+    return run
+
+
+def _measure(name, b, seconds, repeats, equal, diff, enc, dec, codes):
+    """Time official, ours and ours-under-bf16 interleaved (wall and process CPU time), encode
+    then decode; the bf16 decode takes the fp32 codes, so its codes are the official ones."""
+    load = [os.getloadavg()[0]]
+    cpu_e, cpu_d = {}, {}
+    te = time_interleaved({"ref": enc[0], "ours": enc[1], "bf16": _bf16(enc[1])},
+                          repeats=repeats, cpu=cpu_e)
+    td = time_interleaved({"ref": dec[0], "ours": dec[1], "bf16": _bf16(dec[1])},
+                          repeats=repeats, cpu=cpu_d)
+    load.append(os.getloadavg()[0])
+    fp32_codes = codes()
+    bf16_codes = _bf16(codes)()
+    audio = b * seconds
+    row = {
+        "model": name, "batch": f"{b} x {seconds:g} s",
+        "ours enc xRT": audio / te["ours"], "ref enc xRT": audio / te["ref"],
+        "enc x": te["ref"] / te["ours"], "enc x (CPU time)": cpu_e["ref"] / cpu_e["ours"],
+        "ours dec xRT": audio / td["ours"], "ref dec xRT": audio / td["ref"],
+        "dec x": td["ref"] / td["ours"], "dec x (CPU time)": cpu_d["ref"] / cpu_d["ours"],
+        "codes_equal": equal, "max_abs_diff": diff,
+        "bf16 enc x": te["ref"] / te["bf16"], "bf16 enc x (CPU)": cpu_e["ref"] / cpu_e["bf16"],
+        "bf16 dec x": td["ref"] / td["bf16"], "bf16 dec x (CPU)": cpu_d["ref"] / cpu_d["bf16"],
+        "bf16 codes = fp32": float((bf16_codes == fp32_codes).float().mean()),
+        "load 1m before/after": "/".join(f"{v:.1f}" for v in load),
+    }
+    print(row, flush=True)  # progress: each case as soon as it is measured
     return row
 
 
@@ -159,12 +172,11 @@ def _dac_case(ref, ours, wav, b, seconds, repeats):
         return ref.decode(ref.quantizer.from_codes(ref_codes)[0])
 
     diff = float((ours.decode(got.codes) - ref_decode()).abs().max())
-    t = {}
-    t["ref_enc"], t["ours_enc"] = paired_times(lambda: ref.encode(ref.preprocess(wav, 16000)),
-                                               lambda: ours.encode(wav, 16000), repeats)
-    t["ref_dec"], t["ours_dec"] = paired_times(ref_decode, lambda: ours.decode(got.codes),
-                                               repeats)
-    return _row("DAC 16 kHz, 6 kbps", b, seconds, t, equal, diff)
+    return _measure("DAC 16 kHz, 6 kbps", b, seconds, repeats, equal, diff,
+                    enc=(lambda: ref.encode(ref.preprocess(wav, 16000)),
+                         lambda: ours.encode(wav, 16000)),
+                    dec=(ref_decode, lambda: ours.decode(got.codes)),
+                    codes=lambda: ours.encode(wav, 16000).codes)
 
 
 def bench_ours(presets, seconds, repeats):
@@ -189,7 +201,8 @@ def _ours_case(name, seconds, repeats):
         parts = [enc(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
         state["str"] = torch.cat(parts + [enc.flush()], 1)
 
-    te_off, te_str = paired_times(offline_enc, stream_enc, repeats)
+    t = time_interleaved({"off": offline_enc, "str": stream_enc}, repeats=repeats)
+    te_off, te_str = t["off"], t["str"]
     codes = state["off"]
 
     def offline_dec():
@@ -200,7 +213,8 @@ def _ours_case(name, seconds, repeats):
         state["y_str"] = torch.cat([dec(codes[:, f : f + 1]) for f in range(codes.shape[1])],
                                    -1)
 
-    td_off, td_str = paired_times(offline_dec, stream_dec, repeats)
+    t = time_interleaved({"off": offline_dec, "str": stream_dec}, repeats=repeats)
+    td_off, td_str = t["off"], t["str"]
     row = {
         "model": f"{name} (causal, {model.bitrate() / 1000:g} kbps)",
         "batch": f"1 x {seconds:g} s", "enc chunk": f"{chunk} samples",
@@ -214,20 +228,6 @@ def _ours_case(name, seconds, repeats):
     }
     print(row, flush=True)
     return row
-
-def _row(name, b, seconds, t, equal, diff):
-    audio = b * seconds
-    row = {
-        "model": name, "batch": f"{b} x {seconds:g} s",
-        "ours enc xRT": audio / t["ours_enc"], "ref enc xRT": audio / t["ref_enc"],
-        "enc x": t["ref_enc"] / t["ours_enc"],
-        "ours dec xRT": audio / t["ours_dec"], "ref dec xRT": audio / t["ref_dec"],
-        "dec x": t["ref_dec"] / t["ours_dec"],
-        "codes_equal": equal, "max_abs_diff": diff,
-    }
-    print(row, flush=True)  # progress: each case as soon as it is measured
-    return row
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

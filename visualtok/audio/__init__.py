@@ -2,6 +2,10 @@
 
 ``AudioCodec`` (``base.py``) is the one interface; ``io.py`` reads/writes files with soundfile and
 does resampling and spectrograms with torchaudio. Model files: ``encodec.py``, ``dac.py``.
+
+Codes are ``[B, T_frames, n_q]`` (the zoo's ``[B, *S, F]``); the official EnCodec/DAC layout
+``[B, n_q, T]`` is one transpose away: ``official = codes.codes.transpose(1, 2)``
+(``AudioCodes.to_official()``), ``ours = official.transpose(1, 2)``.
 """
 
 from .base import AudioCodec, AudioCodes, check_audio

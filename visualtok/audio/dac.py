@@ -89,7 +89,7 @@ class ResidualUnit(nn.Module):
         crop = (x.shape[-1] - y.shape[-1]) // 2
         if crop > 0:
             x = x[..., crop:-crop]
-        return x + y
+        return y.add_(x)  # y is the block's fresh output: no new tensor, the same sum
 
 
 class EncoderBlock(nn.Module):
@@ -176,7 +176,7 @@ class DAC(AudioCodec):
         """``[B, 1, T]`` -> latents ``[B, T_f, latent_dim]`` (channels last), after right-padding
         to a multiple of the hop."""
         pad = math.ceil(wav.shape[-1] / self.hop_length) * self.hop_length - wav.shape[-1]
-        return self.encoder(F.pad(wav, (0, pad))).transpose(1, 2)
+        return self.encoder(F.pad(wav, (0, pad)) if pad else wav).transpose(1, 2)
 
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
         """``[B, T_f, latent_dim]`` -> ``[B, 1, T']``."""

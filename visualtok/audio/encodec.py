@@ -127,12 +127,8 @@ class SConv1d(nn.Module):
         k, s, d = self.conv.kernel_size, self.conv.stride, self.conv.dilation
         total = (k - 1) * d - (s - 1)
         extra = extra_padding_for_conv1d(x.shape[-1], k, s, total)
-        if self.causal:
-            x = pad1d(x, total, extra, self.pad_mode)
-        else:
-            right = total // 2
-            x = pad1d(x, total - right, right + extra, self.pad_mode)
-        return self.norm(self.conv(x))
+        left = total if self.causal else total - total // 2
+        return self.norm(self.conv(pad1d(x, left, total - left + extra, self.pad_mode)))
 
 
 class SConvTranspose1d(nn.Module):
@@ -180,7 +176,7 @@ class ResidualBlock(nn.Module):
         self.shortcut = SConv1d(cfg, dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.block(x)
+        return self.shortcut(x).add_(self.block(x))
 
 
 class SEANetEncoder(nn.Module):
