@@ -8,7 +8,8 @@ Train: LJ Speech subset (one speaker), the spoken Tux Paint stamp names/descript
 letters and KTuberling words, in every language except Greek. Test (held out, never trained on):
 the three LibriSpeech speakers, the JFK clip and all Greek recordings (Tux Paint, KLettres,
 KTuberling). FSDD is left out: it is 8 kHz narrowband. Files are resampled to 16 kHz PCM-16 wav;
-``test.txt`` / ``train.txt`` list the sources.
+``test.txt`` / ``train.txt`` list the sources. ``test_eval/`` links the evaluation subset: every
+LibriSpeech and JFK file and every 10th Greek recording (sorted), about 6 minutes.
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def main(argv: list[str] | None = None) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(dst), np.clip(wav, -1, 1), 16000, subtype="PCM_16")
         lists[split].append(f"{name}\t{src}")
+    sub = out / "test_eval"
+    greek = [n for n in (r.split("\t")[0] for r in lists["test"]) if "/el/" in n]
+    keep = [n for n in (r.split("\t")[0] for r in lists["test"]) if "/el/" not in n]
+    for name in keep + sorted(greek)[::10]:
+        link = sub / f"{name}.wav"
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((out / "test" / f"{name}.wav").resolve())
     for split, rows in lists.items():
         (out / f"{split}.txt").write_text("\n".join(rows) + "\n")
         print(f"{split}: {len(rows)} files")
