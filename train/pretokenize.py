@@ -102,7 +102,8 @@ def _audio(args: argparse.Namespace, codec, rank: int, world: int, device) -> li
     labels, classes = labels_from_folders(root, files)
     written = pretokenize_audio(
         codec, files, args.out, round(args.seconds * codec.sample_rate), labels, classes,
-        args.batch_size, args.shard_size, rank, world, device, tokenizer_name=args.tokenizer)
+        batch_size=args.batch_size, shard_size=args.shard_size, process_index=rank,
+        num_processes=world, device=device, tokenizer_name=args.tokenizer)
     print(f"process {rank}/{world}: wrote {len(written)} shard(s) to {args.out}")
     return written
 

@@ -162,18 +162,10 @@ def audio_windows(files: list[Path], sample_rate: int, num_samples: int) -> list
 
 @torch.no_grad()
 def pretokenize_audio(
-    codec: torch.nn.Module,
-    files: list[Path],
-    out_dir: str | Path,
-    num_samples: int,
-    labels: list[int] | None = None,
-    class_names: list[str] | None = None,
-    batch_size: int = 16,
-    shard_size: int = 1024,
-    process_index: int = 0,
-    num_processes: int = 1,
-    device: str | torch.device = "cpu",
-    tokenizer_name: str | None = None,
+    codec: torch.nn.Module, files: list[Path], out_dir: str | Path, num_samples: int,
+    labels: list[int] | None = None, class_names: list[str] | None = None, *,
+    batch_size: int = 16, shard_size: int = 1024, process_index: int = 0, num_processes: int = 1,
+    device: str | torch.device = "cpu", tokenizer_name: str | None = None,
 ) -> list[Path]:
     """Encode every ``num_samples`` window of the audio ``files`` with an ``AudioCodec`` (all
     its levels) into shards of codes ``[n, T_frames, n_q]``; ``labels`` are per file. As
