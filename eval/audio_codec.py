@@ -58,7 +58,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--overrides", default="{}", help="JSON config overrides for --random-init")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--opus", type=float, default=None, metavar="KBPS",
+                    help="add a real-codec reference row: the audio through libopus (PyAV) at "
+                         "this bitrate")
     return ap.parse_args(argv)
+
+
+def opus_roundtrip(wav: torch.Tensor, sample_rate: int, kbps: float) -> tuple[torch.Tensor, float]:
+    """``[C, T]`` audio through libopus (PyAV, in an in-memory Ogg) at ``kbps`` and back at
+    ``sample_rate``, ``[C, T]``; also the bitrate actually written (kbps, container included)."""
+    import io
+
+    import av
+    import numpy as np
+
+    from visualtok.audio.io import resample
+
+    if "libopus" not in av.codecs_available:
+        raise ValueError("--opus needs PyAV built with libopus (av.codecs_available)")
+    layout = {1: "mono", 2: "stereo"}.get(wav.shape[0])
+    if layout is None:
+        raise ValueError(f"--opus handles mono or stereo audio; got {wav.shape[0]} channels")
+    pcm = (wav.clamp(-1, 1) * 32767).round().short().numpy().T.reshape(1, -1)  # packed s16
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="ogg") as out:
+        st = out.add_stream("libopus", rate=sample_rate)
+        st.bit_rate, st.layout = int(kbps * 1000), layout
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
+        frame.sample_rate = sample_rate
+        for packet in [*st.encode(frame), *st.encode(None)]:
+            out.mux(packet)
+    written = buf.tell() * 8 / (wav.shape[-1] / sample_rate) / 1000
+    buf.seek(0)
+    with av.open(buf) as inp:
+        stream = inp.streams.audio[0]
+        y = np.concatenate([f.to_ndarray() for f in inp.decode(stream)], -1)
+        rate = stream.codec_context.sample_rate
+    y = torch.from_numpy(y.astype(np.float32)).reshape(wav.shape[0], -1)  # decoded planar float
+    y = resample(y, rate, sample_rate) if rate != sample_rate else y
+    y = y[:, : wav.shape[-1]]
+    return torch.nn.functional.pad(y, (0, wav.shape[-1] - y.shape[-1])), written
 
 
 def _levels_to_eval(model: AudioCodec, spec: str | None) -> list[int]:
@@ -102,7 +141,7 @@ def markdown(results: dict) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results["rows"]:
         lines.append("| " + " | ".join([
-            str(r["n_q"]) if r["n_q"] is not None else "reference",
+            str(r["n_q"]) if r["n_q"] is not None else r.get("label", "reference"),
             _fmt(r["kbps"], 2), _fmt(r["si_sdr"], 2), _fmt(r["mel_distance"]),
             _fmt(r["stft_distance"]), _fmt(r.get("pesq_wb")), _fmt(r.get("stoi")),
             _fmt(r.get("encode_x_realtime"), 1), _fmt(r.get("decode_x_realtime"), 1)]) + " |")
@@ -135,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         model._check_n_q(q)
     sr, top = model.sample_rate, max(levels)
     with_pesq = not args.no_pesq
-    sums: dict[int | None, dict[str, float]] = {q: {} for q in [None, *levels]}
+    sums: dict[int | str | None, dict[str, float]] = {q: {} for q in [None, "opus", *levels]}
     all_codes, seconds, first = [], 0.0, None
 
     def add(q, key, value):
@@ -171,6 +210,16 @@ def main(argv: list[str] | None = None) -> dict:
         if with_pesq:
             add(None, "pesq_wb", pesq_wb(wav, wav, sr)[0] * dur)
             add(None, "stoi", stoi(wav, wav, sr)[0] * dur)
+        if args.opus:
+            y, kbps = opus_roundtrip(wav[0].cpu(), sr, args.opus)
+            y = y[None].to(wav.device)
+            add("opus", "kbps", kbps * dur)
+            add("opus", "si_sdr", si_sdr(y, wav)[0] * dur)
+            add("opus", "mel_distance", mel_distance(y, wav, sr)[0] * dur)
+            add("opus", "stft_distance", stft_distance(y, wav)[0] * dur)
+            if with_pesq:
+                add("opus", "pesq_wb", pesq_wb(y, wav, sr)[0] * dur)
+                add("opus", "stoi", stoi(y, wav, sr)[0] * dur)
         if first is None:
             first = (wav[0].cpu(), {q: decoded[q][0].cpu() for q in levels})
 
@@ -190,6 +239,15 @@ def main(argv: list[str] | None = None) -> dict:
             "stoi": s["stoi"] / seconds if with_pesq else None,
             "encode_x_realtime": enc_speed, "decode_x_realtime": seconds / s["decode_s"],
         })
+    if args.opus:
+        s = sums["opus"]
+        rows.append({
+            "n_q": None, "label": f"Opus {args.opus:g} kbps", "kbps": s["kbps"] / seconds,
+            "si_sdr": s["si_sdr"] / seconds, "mel_distance": s["mel_distance"] / seconds,
+            "stft_distance": s["stft_distance"] / seconds,
+            "pesq_wb": s["pesq_wb"] / seconds if with_pesq else None,
+            "stoi": s["stoi"] / seconds if with_pesq else None,
+            "note": "libopus through PyAV (Ogg in memory); kbps = bytes written incl. container"})
     results = {
         "model": str(args.model), "random_init": args.random_init,
         "sample_rate": sr, "channels": model.channels, "frame_rate": model.frame_rate,

@@ -41,3 +41,21 @@ def test_audio_codec_eval(tmp_path: Path):
     md = (tmp_path / "results.md").read_text()
     assert "| reference |" in md and "Unavailable" in md
     assert (tmp_path / "spectrograms.png").stat().st_size > 0
+
+
+def test_opus_reference_row(tmp_path: Path):
+    """``--opus 6``: real speech through libopus at ~6 kbps, a row beside the codec's."""
+    import audio_codec
+
+    av = pytest.importorskip("av")
+    if "libopus" not in av.codecs_available:
+        pytest.skip("PyAV without libopus")
+    data = shared_path("data", "audio", "librispeech_samples")
+    res = audio_codec.main(["codec_tiny", str(data), "--random-init", "--max-files", "1",
+                            "--max-seconds", "3.0", "--n-q", "4", "--no-pesq", "--opus", "6",
+                            "--out", str(tmp_path)])
+    opus = res["rows"][-1]
+    assert opus["label"] == "Opus 6 kbps" and 5.0 < opus["kbps"] < 9.0  # incl. the Ogg pages
+    codec = res["rows"][1]  # a random codec is far worse than a real one
+    assert opus["mel_distance"] < 0.7 * codec["mel_distance"]
+    assert "| Opus 6 kbps |" in (tmp_path / "results.md").read_text()

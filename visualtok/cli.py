@@ -453,6 +453,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         labels = None
     g = torch.Generator().manual_seed(args.seed)
+    from .audio.base import AudioCodec
+
+    if isinstance(tokenizer, AudioCodec):
+        return _generate_audio(args, gpt, tokenizer, labels, g)
     images = generate_images(
         gpt,
         tokenizer,
@@ -482,6 +486,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = args.num_tokens or tokenizer.num_tokens
     print(f"generated {len(images)} images from {n} tokens each -> {grid} (one row per class) "
           f"and {len(images)} PNGs in {sample_dir}")
+    return 0
+
+
+def _generate_audio(args: argparse.Namespace, gpt, codec, labels, g) -> int:
+    """``generate`` with an audio codec as the tokenizer: one wav per sample."""
+    from .audio.io import write_audio
+    from .generate.pipeline import generate_audio
+
+    frames = args.num_tokens or gpt.config.num_tokens - gpt.delay_steps
+    codes, wav = generate_audio(
+        gpt, codec, frames, labels=labels, num_samples=None if labels is not None else args.num,
+        generator=g, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        cfg_scale=args.cfg_scale)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(wav.shape[0]):
+        write_audio(out / f"{i:03d}.wav", wav[i], codec.sample_rate)
+    seconds = wav.shape[-1] / codec.sample_rate
+    print(f"generated {wav.shape[0]} clips of {frames} frames ({seconds:g} s, {codes.shape[-1]} "
+          f"levels) -> {out}/NNN.wav")
     return 0
 
 

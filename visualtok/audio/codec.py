@@ -29,6 +29,7 @@ hop 640 = 25 Hz, 4 x 1024 = 1 kbps, short sequences for the generator).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import weakref
@@ -115,7 +116,7 @@ class CodecConfig:
 # ---------------------------------------------------------------------- streamable layers
 class Conv(nn.Module):
     """Weight-normalised conv with zero padding: ``span - stride`` zeros on the left (causal) or
-    split around the signal; ``stream`` keeps the inputs the next window needs."""
+    split around the signal (streamed by ``_ConvStream``)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1,
                  dilation: int = 1, causal: bool = False) -> None:
@@ -129,30 +130,11 @@ class Conv(nn.Module):
         left = self.pad if self.causal else self.pad // 2
         return self.conv(F.pad(x, (left, self.pad - left)))
 
-    def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        buf = state.get(self)
-        if buf is None:
-            buf = x.new_zeros(x.shape[0], x.shape[1], self.pad)
-        if x.shape[-1]:
-            buf = torch.cat([buf, x], -1)
-        n = (buf.shape[-1] - self.span) // self.stride + 1 if buf.shape[-1] >= self.span else 0
-        state[self] = buf[..., n * self.stride:]
-        if n == 0:
-            return x.new_zeros(x.shape[0], self.c_out, 0)
-        window = buf[..., : (n - 1) * self.stride + self.span]
-        # one GEMM on the unfolded windows: short chunks are slow through F.conv1d on CPU
-        cols = window.unfold(-1, self.span, self.stride)[..., :: self.conv.dilation]  # B C n k
-        cols = cols.permute(0, 2, 1, 3).reshape(x.shape[0], n, -1)
-        y = torch.matmul(cols, _kernel(self, state))
-        if self.conv.bias is not None:
-            y = y + self.conv.bias
-        return y.transpose(1, 2)
-
 
 class ConvTranspose(nn.Module):
     """Weight-normalised ``2s``-tap stride-``s`` transposed conv giving exactly ``s`` samples per
-    input frame: the ``s``-sample overlap is trimmed on the right (causal) or split; ``stream``
-    carries it to the next chunk."""
+    input frame: the ``s``-sample overlap is trimmed on the right (causal) or split (streamed by
+    ``_ConvTransposeStream``, which carries it to the next chunk)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, causal: bool = False) -> None:
         super().__init__()
@@ -165,38 +147,9 @@ class ConvTranspose(nn.Module):
         left = 0 if self.causal else self.trim // 2
         return y[..., left: y.shape[-1] - (self.trim - left)]
 
-    def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        if x.shape[-1] == 0:
-            return x.new_zeros(x.shape[0], self.c_out, 0)
-        y = F.conv_transpose1d(x, _kernel(self, state), None, self.stride)
-        tail = state.get(self)
-        if tail is not None:
-            y[..., : self.trim] += tail
-        n = x.shape[-1] * self.stride
-        state[self] = y[..., n:]
-        return y[..., :n] + self.conv.bias[:, None]
-
-
-def _kernel(layer: nn.Module, state: dict) -> torch.Tensor:
-    """The layer's weight-normalised kernel, computed once per stream (not once per chunk)."""
-    key = (layer, "kernel")
-    k = state.get(key)
-    if k is None:
-        k = layer.conv.kernel().detach()
-        if isinstance(layer, Conv):  # [C_out, C_in, k] -> [C_in * k, C_out] for the GEMM
-            k = k.reshape(k.shape[0], -1).t().contiguous()
-        state[key] = k
-    return k
-
 
 def _activation(kind: str, channels: int) -> nn.Module:
     return Snake(channels) if kind == "snake" else nn.ELU()
-
-
-def _stream_seq(layers: nn.Sequential, x: torch.Tensor, state: dict) -> torch.Tensor:
-    for m in layers:
-        x = m.stream(x, state) if hasattr(m, "stream") else m(x)
-    return x
 
 
 class ResidualUnit(nn.Module):
@@ -210,9 +163,6 @@ class ResidualUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
-
-    def stream(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        return x + _stream_seq(self.block, x, state) if x.shape[-1] else x
 
 
 class Encoder(nn.Module):
@@ -253,6 +203,118 @@ def _zero_biases(m: nn.Module) -> None:
     if isinstance(m, (WNConv1d, WNConvTranspose1d)) and m.bias is not None:
         with torch.no_grad():
             m.bias.zero_()
+
+
+# ---------------------------------------------------------------------- streaming kernels
+# A stream runs the causal layers on time-major chunks ``[B, t, C]`` (the layout the quantizer
+# reads and writes, so no transposes between layers). Each conv is one ``addmm`` (bias fused) on
+# the windows of a preallocated buffer that holds the inputs its next window needs; each transposed
+# conv one GEMM whose overlapping half is carried to the next chunk; Snake is the offline formula
+# with ``alpha`` and ``1 / alpha`` read once. Kernels are laid out at the first chunk. (Plain
+# ``addmm``, not ``nn.linear``'s oneDNN route: with weights not pre-packed, oneDNN re-lays them
+# every call and streamed 1.8x slower here, measured.)
+class _ConvStream:
+    def __init__(self, layer: Conv) -> None:
+        k = layer.conv.kernel().detach()  # [C_out, C_in, taps]
+        self.taps, self.c_out = k.shape[2], k.shape[0]
+        self.kernel = k.permute(2, 1, 0).reshape(-1, self.c_out).contiguous()  # [taps*C_in, C_out]
+        bias = layer.conv.bias
+        self.bias = bias.detach() if bias is not None else k.new_zeros(self.c_out)
+        self.span, self.stride, self.dilation = layer.span, layer.stride, layer.conv.dilation
+        self.pad = layer.pad
+        self.buf: torch.Tensor | None = None  # [B, capacity, C_in]; live inputs in [start, end)
+        self.start = self.end = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        if self.span == 1 and self.stride == 1:  # 1x1 conv: no history
+            return torch.addmm(self.bias, x.reshape(b * t, c), self.kernel).view(b, t, -1)
+        if self.buf is None:
+            self.buf = x.new_zeros(b, 4 * (self.pad + t) + 64, c)  # the causal zeros come first
+            self.end = self.pad
+        if self.end + t > self.buf.shape[1]:  # move the live tail to the front (grow if needed)
+            live = self.buf[:, self.start : self.end].clone()
+            if live.shape[1] + t > self.buf.shape[1]:
+                self.buf = x.new_empty(b, 2 * (live.shape[1] + t), c)
+            self.buf[:, : live.shape[1]] = live
+            self.start, self.end = 0, live.shape[1]
+        self.buf[:, self.end : self.end + t] = x
+        self.end += t
+        avail = self.end - self.start
+        n = (avail - self.span) // self.stride + 1 if avail >= self.span else 0
+        if n == 0:
+            return x.new_empty(b, 0, self.c_out)
+        cap = self.buf.shape[1]
+        cols = self.buf.as_strided(  # [B, n, taps, C_in]: window i, tap j = start + i*s + j*d
+            (b, n, self.taps, c), (cap * c, self.stride * c, self.dilation * c, 1),
+            self.buf.storage_offset() + self.start * c)
+        self.start += n * self.stride
+        return torch.addmm(self.bias, cols.reshape(b * n, -1), self.kernel).view(b, n, -1)
+
+
+class _ConvTransposeStream:
+    def __init__(self, layer: ConvTranspose) -> None:
+        k = layer.conv.kernel().detach()  # [C_in, C_out, 2s]
+        self.s, self.c_out = layer.stride, k.shape[1]
+        self.kernel = k.permute(0, 2, 1).reshape(k.shape[0], -1).contiguous()  # [C_in, 2s*C_out]
+        self.bias = layer.conv.bias.detach()
+        self.tail: torch.Tensor | None = None  # [B, s, C_out]: the last frame's overlap
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        if n == 0:
+            return x.new_empty(b, 0, self.c_out)
+        y = torch.mm(x.reshape(b * n, c), self.kernel).view(b, n, 2 * self.s, self.c_out)
+        out = y[:, :, : self.s] + self.bias  # frame f's own s samples ...
+        out[:, 1:] += y[:, :-1, self.s :]  # ... plus the overlap of frame f - 1
+        if self.tail is not None:
+            out[:, 0] += self.tail
+        self.tail = y[:, -1, self.s :]
+        return out.view(b, n * self.s, self.c_out)
+
+
+class _SnakeStream:
+    def __init__(self, m: Snake) -> None:
+        self.alpha = m.alpha.detach().reshape(-1)
+        self.inv = (self.alpha + 1e-9).reciprocal()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mul(x, self.alpha).sin_().pow_(2).mul_(self.inv).add_(x)
+
+
+class _ResidualStream:
+    def __init__(self, unit: ResidualUnit) -> None:
+        self.plan = _stream_plan(unit.block)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _run_plan(self.plan, x).add_(x) if x.shape[1] else x
+
+
+def _stream_plan(layers: nn.Sequential) -> list:
+    """One streaming callable per layer of ``layers`` (time-major chunks in and out)."""
+    plan: list = []
+    for m in layers:
+        if isinstance(m, Conv):
+            plan.append(_ConvStream(m))
+        elif isinstance(m, ConvTranspose):
+            plan.append(_ConvTransposeStream(m))
+        elif isinstance(m, ResidualUnit):
+            plan.append(_ResidualStream(m))
+        elif isinstance(m, Snake):
+            plan.append(_SnakeStream(m))
+        elif isinstance(m, nn.ELU):
+            plan.append(functools.partial(F.elu, alpha=m.alpha))
+        elif isinstance(m, nn.Tanh):
+            plan.append(torch.tanh)
+        else:
+            raise TypeError(f"no streaming rule for layer {type(m).__name__}")
+    return plan
+
+
+def _run_plan(plan: list, x: torch.Tensor) -> torch.Tensor:
+    for f in plan:
+        x = f(x)
+    return x
 
 
 # ---------------------------------------------------------------------- the codec
@@ -369,10 +431,13 @@ class StreamingEncoder:
         return self._push(chunk.to(self.model._param_dtype()))
 
     def _push(self, x: torch.Tensor) -> torch.Tensor:
-        z = _stream_seq(self.model.encoder.layers, x, self.state.buffers)
-        if z.shape[-1] == 0:
+        plan = self.state.buffers.get("plan")
+        if plan is None:
+            plan = self.state.buffers["plan"] = _stream_plan(self.model.encoder.layers)
+        z = _run_plan(plan, x.reshape(x.shape[0], -1, 1))  # [B, 1, t] -> time-major [B, t, 1]
+        if z.shape[1] == 0:
             return torch.zeros(x.shape[0], 0, self.n_q, dtype=torch.long, device=x.device)
-        return self.model.quantizer.encode(z.transpose(1, 2), depth=self.n_q)
+        return self.model.quantizer.encode(z, depth=self.n_q)
 
     @torch.no_grad()
     def flush(self) -> torch.Tensor:
@@ -415,8 +480,12 @@ class StreamingDecoder:
             raise ValueError(f"codes have {c.shape[-1]} levels, but this stream started with "
                              f"{self._n_q} (keep n_q fixed within a stream)")
         self.state.samples += c.shape[1]
-        z = self.model.quantizer.decode(c).to(self.model._param_dtype()).transpose(1, 2)
-        return _stream_seq(self.model.decoder.layers, z, self.state.buffers).float()
+        plan = self.state.buffers.get("plan")
+        if plan is None:
+            plan = self.state.buffers["plan"] = _stream_plan(self.model.decoder.layers)
+        z = self.model.quantizer.decode(c).to(self.model._param_dtype())  # [B, n, D]
+        y = _run_plan(plan, z)  # [B, n * hop, 1]
+        return y.reshape(y.shape[0], 1, -1).float()
 
 
 # ---------------------------------------------------------------------- presets

@@ -88,16 +88,20 @@ def generate_ar(
     cfg = resolve_sampling(sampling, **sampling_kwargs)
     k = model.config.num_tokens if num_tokens is None else num_tokens
     k = check_value(int, k, "num_tokens")
-    if not 1 <= k <= model.config.num_tokens:
+    extra = model.delay_steps  # the delay pattern runs K - 1 steps more than frames
+    if not 1 <= k <= model.config.num_tokens - extra:
         raise ValueError(
-            f"num_tokens must be in [1, {model.config.num_tokens}] (the GPT context); got {k}"
+            f"num_tokens must be in [1, {model.config.num_tokens - extra}] (the GPT context"
+            f"{f' less {extra} delay steps' if extra else ''}); got {k}"
         )
+    frames, k = k, k + extra
     labels, B = prepare_labels(model, labels, num_samples, cfg.guided)
     Bt = 2 * B if cfg.guided else B
     dev = model.class_embedding.weight.device
     nf = model.layout.num_factors
     cond = model.condition(labels, Bt)  # [Bt, 1, D]
     codes = torch.zeros(B, k, nf, dtype=torch.long, device=dev)
+    banned = _delay_bans(model, k, frames, dev) if extra else None
 
     step = model.step
     if use_cache:
@@ -116,9 +120,25 @@ def generate_ar(
             x = torch.cat([cond, model.embed_codes(prev)], 1) if t else cond
             h = model.trunk(x)[:, -1]
         h_c, h_u = (h[:B], h[B:]) if cfg.guided else (h, None)
-        new, _ = model.head.sample(h_c, h_u, cfg_scale_at(t, k, cfg), cfg, generator)
+        ban = {} if banned is None else {"banned": banned[t]}
+        new, _ = model.head.sample(h_c, h_u, cfg_scale_at(t, k, cfg), cfg, generator, **ban)
         codes[:, t] = new
         if use_cache and t + 1 < k:
             x = model.embed_codes((torch.cat([new, new]) if cfg.guided else new)[:, None])
             h = step(x, torch.full((1,), t + 1, dtype=torch.long, device=dev))[:, -1]
+    if extra:
+        from .delay import undelay_codes
+
+        return undelay_codes(codes)
     return codes
+
+
+def _delay_bans(model, steps: int, frames: int, device) -> torch.Tensor:
+    """``[steps, K, Rmax]`` bool, True = not allowed: under the delay pattern a level's pad is
+    forced outside its frames and forbidden inside them (every sample undelays to valid codes)."""
+    from .delay import delay_valid
+
+    valid = delay_valid(steps, model.layout.num_factors, frames, device)  # [S, K]
+    pads = torch.tensor(model.delay_pads(), device=device)
+    is_pad = torch.arange(model.step_layout.max_radix, device=device) == pads[:, None]  # [K, R]
+    return torch.where(valid[..., None], is_pad, ~is_pad)

@@ -39,7 +39,7 @@ from ..registry import PretrainedRecord, register_model, register_model_class
 from .blocks import Block, RMSNorm, ffn_hidden_dim
 from .heads import CodeEmbedding, build_head, resolve_head, resolve_input
 
-__all__ = ["GPTConfig", "GPT", "GPTOutput", "gpt_tiny", "gpt_small", "gpt_b", "gpt_l"]
+__all__ = ["GPTConfig", "GPT", "GPTOutput", "gpt_tiny", "gpt_small", "gpt_b", "gpt_l", "gpt_speech"]
 
 
 @dataclass
@@ -72,6 +72,9 @@ class GPTConfig(Config):
     factor_head_layers: PositiveInt = 2
     factor_head_heads: PositiveInt = 4
     init_std: PositiveFloat = 0.02
+    # RVQ codes [B, T, K]: MusicGen's delay pattern (level k shifted by k, K - 1 extra steps, a pad
+    # symbol per level; generate.delay). False: one step per frame, the factor head over levels.
+    delay_pattern: bool = False
     # names of the classes, for people (grid labels, file names); () = unnamed. Filled from the
     # token folder's class_names when a generator is trained (``GeneratorTask``).
     class_names: tuple[str, ...] = ()
@@ -87,6 +90,13 @@ class GPTConfig(Config):
             raise ValueError(
                 f"GPTConfig.factor_head_heads {self.factor_head_heads} must divide "
                 f"factor_head_dim {self.factor_head_dim}"
+            )
+        if self.delay_pattern and (not self.causal or self.input == "features"
+                                   or len(self.radices) < 2):
+            raise ValueError(
+                "GPTConfig.delay_pattern needs a causal GPT over codes of >= 2 levels with a "
+                f"code-embedding input; got causal={self.causal}, input={self.input!r}, "
+                f"{len(self.radices)} level(s)"
             )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
@@ -113,11 +123,14 @@ class GPT(nn.Module, PretrainedMixin):
         self.config = config.validate()
         c = config
         self.layout = CodeLayout(tuple(c.radices), c.layout_kind, c.layout_residual)
-        self.head_type = resolve_head(c.head, self.layout)
-        self.input_type = resolve_input(c.input, self.head_type, self.layout)
+        # what one step models: the codes, or with the delay pattern each level plus its pad
+        self.step_layout = self.layout if not c.delay_pattern else CodeLayout(
+            tuple(r + 1 for r in c.radices), c.layout_kind, c.layout_residual)
+        self.head_type = resolve_head(c.head, self.step_layout)
+        self.input_type = resolve_input(c.input, self.head_type, self.step_layout)
         self.max_len = c.num_tokens + (0 if c.causal else 1)
         self.class_embedding = nn.Embedding(c.num_classes + 1, c.dim)  # last row = null class
-        self.embed = CodeEmbedding(self.input_type, self.layout, c.dim, c.feature_dim)
+        self.embed = CodeEmbedding(self.input_type, self.step_layout, c.dim, c.feature_dim)
         self.mask_token = None if c.causal else nn.Parameter(torch.zeros(c.dim))
         hidden = ffn_hidden_dim(c.dim, c.ffn_multiple_of)
         self.layers = nn.ModuleList(
@@ -127,7 +140,7 @@ class GPT(nn.Module, PretrainedMixin):
         self.head = build_head(
             self.head_type,
             c.dim,
-            self.layout,
+            self.step_layout,
             c.factor_head_dim,
             c.factor_head_layers,
             c.factor_head_heads,
@@ -184,12 +197,22 @@ class GPT(nn.Module, PretrainedMixin):
                 f"least one sequence and one token; got shape {tuple(codes.shape)}"
             )
         codes = codes.reshape(codes.shape[0], -1, self.layout.num_factors)
-        if codes.shape[1] > self.config.num_tokens:
+        if codes.shape[1] + self.delay_steps > self.config.num_tokens:
+            extra = f" + {self.delay_steps} delay steps" if self.delay_steps else ""
             raise ValueError(
-                f"sequence of {codes.shape[1]} tokens is longer than the GPT context of "
+                f"sequence of {codes.shape[1]} tokens{extra} is longer than the GPT context of "
                 f"{self.config.num_tokens} tokens"
             )
         return codes
+
+    @property
+    def delay_steps(self) -> int:
+        """Extra steps of the delay pattern (``K - 1``; 0 without it)."""
+        return self.layout.num_factors - 1 if self.config.delay_pattern else 0
+
+    def delay_pads(self) -> list[int]:
+        """The pad symbol of each level under the delay pattern: its radix."""
+        return list(self.layout.radices)
 
     def check_labels(self, labels: Any, batch_size: int | None = None) -> torch.Tensor | None:
         """Class ids ``[B]`` in ``[0, num_classes)``; ``None`` only for an unconditional GPT."""
@@ -327,6 +350,10 @@ class GPT(nn.Module, PretrainedMixin):
     ) -> GPTOutput:
         """Loss on ``codes [B, *S, F]``: next-token NLL (masked-token NLL if not causal)."""
         codes = self.check_codes(codes)
+        if self.config.delay_pattern:
+            from .delay import delay_codes
+
+            codes = delay_codes(codes, self.delay_pads())  # [B, N + K - 1, K]; pads are targets
         B, N, nf = codes.shape
         labels = self.check_labels(labels, B)
         if mask is not None and tuple(mask.shape) != (B, N):
@@ -406,6 +433,19 @@ def gpt_l(**overrides: Any) -> GPT:
     """LlamaGen GPT-L: 24 x 1024, 16 heads (~343M)."""
     return _build(
         dict(radices=(16384,), num_tokens=256, num_layers=24, dim=1024, num_heads=16), overrides
+    )
+
+
+@register_model(task="generator")
+def gpt_speech(**overrides: Any) -> GPT:
+    """Unconditional speech-token GPT over ``codec_small`` codes ``[B, T, 8]`` (8 x 1024 RVQ at
+    50 Hz): 4 x 256, one step per frame with the factor head over the 8 levels, 5 s context;
+    ``delay_pattern=True`` for MusicGen's delay pattern instead."""
+    return _build(
+        dict(radices=(1024,) * 8, layout_kind="rvq", layout_residual=True, num_tokens=257,
+             num_layers=4, dim=256, num_heads=4, ffn_multiple_of=64, num_classes=0,
+             head="factor", factor_head_dim=128, factor_head_layers=1),
+        overrides,
     )
 
 

@@ -212,7 +212,8 @@ class FactorHead(nn.Module):
         logp = logits.log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1)
         return -logp.sum(-1)
 
-    def sample(self, h, h_uncond, scale, config: SamplingConfig, generator=None):
+    def sample(self, h, h_uncond, scale, config: SamplingConfig, generator=None, banned=None):
+        """``banned [F, Rmax]`` (optional, True = not allowed): symbols excluded per factor."""
         M, nf = h.shape[0], self.layout.num_factors
         codes = torch.zeros(M, 0, dtype=torch.long, device=h.device)
         total = torch.zeros(M, device=h.device)
@@ -220,6 +221,8 @@ class FactorHead(nn.Module):
             logits = self.logits(h, codes)[:, f]
             if h_uncond is not None:
                 logits = apply_cfg(logits, self.logits(h_uncond, codes)[:, f], scale)
+            if banned is not None:
+                logits = logits.masked_fill(banned[f], float("-inf"))
             c, lp = sample_from_logits(logits, config, generator)
             codes, total = torch.cat([codes, c[:, None]], 1), total + lp
         return codes, total

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["class_balanced_labels", "check_compatible", "codes_to_token_shape", "generate_images"]
+__all__ = ["class_balanced_labels", "check_compatible", "codes_to_token_shape", "generate_images",
+           "generate_audio"]
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
@@ -79,3 +80,25 @@ def generate_images(
     else:
         raise ValueError(f"sampler must be 'ar' or 'maskgit'; got {sampler!r}")
     return tokenizer.decode(codes_to_token_shape(codes, tokenizer))
+
+
+@torch.no_grad()
+def generate_audio(
+    gpt,
+    codec,
+    num_frames: int,
+    labels: Any = None,
+    num_samples: int | None = None,
+    generator: torch.Generator | None = None,
+    **sampling: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``num_frames`` frames of RVQ codes ``[B, num_frames, n_q]`` with a speech GPT and
+    decode them with ``codec``: returns ``(codes, wav [B, C, num_frames * hop])``."""
+    if gpt.code_layout.radices != codec.code_layout.radices:
+        raise ValueError(
+            f"GPT code layout {gpt.code_layout.radices} does not match the codec's "
+            f"{codec.code_layout.radices} (a GPT trained on another codec's codes)"
+        )
+    codes = gpt.generate(labels, num_samples=num_samples, num_tokens=num_frames,
+                         generator=generator, **sampling)
+    return codes, codec.decode(codes)

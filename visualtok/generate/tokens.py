@@ -11,6 +11,8 @@ Layout of a token folder::
 shards already on disk: a crashed or interrupted run resumes where it stopped, and ``accelerate
 launch`` splits the work by process.
 Labels are the first-level sub-folder of each image (ImageNet layout), sorted; 0 when flat.
+``pretokenize_audio`` does the same for audio folders: every whole window of ``num_samples`` of
+each file (one zero-padded window for shorter files) becomes codes ``[T_frames, n_q]``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ..quantize.layout import CodeLayout
 __all__ = [
     "pretokenize_images",
     "pretokenize_videos",
+    "pretokenize_audio",
+    "audio_windows",
     "labels_from_folders",
     "TokenDataset",
     "read_token_meta",
@@ -127,7 +131,7 @@ def pretokenize_videos(
 
 def _pretokenize(tokenizer, files, out_dir, batches, labels, class_names, batch_size, shard_size,
                  process_index, num_processes, device, tokenizer_name, extra_meta) -> list[Path]:
-    """The shard loop shared by images and videos: ``batches(files)`` yields model inputs."""
+    """Shards of images or video clips: ``batches(files)`` yields model inputs."""
     if labels is not None and len(labels) != len(files):
         raise ValueError(f"got {len(labels)} labels for {len(files)} files")
     if shard_size < 1 or batch_size < 1:
@@ -136,7 +140,6 @@ def _pretokenize(tokenizer, files, out_dir, batches, labels, class_names, batch_
     out.mkdir(parents=True, exist_ok=True)
     layout: CodeLayout = tokenizer.code_layout
     num_shards = (len(files) + shard_size - 1) // shard_size
-    shard_names = [f"shard-{i:05d}.safetensors" for i in range(num_shards)]
     meta = {
         "tokenizer": tokenizer_name or getattr(tokenizer, "model_name", None),
         "code_layout": layout.to_dict(),
@@ -146,31 +149,125 @@ def _pretokenize(tokenizer, files, out_dir, batches, labels, class_names, batch_
         "num_images": len(files),
         "class_names": class_names or [],
         "num_classes": len(class_names) if class_names else 0,
-        "shards": shard_names,
+        "shards": [f"shard-{i:05d}.safetensors" for i in range(num_shards)],
     }
+    tokenizer = tokenizer.to(device).eval()
+
+    def encode(lo: int, hi: int) -> torch.Tensor:
+        return torch.cat([tokenizer.encode(b.to(device)).cpu() for b in batches(files[lo:hi])])
+
+    return _write_shards(out, meta, layout, process_index, num_processes, shard_size, encode,
+                         labels, "items")
+
+
+def _write_shards(out: Path, meta: dict[str, Any], layout: CodeLayout, process_index: int,
+                  num_processes: int, shard_size: int, encode, labels: list[int] | None,
+                  what: str) -> list[Path]:
+    """Write ``meta`` (process 0) and this process's shards ``i % num_processes``: items
+    ``i*shard_size ..`` encoded by ``encode(lo, hi)``; shards already on disk are skipped."""
     if process_index == 0:
         atomic_write_bytes(out / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
     written = []
-    tokenizer = tokenizer.to(device).eval()
-    for i in range(process_index, num_shards, num_processes):
-        path = out / shard_names[i]
+    names = meta["shards"]
+    for i in range(process_index, len(names), num_processes):
+        path = out / names[i]
         if path.is_file():
             log.info("skipping %s: already written", path.name)
             continue
-        lo, hi = i * shard_size, min((i + 1) * shard_size, len(files))
-        codes = [tokenizer.encode(b.to(device)).cpu() for b in batches(files[lo:hi])]
+        codes = encode(i * shard_size, (i + 1) * shard_size)
+        lo, hi = i * shard_size, i * shard_size + codes.shape[0]
         lab = torch.tensor(
             labels[lo:hi] if labels is not None else [0] * (hi - lo), dtype=torch.long
         )
         tensors = {
-            "codes": torch.cat(codes).to(_code_dtype(layout)),
+            "codes": codes.to(_code_dtype(layout)),
             "labels": lab,
             "index": torch.arange(lo, hi, dtype=torch.long),
         }
         _save_shard(path, tensors, {"code_layout": json.dumps(layout.to_dict())})
         written.append(path)
-        log.info("wrote %s (%d items)", path.name, hi - lo)
+        log.info("wrote %s (%d %s)", path.name, hi - lo, what)
     return written
+
+
+def audio_windows(files: list[Path], sample_rate: int, num_samples: int) -> list[tuple[int, int]]:
+    """``(file index, start)`` of every whole ``num_samples`` window of each file at
+    ``sample_rate`` (lengths from the file headers); a shorter file gives one zero-padded window."""
+    import soundfile as sf
+
+    out = []
+    for i, p in enumerate(files):
+        try:
+            info = sf.info(str(p))
+        except Exception as e:  # soundfile's own error types
+            raise ValueError(f"{p} is not a readable audio file: {e}") from None
+        n = info.frames * sample_rate // info.samplerate
+        out += [(i, k * num_samples) for k in range(max(1, n // num_samples))]
+    return out
+
+
+@torch.no_grad()
+def pretokenize_audio(
+    codec: torch.nn.Module, files: list[Path], out_dir: str | Path, num_samples: int,
+    labels: list[int] | None = None, class_names: list[str] | None = None, *,
+    batch_size: int = 16, shard_size: int = 1024, process_index: int = 0, num_processes: int = 1,
+    device: str | torch.device = "cpu", tokenizer_name: str | None = None,
+) -> list[Path]:
+    """Encode every ``num_samples`` window of the audio ``files`` with an ``AudioCodec`` (all
+    its levels) into shards of codes ``[n, T_frames, n_q]``; ``labels`` are per file. As
+    ``pretokenize_images``: one meta file, shards split by process, finished shards skipped."""
+    from ..audio.base import AudioCodec
+    from ..audio.io import read_audio
+
+    if not isinstance(codec, AudioCodec):
+        raise TypeError(f"pretokenize_audio needs an AudioCodec; got {type(codec).__name__}")
+    if not files:
+        raise ValueError("pretokenize_audio: no audio files given")
+    if labels is not None and len(labels) != len(files):
+        raise ValueError(f"got {len(labels)} labels for {len(files)} files")
+    if shard_size < 1 or batch_size < 1 or num_samples < codec.hop_length:
+        raise ValueError(f"shard_size and batch_size must be >= 1 and num_samples >= the hop "
+                         f"({codec.hop_length}); got {shard_size}, {batch_size}, {num_samples}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sr = codec.sample_rate
+    windows = audio_windows(files, sr, num_samples)
+    layout: CodeLayout = codec.code_layout
+    num_shards = (len(windows) + shard_size - 1) // shard_size
+    meta = {
+        "tokenizer": tokenizer_name or getattr(codec, "model_name", None),
+        "code_layout": layout.to_dict(),
+        "token_shape": [codec.num_frames(num_samples)],
+        "sample_rate": sr,
+        "num_samples": num_samples,
+        "num_clips": len(windows),
+        "num_files": len(files),
+        "class_names": class_names or [],
+        "num_classes": len(class_names) if class_names else 0,
+        "shards": [f"shard-{i:05d}.safetensors" for i in range(num_shards)],
+    }
+    codec = codec.to(device).eval()
+    cache: dict[int, torch.Tensor] = {}
+
+    def clip(j: int) -> torch.Tensor:
+        f, start = windows[j]
+        if f not in cache:
+            cache.clear()  # windows of a file are consecutive: keep one file
+            cache[f] = read_audio(files[f], sr, codec.channels)[0]
+        w = cache[f][:, start : start + num_samples]
+        return torch.nn.functional.pad(w, (0, num_samples - w.shape[-1]))
+
+    def encode(lo: int, hi: int) -> torch.Tensor:
+        hi = min(hi, len(windows))
+        parts = []
+        for b in range(lo, hi, batch_size):
+            batch = torch.stack([clip(j) for j in range(b, min(b + batch_size, hi))])
+            parts.append(codec.encode(batch.to(device), sr).codes.cpu())
+        return torch.cat(parts)
+
+    file_labels = [labels[f] for f, _ in windows] if labels is not None else None
+    return _write_shards(out, meta, layout, process_index, num_processes, shard_size, encode,
+                         file_labels, "clips")
 
 
 def read_codes_file(
