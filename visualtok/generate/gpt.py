@@ -430,10 +430,8 @@ def gpt_b(**overrides: Any) -> GPT:
 
 @register_model(task="generator")
 def gpt_l(**overrides: Any) -> GPT:
-    """LlamaGen GPT-L: 24 x 1024, 16 heads (~343M)."""
-    return _build(
-        dict(radices=(16384,), num_tokens=256, num_layers=24, dim=1024, num_heads=16), overrides
-    )
+    """LlamaGen GPT-L: GPT-B at 24 x 1024, 16 heads (~343M)."""
+    return gpt_b(**{"num_layers": 24, "dim": 1024, "num_heads": 16, **overrides})
 
 
 @register_model(task="generator")

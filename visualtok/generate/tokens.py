@@ -96,17 +96,10 @@ def pretokenize_images(
 
 @torch.no_grad()
 def pretokenize_videos(
-    tokenizer: torch.nn.Module,
-    files: list[Path],
-    out_dir: str | Path,
-    labels: list[int] | None = None,
-    class_names: list[str] | None = None,
-    batch_size: int = 8,
-    shard_size: int = 256,
-    process_index: int = 0,
-    num_processes: int = 1,
-    device: str | torch.device = "cpu",
-    tokenizer_name: str | None = None,
+    tokenizer: torch.nn.Module, files: list[Path], out_dir: str | Path,
+    labels: list[int] | None = None, class_names: list[str] | None = None, batch_size: int = 8,
+    shard_size: int = 256, process_index: int = 0, num_processes: int = 1,
+    device: str | torch.device = "cpu", tokenizer_name: str | None = None,
     sampling: str = "uniform",
 ) -> list[Path]:
     """Token shards of video clips, as ``pretokenize_images``: each file gives one clip of the

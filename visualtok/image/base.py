@@ -145,8 +145,12 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
         return TokenizerOutput(recon=self.decode_latents(quant.z_q), quant=quant)
 
     def last_layer_weight(self) -> torch.Tensor:
-        """The final decoder weight (for the adaptive GAN weight of VQGAN-style training)."""
-        raise NotImplementedError
+        """The final decoder weight (for the adaptive GAN weight of VQGAN-style training): the
+        CNN decoders' ``decoder.conv_out`` unless a subclass names another layer."""
+        conv_out = getattr(getattr(self, "decoder", None), "conv_out", None)
+        if conv_out is None:
+            raise NotImplementedError(f"{type(self).__name__} must define last_layer_weight()")
+        return conv_out.weight
 
     # ------------------------------------------------------------------ public API
     def check_codes(self, codes: object) -> torch.Tensor:

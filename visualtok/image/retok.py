@@ -291,9 +291,6 @@ class ReTok(ImageTokenizer):
         rec, feats = self.decode_features(z_q, inner=True)
         return (self.decoder(rec) + 1.0) / 2.0, feats
 
-    def last_layer_weight(self) -> torch.Tensor:
-        return self.decoder.conv_out.weight
-
 
 # ---------------------------------------------------------------------- presets
 _PAPER = ("Improving Flexible Image Tokenizers for Autoregressive Image Generation "

@@ -247,9 +247,6 @@ class VQGAN(ImageTokenizer):
         """Official ``decode``: quantized ``[B, D, h, w]`` -> pixels ``[B, 3, H, W]`` in [-1, 1]."""
         return self.decoder(self.post_quant_conv(quant))
 
-    def last_layer_weight(self) -> torch.Tensor:
-        return self.decoder.conv_out.weight
-
 
 # ---------------------------------------------------------------------- presets
 _PAPER = ("Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation "

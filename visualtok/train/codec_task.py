@@ -214,13 +214,8 @@ class CodecTask(Task):
 
     @torch.no_grad()
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
-        was = self.model.training
-        self.model.eval()
-        try:
-            wav = batch["audio"][:2]
-            recon = self.model.reconstruct(wav, self.model.sample_rate)
-        finally:
-            self.model.train(was)
+        wav = batch["audio"][:2]
+        recon = self.model.reconstruct(wav, self.model.sample_rate)
         mels = [mel_spectrogram(w[:, 0], self.model.sample_rate, 1024, 256, 80)
                 .clamp_min(1e-5).log10() for w in (wav, recon)]
         pic = torch.cat(mels, dim=-2).flip(-2)  # [B, 160, frames], low frequencies at the bottom

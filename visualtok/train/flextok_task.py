@@ -258,15 +258,10 @@ class FlexTokTask(Task):
 
     @torch.no_grad()
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
-        was = self.model.training
-        self.model.eval()
-        try:
-            images = batch["image"][:4]
-            n = self.model.max_tokens
-            rows = [images] + [self.model.decode(self.model.encode(images, num_tokens=k))
-                               for k in sorted({1, max(1, n // 4), n})]
-        finally:
-            self.model.train(was)
+        images = batch["image"][:4]
+        n = self.model.max_tokens
+        rows = [images] + [self.model.decode(self.model.encode(images, num_tokens=k))
+                           for k in sorted({1, max(1, n // 4), n})]
         return {"prefix_reconstructions": torch.cat(rows, dim=-2)}
 
     def state_dict(self) -> dict[str, Any]:

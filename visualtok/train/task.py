@@ -86,7 +86,8 @@ class Task:
 
     @torch.no_grad()
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Images to log, ``{tag: [B, 3, H, W] in [0, 1]}`` ; must not use global RNG."""
+        """Images to log, ``{tag: [B, 3, H, W] in [0, 1]}``; must not use global RNG. The trainer
+        calls it with the model in eval mode (and restores the mode after)."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

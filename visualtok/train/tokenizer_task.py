@@ -347,13 +347,8 @@ class TokenizerTask(Task):
 
     @torch.no_grad()
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
-        was = self.model.training
-        self.model.eval()
-        try:
-            images = batch["image"]
-            recon = self.model.reconstruct(images) if self.teacher is None else None
-        finally:
-            self.model.train(was)
+        images = batch["image"]
+        recon = self.model.reconstruct(images) if self.teacher is None else None
         return {} if recon is None else {"reconstruction": torch.cat([images, recon], dim=-2)}
 
 

@@ -370,8 +370,13 @@ class Trainer:
     def _log_media(self, batch: Any) -> None:
         if self.writer is None:
             return
-        with torch.random.fork_rng(devices=[]):
-            media = self.task.log_media(batch)
+        model, was_training = self.task.model, self.task.model.training
+        model.eval()  # media are inference outputs: no dropout, no codebook or EMA updates
+        try:
+            with torch.random.fork_rng(devices=[]):
+                media = self.task.log_media(batch)
+        finally:
+            model.train(was_training)
         for tag, imgs in media.items():
             if tag.startswith("audio/"):  # [B, T] waveforms in [-1, 1] (audio tasks)
                 rate = int(getattr(self.task.model, "sample_rate", 16000))

@@ -46,13 +46,8 @@ class VideoTokenizerTask(TokenizerTask):
     def log_media(self, batch: Any) -> dict[str, torch.Tensor]:
         from ..video.io import frame_grid
 
-        was = self.model.training
-        self.model.eval()
-        try:
-            video = batch["video"][:4]
-            recon = self.model.reconstruct(video)
-        finally:
-            self.model.train(was)
+        video = batch["video"][:4]
+        recon = self.model.reconstruct(video)
         rows = torch.stack([video, recon], 1).flatten(0, 1)  # clip, reconstruction, clip, ...
         return {"reconstruction": frame_grid(rows, max_frames=8)[None]}
 
