@@ -231,7 +231,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="256 tokens, 1 repeat, small settings")
     ap.add_argument("--only", default=None, help="substring: run only matching settings")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--rounds", type=int, default=20,
+    ap.add_argument("--rounds", type=int, default=100,
                     help="interleaved rounds (train; inference gets 10x as many)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
