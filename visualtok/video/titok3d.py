@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from ..config import Config, PositiveFloat, PositiveInt, config_from_dict
-from ..image.base import ImageTokenizer, TokenizerOutput
+from ..image.base import ImageTokenizer
 from ..nn.linear import Linear
 from ..nn.vit import Transformer
-from ..quantize.base import QuantOutput
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import register_model, register_model_class
 from .io import check_video
@@ -205,10 +204,6 @@ class TiTok3D(ImageTokenizer):
 
     # ------------------------------------------------------------------ description
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    @property
     def num_frames(self) -> int:
         return self.config.num_frames
 
@@ -233,29 +228,13 @@ class TiTok3D(ImageTokenizer):
                              f"{tuple(z_q.shape)}")
         return self.decoder(z_q)
 
-    def quantize(self, z: torch.Tensor) -> QuantOutput:
-        return self.quantizer(z)
-
-    def forward(self, video: torch.Tensor) -> TokenizerOutput:
-        video = check_clip(video, self.config)
-        quant = self.quantize(self.encode_latents(video))
-        return TokenizerOutput(recon=self.decode_latents(quant.z_q), quant=quant)
-
     def last_layer_weight(self) -> torch.Tensor:
         return self.decoder.head.weight
 
-    # ------------------------------------------------------------------ public API
-    @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``[B, T, 3, H, W]`` (float [0, 1] or uint8) -> codes ``[B, N, F]`` int64."""
-        return self.quantizer.encode(self.encode_latents(check_clip(video, self.config)))
-
-    @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, k, F]`` (k <= N) -> video ``[B, T, 3, H, W]`` float in [0, 1] (clamped)."""
-        codes = self.check_codes(codes)
-        z_q = self.quantizer.decode(codes).to(self._param_dtype())
-        return self.decode_latents(z_q).float().clamp(0.0, 1.0)
+    def check_input(self, video: object) -> torch.Tensor:
+        """``[B, T, 3, H, W]`` (float [0, 1] or uint8) of this config -> float; ``encode``,
+        ``decode`` and ``forward`` are the ``ImageTokenizer`` ones over clips."""
+        return check_clip(video, self.config)
 
 
 # ---------------------------------------------------------------------- presets
