@@ -100,3 +100,13 @@ def test_overlap_add_cache_follows_weight_updates(weight_norm):
             p.mul_(1.5)  # in place, as an optimizer step or load_state_dict writes
         ref = F.conv_transpose1d(x, conv.kernel(), conv.bias, 2)
         torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-5)
+
+
+def test_overlap_add_under_bf16_autocast():
+    conv = WNConvTranspose1d(6, 3, 8, 4, padding=2)
+    x = torch.randn(2, 6, 11)
+    with torch.no_grad():
+        ref = F.conv_transpose1d(x, conv.kernel(), conv.bias, 4, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for inp in (x, x.bfloat16()):  # fp32 input, and a bf16 activation from an earlier layer
+                torch.testing.assert_close(conv(inp).float(), ref, rtol=0, atol=0.05)

@@ -90,8 +90,8 @@ class WNConvTranspose1d(nn.Module, _WeightNormMixin):
         self.padding, self.output_padding = padding, output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.is_grad_enabled() and self.kernel_size == 2 * self.stride
-                and self.output_padding == 0 and x.shape[1] <= _OLA_MAX_IN and x.ndim == 3):
+        if (not torch.is_grad_enabled() and x.ndim == 3 and self.kernel_size == 2 * self.stride
+                and self.output_padding == 0 and x.shape[1] <= _OLA_MAX_IN):
             return self._overlap_add(x)
         return F.conv_transpose1d(x, self.kernel(), self.bias, self.stride, self.padding,
                                   self.output_padding)
