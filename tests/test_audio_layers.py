@@ -86,3 +86,27 @@ def test_overlap_add_transposed_conv_matches_the_conv(c_in, c_out, stride, paddi
     with torch.no_grad():
         torch.testing.assert_close(conv4(x), F.conv_transpose1d(x, conv4.kernel(), conv4.bias, 2))
         assert "_ola_cache" not in conv4.__dict__
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_overlap_add_cache_follows_weight_updates(weight_norm):
+    conv = WNConvTranspose1d(4, 3, 4, 2, weight_norm=weight_norm)
+    x = torch.randn(1, 4, 9)
+    with torch.inference_mode():  # the caches also work for (and after) inference mode
+        first = conv(x)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), first)
+        for p in conv.parameters():
+            p.mul_(1.5)  # in place, as an optimizer step or load_state_dict writes
+        ref = F.conv_transpose1d(x, conv.kernel(), conv.bias, 2)
+        torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-5)
+
+
+def test_overlap_add_under_bf16_autocast():
+    conv = WNConvTranspose1d(6, 3, 8, 4, padding=2)
+    x = torch.randn(2, 6, 11)
+    with torch.no_grad():
+        ref = F.conv_transpose1d(x, conv.kernel(), conv.bias, 4, 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for inp in (x, x.bfloat16()):  # fp32 input, and a bf16 activation from an earlier layer
+                torch.testing.assert_close(conv(inp).float(), ref, rtol=0, atol=0.05)

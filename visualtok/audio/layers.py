@@ -37,6 +37,11 @@ class _WeightNormMixin:
         else:
             self.weight = nn.Parameter(weight.detach().clone())
 
+    def _weights_key(self) -> tuple:
+        """Changes whenever a weight parameter is written in place or replaced (``.to()``)."""
+        ps = (self.weight_v, self.weight_g) if self.weight_norm else (self.weight,)
+        return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in ps)
+
     def kernel(self) -> torch.Tensor:
         if not self.weight_norm:
             return self.weight
@@ -44,7 +49,7 @@ class _WeightNormMixin:
         if torch.is_grad_enabled():
             return torch._weight_norm(v, g, 0)
         # inference: reuse the kernel until a parameter is written (version) or replaced (pointer)
-        key = (v._version, g._version, v.data_ptr(), g.data_ptr(), v.dtype, v.device)
+        key = self._weights_key()
         cached = self.__dict__.get("_kernel_cache")
         if cached is None or cached[0] != key:
             cached = (key, torch._weight_norm(v, g, 0))
@@ -85,8 +90,8 @@ class WNConvTranspose1d(nn.Module, _WeightNormMixin):
         self.padding, self.output_padding = padding, output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.is_grad_enabled() and self.kernel_size == 2 * self.stride
-                and self.output_padding == 0 and x.shape[1] <= _OLA_MAX_IN and x.ndim == 3):
+        if (not torch.is_grad_enabled() and x.ndim == 3 and self.kernel_size == 2 * self.stride
+                and self.output_padding == 0 and x.shape[1] <= _OLA_MAX_IN):
             return self._overlap_add(x)
         return F.conv_transpose1d(x, self.kernel(), self.bias, self.stride, self.padding,
                                   self.output_padding)
@@ -98,11 +103,12 @@ class WNConvTranspose1d(nn.Module, _WeightNormMixin):
         for narrow inputs at inference (measured in benchmarks/RESULTS.md); float sums reordered,
         within ~1e-6 of ``F.conv_transpose1d``."""
         k = self.kernel()
+        key = self._weights_key()
         cached = self.__dict__.get("_ola_cache")
-        if cached is None or cached[0] is not k:
+        if cached is None or cached[0] != key:
             # [C_in, C_out, 2s] -> rows (half, phase j, c_out), so the GEMM output reshapes to
             # [B, 2, s, C_out, T]
-            cached = (k, k.permute(2, 1, 0).reshape(-1, k.shape[0]).contiguous())
+            cached = (key, k.permute(2, 1, 0).reshape(-1, k.shape[0]).contiguous())
             self.__dict__["_ola_cache"] = cached
         b, t, s = x.shape[0], x.shape[-1], self.stride
         c_out = k.shape[1]
