@@ -175,6 +175,8 @@ def official_state_dict(model: FlexTok) -> dict[str, torch.Tensor]:
                     out[base + f"attn.w{name}.weight"] = w.clone()
             elif tail.startswith("modulation."):
                 out[base + "adaLN_modulation.1." + tail.split(".")[1]] = v
+            elif tail.startswith("mlp.w"):  # SwiGLU w1/w2/w3 = FlexTok's fc1/fc2/fc3
+                out[base + "mlp.fc" + tail[len("mlp.w"):]] = v
             else:
                 out[base + tail] = v
         else:

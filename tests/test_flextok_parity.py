@@ -61,7 +61,7 @@ def test_encoder_fsq_parity():
         dims["dim"], dims["depth"], dims["head_dim"], dims["n_registers"])
     enc = FlexTokEncoder(cfg).eval()
     assert enc.blocks[0].attn.scale == dims["attn_scale"]  # muP 8 / head_dim, not 1/sqrt
-    assert enc.blocks[0].mlp.fc1.out_features == dims["mlp_hidden"]
+    assert enc.blocks[0].mlp.w1.out_features == dims["mlp_hidden"]
     mapped = convert_flextok_state_dict(official, wiring.roles)
     enc.load_state_dict(_strip(mapped, "encoder."), strict=True)
     fsq = build_quantizer(QuantizerConfig(type="fsq", dim=6, levels=cfg.levels)).eval()

@@ -486,8 +486,11 @@ def _map_block(rest: str, ours: str) -> tuple[str, str | None]:
     qkv = re.fullmatch(r"attn\.w([qkv])\.weight", tail)
     if qkv:
         return base + "attn.qkv.weight", qkv.group(1)
-    if tail == "attn.proj.weight" or re.fullmatch(r"mlp\.fc[123]\.weight", tail):
+    if tail == "attn.proj.weight":
         return base + tail, None
+    mlp = re.fullmatch(r"mlp\.fc([123])\.weight", tail)
+    if mlp:  # FlexTok's fc1 (gate), fc3 (value), fc2 (output) = SwiGLU's w1, w3, w2
+        return base + f"mlp.w{mlp.group(1)}.weight", None
     mod = re.fullmatch(r"adaLN_modulation\.1\.(weight|bias)", tail)
     if mod:
         return base + "modulation." + mod.group(1), None

@@ -8,11 +8,10 @@ and an optional static ``KVCache``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import Attention, KVCache
-from ..nn.linear import Linear
+from ..nn.mlp import SwiGLU
 
 __all__ = ["RMSNorm", "FeedForward", "Block", "ffn_hidden_dim"]
 
@@ -37,17 +36,7 @@ class RMSNorm(nn.Module):
         return xf.to(x.dtype) * self.weight
 
 
-class FeedForward(nn.Module):
-    """SwiGLU: ``w2(silu(w1 x) * w3 x)``, no biases."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = Linear(dim, hidden, bias=False)
-        self.w3 = Linear(dim, hidden, bias=False)
-        self.w2 = Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+FeedForward = SwiGLU  # LlamaGen's name for the block's feed-forward
 
 
 class Block(nn.Module):

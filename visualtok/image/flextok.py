@@ -50,6 +50,7 @@ from ..config import (
 )
 from ..nn.attention import Attention
 from ..nn.linear import Linear
+from ..nn.mlp import SwiGLU
 from ..quantize.base import QuantOutput
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
@@ -219,19 +220,6 @@ def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
     B, h, w, _ = x.shape
     x = x.reshape(B, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(B, channels, h * p, w * p)
-
-
-class SwiGLU(nn.Module):
-    """``fc2(silu(fc1 x) * fc3 x)``, no biases (FlexTok's gated MLP names)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = Linear(dim, hidden, bias=False)
-        self.fc2 = Linear(hidden, dim, bias=False)
-        self.fc3 = Linear(dim, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
