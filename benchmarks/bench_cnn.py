@@ -18,15 +18,19 @@ linears run through oneDNN (``visualtok.nn.linear``). bf16 is the model cast wit
 quantizer and ``quant_conv`` stay fp32 (``ImageTokenizer.keep_fp32``); "bf16 same codes" is the
 fraction of codes equal to fp32 on real photos (scikit-image).
 
+Reference, fp32 and bf16 are timed in interleaved rounds (``time_interleaved``), so load that comes
+and goes hits all three alike; the "(CPU s)" ratios divide process CPU seconds instead of wall
+time: with ``--threads 1`` they count the work each side did, whatever share of a core the
+scheduler gave it (the honest figure on a machine shared with other jobs).
+
     python benchmarks/bench_cnn.py                               # vqgan_16, retok_ss at 256x256
-    python benchmarks/bench_cnn.py --presets vqgan_16 --batch 1 --repeats 1
+    python benchmarks/bench_cnn.py --presets vqgan_16 --batch 1 --repeats 3 --threads 1
     python benchmarks/bench_cnn.py --device cuda --batch 16 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import sys
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import machine_info, print_table, time_call, write_json  # noqa: E402
+from benchmarks._common import machine_info, print_table, time_interleaved, write_json  # noqa: E402
 from benchmarks.bench_titok import gflop, real_photos, stock_path  # noqa: E402
 from visualtok import create_model  # noqa: E402
 from visualtok.image.retok import ReTok, multi_level_queries  # noqa: E402
@@ -203,25 +207,30 @@ def bench_preset(name: str, args) -> list[dict]:
     enc_gf = gflop(lambda: model.encode(x[:1]))
     dec_gf = gflop(lambda: model.decode(codes[:1]))
 
-    def timed(fn, inp, stock: bool = False) -> float:
-        def call():
-            with stock_path() if stock else contextlib.nullcontext():
-                return fn(inp)
-        return time_call(call, dev, warmup=1, repeats=args.repeats)
-
-    t_ref_enc = timed(ref.encode, x, stock=True)
-    t_ref_dec = timed(ref.decode, codes, stock=True)
-    t_enc, t_dec = timed(model.encode, x), timed(model.decode, codes)
     # the bf16 path: a bf16 copy of the weights (channels-last trunk, fp32 quantizer + quant_conv)
     low = copy.deepcopy(model).to(torch.bfloat16)
     codes_bf16 = low.encode(x)
-    t_enc16, t_dec16 = timed(low.encode, x), timed(low.decode, codes)
+
+    def stock(fn, inp):
+        def call():
+            with stock_path():
+                return fn(inp)
+        return call
+
     B, rows = args.batch, []
-    for stage, gf, t_ref, t32, t16 in (("encode", enc_gf, t_ref_enc, t_enc, t_enc16),
-                                       ("decode", dec_gf, t_ref_dec, t_dec, t_dec16)):
-        rows.append({"preset": name, "stage": stage, "GFLOP/img": gf, "ref img/s": B / t_ref,
-                     "fp32 img/s": B / t32, "fp32/ref": t_ref / t32, "bf16 img/s": B / t16,
-                     "bf16/fp32": t32 / t16})
+    for stage, gf, fns in (
+        ("encode", enc_gf, {"ref": stock(ref.encode, x), "fp32": lambda: model.encode(x),
+                            "bf16": lambda: low.encode(x)}),
+        ("decode", dec_gf, {"ref": stock(ref.decode, codes), "fp32": lambda: model.decode(codes),
+                            "bf16": lambda: low.decode(codes)}),
+    ):
+        cpu: dict[str, float] = {}  # rounds ref, fp32, bf16, ref, ...: load hits all three alike
+        t = time_interleaved(fns, dev, warmup=1, repeats=args.repeats, cpu=cpu)
+        rows.append({"preset": name, "stage": stage, "GFLOP/img": gf, "ref img/s": B / t["ref"],
+                     "fp32 img/s": B / t["fp32"], "fp32/ref": t["ref"] / t["fp32"],
+                     "bf16 img/s": B / t["bf16"], "bf16/fp32": t["fp32"] / t["bf16"],
+                     "fp32/ref (CPU s)": cpu["ref"] / cpu["fp32"],
+                     "bf16/fp32 (CPU s)": cpu["fp32"] / cpu["bf16"]})
     rows[0]["bf16 same codes"] = float((codes_bf16 == codes).float().mean())
     rows[0]["ref same codes"] = code_match
     rows[1]["ref max |diff|"] = max_diff
@@ -237,8 +246,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--size", type=int, default=256, help="image side (ReTok is fixed at 256)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (1: the CPU-second ratios count work, not spin-waiting)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine_info(args.device)
     info["load_average_start"] = os.getloadavg()
     print(f"machine: {info}")
@@ -250,7 +263,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"load average (1, 5, 15 min): start {info['load_average_start']}, "
           f"end {info['load_average_end']}")
     cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref", "bf16 img/s",
-            "bf16/fp32", "bf16 same codes", "ref same codes", "ref max |diff|"]
+            "bf16/fp32", "fp32/ref (CPU s)", "bf16/fp32 (CPU s)", "bf16 same codes",
+            "ref same codes", "ref max |diff|"]
     print_table(rows, cols, title=f"CNN tokenizers, batch {args.batch}, {args.device}, "
                                   f"random weights, {args.size}x{args.size}")
     write_json(args.json, {"machine": info, "args": vars(args), "rows": rows})

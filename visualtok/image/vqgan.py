@@ -21,9 +21,9 @@ adaptive GroupNorm, depth-to-space upsampling); see ``image/retok.py``.
 
 **bf16**: ``tok.to(torch.bfloat16)`` casts the trunk and runs it channels-last (``nn/conv.py``:
 ``fast_layout``); ``quant_conv`` and the quantizer stay fp32 (``keep_fp32``), so the codes are
-searched on fp32 latents. On random full-size weights about 92-94% of the codes equal fp32's: each
-bf16 stage adds ~4e-3 relative error to the latents, and 16384 cosine codes of 8 dimensions have
-near ties (``benchmarks/RESULTS.md``, issue #12).
+searched on fp32 latents; 2.2-2.6x fp32 on the project's CPU. On random full-size weights 93%
+(VQ-16) to 98% (ReTok-S-S) of the codes equal fp32's: each bf16 stage adds ~4e-3 relative error to
+the latents, and 16384 cosine codes of 8 dimensions have near ties (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
