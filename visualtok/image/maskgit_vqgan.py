@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.conv import GroupNorm
+
 __all__ = ["MaskGITResBlock", "MaskGITUpBlock", "MaskGITPixelDecoder"]
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 class MaskGITResBlock(nn.Module):
