@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .config import data_root
 from .sampler import item_generator
 
 __all__ = ["AudioFolderDataset", "load_audio", "AUDIO_EXTENSIONS"]
@@ -40,9 +41,7 @@ class AudioFolderDataset(Dataset):
         num_samples: int = 16000,
         train: bool = True,
     ) -> None:
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"data path {root} does not exist")
+        root = data_root(root)
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
         if not self.files:
             raise ValueError(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from ..config import Config, NonNegativeInt, PositiveInt, Range
@@ -43,3 +44,13 @@ class DataConfig(Config):
                 f"{list(self.scale_range)}"
             )
         return self
+
+
+def data_root(path: str | Path) -> Path:
+    """``data.path`` as a ``Path`` that exists; a ``FileNotFoundError`` that says how to set it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data path {path} does not exist (set data.path in the config, or $VISUALTOK_DATA)"
+        )
+    return path

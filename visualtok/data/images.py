@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .config import data_root
 from .image_io import (
     IMAGE_EXTENSIONS,
     crop_resize,
@@ -31,11 +32,7 @@ __all__ = ["ImageFolderDataset", "random_crop_resize", "find_images"]
 
 def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """Sorted image files under ``folder``; a clear error for a missing folder or no images."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(
-            f"data path {folder} does not exist (set data.path in the config, or $VISUALTOK_DATA)"
-        )
+    folder = data_root(folder)
     files = list_images(folder, recursive=recursive)
     if not files:
         raise ValueError(f"empty dataset: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")

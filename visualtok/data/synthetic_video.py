@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .config import data_root
 from .image_io import list_images, load_image
 from .sampler import item_generator
 
@@ -63,9 +64,7 @@ class PanZoomDataset(Dataset):
 
     def __init__(self, root: str | Path, image_size: int, num_frames: int = 8,
                  train: bool = True) -> None:
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"data path {root} does not exist")
+        root = data_root(root)
         self.files = list_images(root)
         if not self.files:
             raise ValueError(f"empty dataset: no images under {root}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from .config import data_root
 from .image_io import list_images, open_image
 from .images import random_crop_resize
 from .sampler import item_generator
@@ -34,9 +35,7 @@ class VideoClipDataset(Dataset):
         frame_stride: int = 1,
         train: bool = True,
     ) -> None:
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"data path {root} does not exist")
+        root = data_root(root)
         if num_frames < 1 or frame_stride < 1:
             raise ValueError("num_frames and frame_stride must be >= 1")
         span = (num_frames - 1) * frame_stride + 1
