@@ -92,6 +92,20 @@ def test_lfq_bit_order_features_and_scale():
         build(type="lfq", dim=10, group_size=4)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_lfq_values_are_exactly_the_sign_of_z_with_zero_negative(training):
+    q = build(type="lfq", dim=8, group_size=4, bit_scale=0.75).train(training)
+    z = torch.tensor([[[0.3, -0.2, 0.0, -0.0, 1e-30, -1e-30, 5.0, -5.0]]], requires_grad=True)
+    out = q(z)
+    want = torch.where(z.detach() > 0, 0.75, -0.75)  # z == 0 is bit 0, as in MAGVIT-v2
+    assert torch.equal(out.z_q.detach(), want)
+    assert torch.equal(q.decode(out.codes), want)
+    assert out.codes.tolist() == [[[0b0001, 0b0101]]]
+    if training:  # straight-through: the gradient reaches z unchanged
+        out.z_q.sum().backward()
+        assert torch.equal(z.grad, torch.ones_like(z))
+
+
 def test_lfq_groupwise_entropy_against_full_codebook_softmax():
     """Per-sample entropy is exact (the 2**D softmax factorizes); batch entropy bounds it above."""
     d, g, t = 6, 3, 0.5
