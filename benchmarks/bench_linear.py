@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--gpt-step", type=int, nargs="*", default=[], metavar="BATCH",
                     help="also time a whole GPT-B cached step per route at these batch rows")
     ap.add_argument("--step-rounds", type=int, default=11)
+    ap.add_argument("--skip-shapes", action="store_true", help="only the --gpt-step table")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("the oneDNN linear op is unavailable in this build: nothing to compare")
     torch.manual_seed(0)
     rows = []
-    for label, m, k, n in SHAPES:
+    for label, m, k, n in ([] if args.skip_shapes else SHAPES):
         x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
         lin = vt_linear.Linear(k, n)
         lin.weight.data, lin.bias.data = w, b
@@ -174,8 +175,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
         })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
-                f"{torch.get_num_threads()} threads (load average {load:.2f})")
+    if rows:
+        print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
+                    f"{torch.get_num_threads()} threads (load average {load:.2f})")
     step_rows = gpt_step_rows(args.gpt_step, args.step_rounds) if args.gpt_step else []
     if step_rows:
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
