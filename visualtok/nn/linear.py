@@ -290,7 +290,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if _stock_fast(x):  # cheap checks first: a GEMV or a non-CPU/non-fp32 call takes F.linear
+        if _stock_fast(x):  # cheapest checks first: a 1-row fp32 GEMV or a non-CPU call
             return F.linear(x, w, b)
         if _use_packed(x, w, b):
             return torch.ops.mkldnn._linear_pointwise(
