@@ -116,10 +116,11 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
         for fn in fns.values():
             fn(), fn()
         times = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
+        names = list(fns)
+        for r in range(rounds):  # rotate the order: no route always runs right after the read
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 c0 = time.process_time()
-                fn()
+                fns[name]()
                 times[name].append(time.process_time() - c0)
         ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
         rows.append({"GPT-B cached step": f"batch rows {b}", "Linear rule ms": ms["rule"],
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--gpt-step", type=int, nargs="*", default=[], metavar="BATCH",
                     help="also time a whole GPT-B cached step per route at these batch rows")
     ap.add_argument("--step-rounds", type=int, default=11)
+    ap.add_argument("--skip-shapes", action="store_true", help="only the --gpt-step table")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("the oneDNN linear op is unavailable in this build: nothing to compare")
     torch.manual_seed(0)
     rows = []
-    for label, m, k, n in SHAPES:
+    for label, m, k, n in ([] if args.skip_shapes else SHAPES):
         x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
         lin = vt_linear.Linear(k, n)
         lin.weight.data, lin.bias.data = w, b
@@ -174,8 +176,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
         })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
-                f"{torch.get_num_threads()} threads (load average {load:.2f})")
+    if rows:
+        print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
+                    f"{torch.get_num_threads()} threads (load average {load:.2f})")
     step_rows = gpt_step_rows(args.gpt_step, args.step_rounds) if args.gpt_step else []
     if step_rows:
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

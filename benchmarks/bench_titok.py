@@ -302,6 +302,16 @@ def bench_official(name: str, args) -> list[dict]:
             "CPU time bf16 / official": cpu["official"] / cpu["bf16"],
             "load avg (1m) before/after": f"{load0[0]:.1f}/{load_average()[0]:.1f}",
         })
+    if args.profile:  # where the encode time goes, per side (self CPU time per op)
+        from torch.profiler import ProfilerActivity, profile
+
+        for label, fn in (("visualtok bf16", enc16), ("visualtok fp32", model.encode),
+                          ("official fp32", pair.encode)):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn(x)
+            print(f"\n## profile: {name} encode, {label}, batch {B}")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8),
+                  flush=True)
     rows[0]["codes = official"] = same
     rows[0]["bf16 codes = fp32"] = same16
     if "decode" in args.stages:
@@ -348,6 +358,8 @@ def main() -> None:
     ap.add_argument("--parity-atol", type=float, default=1e-4,
                     help="--official: largest decode |diff| accepted before timing")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--profile", action="store_true",
+                    help="--official: torch.profiler table of one encode per side")
     ap.add_argument("--stages", nargs="+", choices=["encode", "decode"],
                     default=["encode", "decode"], help="--official: stages to time")
     args = ap.parse_args()

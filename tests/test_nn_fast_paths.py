@@ -46,9 +46,9 @@ def test_onednn_linear_matches_stock(shape, bias):
 
 @needs_onednn
 def test_small_gemm_window_takes_the_stock_path():
-    """1 row and 12..48 rows with fewer than STOCK_MAX_OUT outputs (a batch-1 or batch-16 decode
-    step's qkv/MLP through the functional linear) take F.linear; 2..11 rows, more rows, or a wide
-    head take oneDNN."""
+    """1 row (a batch-1 decode step, any width) and 12..48 rows with fewer than STOCK_MAX_OUT
+    outputs (a batch-16 step's qkv/MLP through the functional linear) take F.linear; 2..11 rows,
+    more rows, or a wide head at 2+ rows take oneDNN."""
     w, wide = torch.randn(40, 48), torch.randn(linear_mod.STOCK_MAX_OUT, 48)
     with torch.no_grad():
         for rows in (1, 12, 16, 48):
@@ -57,7 +57,8 @@ def test_small_gemm_window_takes_the_stock_path():
         assert not linear_mod._use_onednn(torch.randn(16, 1, 48), w, None)
         for rows in (2, 11, 49, 256):
             assert linear_mod._use_onednn(torch.randn(rows, 48), w, None)
-        for rows in (1, 16):
+        assert not linear_mod._use_onednn(torch.randn(1, 48), wide, None)
+        for rows in (2, 16):
             assert linear_mod._use_onednn(torch.randn(rows, 48), wide, None)
 
 

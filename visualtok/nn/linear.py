@@ -36,11 +36,12 @@ GPT-B cached step, where every weight streams from memory once per step; RESULTS
   the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX).
   ``Linear.forward_gelu`` (the ViT MLP) also fuses the exact GELU into that GEMM;
 * otherwise (other row counts, or the functional :func:`linear`) oneDNN on the plain weight,
-  except where the stock BLAS is faster: ``STOCK_ROWS`` (1 row, and 12..48 rows) with fewer than
-  ``STOCK_MAX_OUT`` (8192) output features. A GPT-B batch-1 step is 47 ms with ``F.linear``
-  against 49-52 ms with plain oneDNN (weights streaming from memory); at 2 rows plain oneDNN
-  is 1.7x faster than ``F.linear``; at 12..48 rows unpacked oneDNN is 0.6-1.07x of ``F.linear``;
-  from 64 rows up and at the 16384-wide head oneDNN is 1.1-1.5x faster.
+  except where the stock BLAS is faster: ``STOCK_ROWS``, i.e. 1 row (any width), and 12..48 rows
+  with fewer than ``STOCK_MAX_OUT`` (8192) output features. A GPT-B batch-1 step is 41-47 ms
+  with ``F.linear`` against 44-52 ms with plain oneDNN (weights streaming from memory; the
+  16384-wide head included); at 2 rows plain oneDNN is 1.6-1.7x faster than ``F.linear``; at
+  12..48 rows unpacked oneDNN is 0.6-1.07x of ``F.linear``; from 64 rows up and at the
+  16384-wide head at 2+ rows oneDNN is 1.1-1.5x faster.
 
 ``set_cpu_linear_backend("aten")`` (or ``VISUALTOK_CPU_LINEAR=aten``) turns all of it off.
 """
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 _BACKENDS = ("onednn", "aten")
-# rows where F.linear wins (with fewer than STOCK_MAX_OUT outputs; module docstring)
+# rows where F.linear wins: 1 row at any width, 12..48 rows with fewer than STOCK_MAX_OUT outputs
 STOCK_ROWS = frozenset({1, *range(12, 49)})
 STOCK_MAX_OUT = 8192
 PACKED_ROWS = range(3, 129)  # Linear modules at these many rows: oneDNN on a pre-packed weight
@@ -209,7 +210,19 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """Whether :func:`linear` takes oneDNN (unpacked weight) for these arguments."""
     if not _onednn_applies(x, weight, bias):
         return False
-    return not (x.numel() // x.shape[-1] in STOCK_ROWS and weight.shape[0] < STOCK_MAX_OUT)
+    rows = x.numel() // x.shape[-1]
+    return not (rows in STOCK_ROWS and (rows == 1 or weight.shape[0] < STOCK_MAX_OUT))
+
+
+def _stock_fast(x: torch.Tensor) -> bool:
+    """True where every route of ``Linear`` would end in ``F.linear`` anyway, decided by the few
+    cheapest checks (the per-call dispatch cost shows at 1 row: 61 linears per GPT-B step): the
+    backend is off, ``x`` is not on the CPU, a ``jit.trace`` runs, or a 1-row fp32 input outside
+    autocast."""
+    if _backend != "onednn" or x.device.type != "cpu" or torch.jit.is_tracing():
+        return True
+    return (x.dtype == torch.float32 and x.dim() >= 2 and x.numel() == x.shape[-1]
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def _use_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -277,6 +290,8 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
+        if _stock_fast(x):  # cheapest checks first: a 1-row fp32 GEMV or a non-CPU call
+            return F.linear(x, w, b)
         if _use_packed(x, w, b):
             return torch.ops.mkldnn._linear_pointwise(
                 x, self._packed_weight(torch.float32), b, "none", [], ""
