@@ -29,15 +29,13 @@ import torch
 from torch import nn
 
 from ..config import (
-    Config,
     NonNegativeFloat,
-    PositiveFloat,
     PositiveInt,
     Radix,
     config_from_dict,
 )
 from ..nn.linear import Linear, linear
-from ..nn.vit import Transformer
+from ..nn.vit import Transformer, ViTSizes
 from ..quantize.base import QuantOutput
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
@@ -59,18 +57,12 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
 
 
 @dataclass
-class TiTokConfig(Config):
+class TiTokConfig(ViTSizes):
     """Constructor arguments of ``TiTok`` (one-to-one with YAML / config.json)."""
 
     image_size: PositiveInt = 256  # square input side H = W
     patch_size: PositiveInt = 16  # encoder and decoder patch size
-    encoder_width: PositiveInt = 512
-    encoder_depth: PositiveInt = 8
-    encoder_heads: PositiveInt = 8
-    decoder_width: PositiveInt = 512
-    decoder_depth: PositiveInt = 8
-    decoder_heads: PositiveInt = 8
-    mlp_ratio: PositiveFloat = 4.0
+    # encoder_/decoder_ width, depth, heads and mlp_ratio: ``ViTSizes``
     num_latent_tokens: PositiveInt = 128  # N 1D tokens
     # D channels per token fed to the quantizer (VAE: posterior channels)
     token_size: PositiveInt = 12
@@ -98,12 +90,6 @@ class TiTokConfig(Config):
                 f"TiTokConfig.image_size {self.image_size} must be a multiple of "
                 f"patch_size {self.patch_size}"
             )
-        for part in ("encoder", "decoder"):
-            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
-            if width % heads:
-                raise ValueError(
-                    f"TiTokConfig.{part}_heads {heads} must divide {part}_width {width}"
-                )
         if self.pixel_decoder and self.decoder_head != "proxy_codes":
             raise ValueError("TiTokConfig.pixel_decoder=True needs decoder_head='proxy_codes'")
         if self.mode == "vq" and self.quantizer is None:

@@ -9,9 +9,12 @@ batch-first ``[B, L, D]``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from ..config import Config, PositiveFloat, PositiveInt
 from .attention import Attention
 from .linear import Linear
 
@@ -58,3 +61,26 @@ class Transformer(nn.ModuleList):
         for block in self:
             x = block(x, attn_mask=attn_mask)
         return x
+
+
+@dataclass
+class ViTSizes(Config):
+    """Encoder and decoder ViT sizes of the 1D tokenizers' configs (TiTok, TiTok-3D)."""
+
+    encoder_width: PositiveInt = 512
+    encoder_depth: PositiveInt = 8
+    encoder_heads: PositiveInt = 8
+    decoder_width: PositiveInt = 512
+    decoder_depth: PositiveInt = 8
+    decoder_heads: PositiveInt = 8
+    mlp_ratio: PositiveFloat = 4.0
+
+    def validate(self):
+        super().validate()
+        for part in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
+            if width % heads:
+                raise ValueError(
+                    f"{type(self).__name__}.{part}_heads {heads} must divide {part}_width {width}"
+                )
+        return self

@@ -23,10 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..config import Config, PositiveFloat, PositiveInt, config_from_dict
+from ..config import PositiveInt, config_from_dict
 from ..image.base import ImageTokenizer
 from ..nn.linear import Linear
-from ..nn.vit import Transformer
+from ..nn.vit import Transformer, ViTSizes
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import register_model, register_model_class
 from .io import check_video
@@ -35,7 +35,7 @@ __all__ = ["TiTok3DConfig", "TiTok3D", "check_clip", "video_to_tubelets", "tubel
 
 
 @dataclass
-class TiTok3DConfig(Config):
+class TiTok3DConfig(ViTSizes):
     """Constructor arguments of ``TiTok3D`` (one-to-one with YAML / config.json)."""
 
     num_frames: PositiveInt = 16  # T of the input clips
@@ -44,13 +44,7 @@ class TiTok3DConfig(Config):
     tubelet: tuple[PositiveInt, PositiveInt, PositiveInt] = (4, 8, 8)
     # "factorized" (t + h + w tables) | "learned" (one per tubelet)
     pos_embed: Literal["factorized", "learned"] = "factorized"
-    encoder_width: PositiveInt = 512
-    encoder_depth: PositiveInt = 8
-    encoder_heads: PositiveInt = 8
-    decoder_width: PositiveInt = 512
-    decoder_depth: PositiveInt = 8
-    decoder_heads: PositiveInt = 8
-    mlp_ratio: PositiveFloat = 4.0
+    # encoder_/decoder_ width, depth, heads and mlp_ratio: ``ViTSizes``
     num_latent_tokens: PositiveInt = 128
     token_size: PositiveInt = 12
     quantizer: QuantizerConfig = field(
@@ -68,11 +62,6 @@ class TiTok3DConfig(Config):
         if self.image_size % th or self.image_size % tw:
             raise ValueError(f"TiTok3DConfig.image_size {self.image_size} must be a multiple of "
                              f"the tubelet's {th}x{tw} pixels (tubelet[1:])")
-        for part in ("encoder", "decoder"):
-            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
-            if width % heads:
-                raise ValueError(f"TiTok3DConfig.{part}_heads {heads} must divide "
-                                 f"{part}_width {width}")
         self.quantizer.validate()
         if self.quantizer.dim != self.token_size:
             raise ValueError(f"quantizer.dim {self.quantizer.dim} must equal token_size "
