@@ -196,3 +196,27 @@ def test_rate_distortion_adaptive_mode(tok, tmp_path, real_photos):
     assert (tmp_path / "rd" / "rate_distortion.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         rd.main([str(model_dir), str(photos), "--adaptive", str(pred_dir)])  # no --targets
+
+
+def test_adaptive_length_script_table(tok, tmp_path, real_photos):
+    """eval/adaptive_length.py: one row per target with both methods' figures and the ratios."""
+    import importlib.util
+    from pathlib import Path
+
+    from _train_helpers import write_photos
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "adaptive_length.py"
+    spec = importlib.util.spec_from_file_location("eval_adaptive_length", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    photos = write_photos(tmp_path / "photos", real_photos[:2])
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, hidden=0,
+                                                 lengths=(1, 4, 8), decode_kwargs=KW))
+    out = script.main([str(tok.save_pretrained(tmp_path / "tok")),
+                       str(pred.save_pretrained(tmp_path / "pred")), str(photos),
+                       "--targets", "10", "--out", str(tmp_path / "a")])
+    (row,) = out["rows"]
+    assert row["images"] == 2 and row["target"] == 10.0
+    assert row["token_ratio"] == pytest.approx(row["predictor_tokens"] / row["search_tokens"])
+    assert row["detail"]["predictor"]["seconds"] > 0
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["rows"][0]["images"] == 2
