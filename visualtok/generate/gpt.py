@@ -8,6 +8,9 @@ zero-initialised output head. LlamaGen-B (12 x 768, vocab 16384, 256 tokens) is 
 The GPT knows the tokenizer's ``CodeLayout`` and picks its input embedding and output head from it
 (``heads.py``): flat softmax, per-factor causal head (TokenBridge) or per-bit head. Codes are
 ``[B, *S, F]`` as every quantizer returns them; ``S`` is flattened row-major to ``N`` tokens.
+Audio codec codes ``[B, T_frames, n_q]`` are one token per frame with the factor head over the RVQ
+levels (``gpt_speech``), or, with ``delay_pattern=True``, MusicGen's delay pattern (``delay.py``:
+level ``k`` shifted ``k`` steps, a pad symbol per level, forced outside each level's frames).
 
 Sequence: ``[cond, x_0, ..., x_{N-2}]``; the state at position ``t`` predicts ``x_t``. With
 ``causal=False`` the same trunk is bidirectional over ``[cond, x_0 .. x_{N-1}]`` with a learned mask

@@ -64,9 +64,10 @@ class GeneratorTask(Task):
         if names and not cfg.class_names and len(names) == cfg.num_classes:
             cfg.class_names = names  # saved with the checkpoint: samples are labelled by name
         n = int(torch.tensor(ds.meta["token_shape"]).prod())
-        if n > self.model.config.num_tokens:
+        if n + self.model.delay_steps > self.model.config.num_tokens:
+            extra = f" (+ {self.model.delay_steps} delay steps)" if self.model.delay_steps else ""
             raise ValueError(
-                f"token folder has {n} tokens per image; the GPT context is "
+                f"token folder has {n} tokens per item{extra}; the GPT context is "
                 f"{self.model.config.num_tokens}"
             )
         return ds
