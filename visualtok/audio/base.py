@@ -25,12 +25,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..hub import PretrainedMixin
 from .io import resample as resample_audio
 
-__all__ = ["AudioCodec", "AudioCodes", "check_audio"]
+__all__ = ["AudioCodec", "ConvRVQCodec", "AudioCodes", "check_audio"]
 
 
 @dataclass
@@ -293,3 +294,36 @@ class AudioCodec(nn.Module, PretrainedMixin):
         for p in self.parameters():
             return p.device
         return torch.device("cpu")
+
+
+class ConvRVQCodec(AudioCodec):
+    """A codec that is ``encoder -> residual quantizer -> decoder`` on mono audio right-padded to a
+    multiple of the hop (DAC, visualtok's ``Codec``): the training and codec hooks, once.
+
+    Subclasses build ``self.encoder`` (``[B, 1, T] -> [B, D, T_f]``), ``self.quantizer`` (an RVQ
+    with ``encode(z, depth=)``) and ``self.decoder`` (``[B, D, T_f] -> [B, 1, T']``).
+    """
+
+    # ------------------------------------------------------------------ training hooks
+    def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, T]`` -> latents ``[B, T_f, latent_dim]`` (channels last), after right-padding
+        to a multiple of the hop."""
+        pad = math.ceil(wav.shape[-1] / self.hop_length) * self.hop_length - wav.shape[-1]
+        return self.encoder(F.pad(wav, (0, pad)) if pad else wav).transpose(1, 2)
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        """``[B, T_f, latent_dim]`` -> ``[B, 1, T']``."""
+        return self.decoder(z_q.transpose(1, 2))
+
+    def forward(self, wav: torch.Tensor):
+        """Training step: (reconstruction ``[B, 1, T]``, QuantOutput)."""
+        quant = self.quantizer(self.encode_latents(wav))
+        return self.decode_latents(quant.z_q)[..., : wav.shape[-1]], quant
+
+    # ------------------------------------------------------------------ codec hooks
+    def _encode(self, wav: torch.Tensor, n_q: int):
+        return self.quantizer.encode(self.encode_latents(wav), depth=n_q), None
+
+    def _decode(self, codes: torch.Tensor, scales: torch.Tensor | None, num_samples: int | None):
+        y = self.decode_latents(self.quantizer.decode(codes).to(self._param_dtype()))
+        return y[..., :num_samples] if num_samples is not None else y

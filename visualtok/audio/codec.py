@@ -42,7 +42,7 @@ from torch import nn
 
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import register_model, register_model_class
-from .base import AudioCodec, check_audio
+from .base import ConvRVQCodec, check_audio
 from .layers import Snake, WNConv1d, WNConvTranspose1d
 
 __all__ = ["CodecConfig", "Codec", "StreamingEncoder", "StreamingDecoder", "StreamState"]
@@ -319,7 +319,7 @@ def _run_plan(plan: list, x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- the codec
 @register_model_class
-class Codec(AudioCodec):
+class Codec(ConvRVQCodec):
     """visualtok's streaming audio codec (mono). See the module docstring."""
 
     config_class = CodecConfig
@@ -340,29 +340,6 @@ class Codec(AudioCodec):
         for level in self.quantizer.levels:
             h.update(level.embedding.weight.detach().float().cpu().numpy().tobytes())
         return "codec-" + h.hexdigest()[:16]
-
-    # ------------------------------------------------------------------ training hooks
-    def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, T]`` -> latents ``[B, T_f, latent_dim]`` after zero-padding to the hop."""
-        pad = math.ceil(wav.shape[-1] / self.hop_length) * self.hop_length - wav.shape[-1]
-        return self.encoder(F.pad(wav, (0, pad))).transpose(1, 2)
-
-    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
-        """``[B, T_f, latent_dim]`` -> ``[B, 1, T_f * hop]``."""
-        return self.decoder(z_q.transpose(1, 2))
-
-    def forward(self, wav: torch.Tensor):
-        """Training step: (reconstruction ``[B, 1, T]``, QuantOutput)."""
-        quant = self.quantizer(self.encode_latents(wav))
-        return self.decode_latents(quant.z_q)[..., : wav.shape[-1]], quant
-
-    # ------------------------------------------------------------------ codec hooks
-    def _encode(self, wav: torch.Tensor, n_q: int):
-        return self.quantizer.encode(self.encode_latents(wav), depth=n_q), None
-
-    def _decode(self, codes: torch.Tensor, scales: torch.Tensor | None, num_samples: int | None):
-        y = self.decode_latents(self.quantizer.decode(codes).to(self._param_dtype()))
-        return y[..., :num_samples] if num_samples is not None else y
 
     # ------------------------------------------------------------------ streaming
     def streaming_encoder(self, n_q: int | None = None) -> StreamingEncoder:

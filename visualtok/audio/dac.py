@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config, PositiveInt, Radix, UnitFloat
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
-from .base import AudioCodec
+from .base import ConvRVQCodec
 from .layers import Snake, WNConv1d, WNConvTranspose1d
 
 __all__ = ["DACConfig", "DAC"]
@@ -157,7 +156,7 @@ def _init_weights(m: nn.Module) -> None:
 
 
 @register_model_class
-class DAC(AudioCodec):
+class DAC(ConvRVQCodec):
     """Descript Audio Codec (mono). See the module docstring; ``DAC(DACConfig(...))``."""
 
     config_class = DACConfig
@@ -169,31 +168,6 @@ class DAC(AudioCodec):
         self.quantizer = build_quantizer(config.quantizer_config())
         self.decoder = Decoder(config)
         self.apply(_init_weights)
-
-
-    # ------------------------------------------------------------------ training hooks
-    def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, T]`` -> latents ``[B, T_f, latent_dim]`` (channels last), after right-padding
-        to a multiple of the hop."""
-        pad = math.ceil(wav.shape[-1] / self.hop_length) * self.hop_length - wav.shape[-1]
-        return self.encoder(F.pad(wav, (0, pad)) if pad else wav).transpose(1, 2)
-
-    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
-        """``[B, T_f, latent_dim]`` -> ``[B, 1, T']``."""
-        return self.decoder(z_q.transpose(1, 2))
-
-    def forward(self, wav: torch.Tensor):
-        """Training step: (reconstruction ``[B, 1, T]``, QuantOutput)."""
-        quant = self.quantizer(self.encode_latents(wav))
-        return self.decode_latents(quant.z_q)[..., : wav.shape[-1]], quant
-
-    # ------------------------------------------------------------------ codec hooks
-    def _encode(self, wav: torch.Tensor, n_q: int):
-        return self.quantizer.encode(self.encode_latents(wav), depth=n_q), None
-
-    def _decode(self, codes: torch.Tensor, scales: torch.Tensor | None, num_samples: int | None):
-        y = self.decode_latents(self.quantizer.decode(codes).to(self._param_dtype()))
-        return y[..., :num_samples] if num_samples is not None else y
 
 
 # ---------------------------------------------------------------------- presets
