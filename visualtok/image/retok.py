@@ -39,14 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import (
-    Config,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     UnitFloat,
 )
 from ..nn.linear import Linear, linear
 from ..nn.qformer import QFormerLayer
+from ..nn.vit import ViTSizes
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
 from .base import ImageTokenizer, preset_config
@@ -62,7 +61,7 @@ QUERY_SIZES: dict[str, tuple[int, int, int]] = {
 
 
 @dataclass
-class ReTokConfig(Config):
+class ReTokConfig(ViTSizes):
     """Constructor arguments of ``ReTok`` (one-to-one with YAML / config.json)."""
 
     image_size: PositiveInt = 256  # fixed square input (hard-coded upstream)
@@ -73,13 +72,9 @@ class ReTokConfig(Config):
     num_res_blocks: PositiveInt = 2
     z_channels: PositiveInt = 256  # CNN features / Q-Former in- and output channels
     dropout: UnitFloat = 0.0
-    encoder_width: PositiveInt = 512  # Q-Former 2D -> 1D
+    # the Q-Formers' sizes (ViTSizes): encoder 2D -> 1D and decoder 1D -> 2D, 6 layers each
     encoder_depth: PositiveInt = 6
-    encoder_heads: PositiveInt = 8
-    decoder_width: PositiveInt = 512  # Q-Former 1D -> 2D
     decoder_depth: PositiveInt = 6
-    decoder_heads: PositiveInt = 8
-    mlp_ratio: PositiveFloat = 4.0
     num_latent_tokens: PositiveInt = 256  # N multi-level queries (a power of two)
     # Redundant Token Padding: queries redundant_from..N-1 repeat
     redundant_from: NonNegativeInt = 32
@@ -103,13 +98,7 @@ class ReTokConfig(Config):
         return 2 * self.num_latent_tokens - self.redundant_from
 
     def validate(self) -> ReTokConfig:
-        super().validate()
-        for part in ("encoder", "decoder"):
-            width, heads = getattr(self, f"{part}_width"), getattr(self, f"{part}_heads")
-            if width % heads:
-                raise ValueError(
-                    f"ReTokConfig.{part}_heads {heads} must divide {part}_width {width}"
-                )
+        super().validate()  # ViTSizes: heads divide widths
         n, g = self.num_latent_tokens, self.grid_size
         if n < 2 or n & (n - 1):
             raise ValueError(f"num_latent_tokens must be a power of two >= 2; got {n}")

@@ -65,7 +65,8 @@ class Transformer(nn.ModuleList):
 
 @dataclass
 class ViTSizes(Config):
-    """Encoder and decoder ViT sizes of the 1D tokenizers' configs (TiTok, TiTok-3D)."""
+    """Encoder and decoder transformer sizes of the 1D tokenizers' configs (TiTok, TiTok-3D, and
+    ReTok's two Q-Formers), with the rule that the heads divide the width."""
 
     encoder_width: PositiveInt = 512
     encoder_depth: PositiveInt = 8
