@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hub import PretrainedMixin
+from ..quantize.config import QuantizerConfig, build_quantizer
 from .io import resample as resample_audio
 
-__all__ = ["AudioCodec", "ConvRVQCodec", "AudioCodes", "check_audio"]
+__all__ = ["AudioCodec", "ConvRVQCodec", "AudioCodes", "check_audio", "dac_rvq_config"]
 
 
 @dataclass
@@ -296,13 +297,33 @@ class AudioCodec(nn.Module, PretrainedMixin):
         return torch.device("cpu")
 
 
+def dac_rvq_config(config, **extra) -> QuantizerConfig:
+    """DAC's residual quantizer for a codec ``config`` (``latent_dim``, ``codebook_size``,
+    ``codebook_dim``, ``n_codebooks``, ``quantizer_dropout``): factorised l2-normalised codes,
+    raw codebook rows at decode, per-sample quantizer dropout, gradients into every level's
+    projections; ``extra`` adds options (k-means init, dead-code restart)."""
+    return QuantizerConfig(
+        type="rvq", dim=config.latent_dim, codebook_size=config.codebook_size,
+        codebook_dim=config.codebook_dim, num_quantizers=config.n_codebooks, l2_normalize=True,
+        raw_codebook_rows=True, beta=0.25, quantizer_dropout=config.quantizer_dropout,
+        dropout_per_sample=True, all_level_gradients=True, **extra,
+    )
+
+
 class ConvRVQCodec(AudioCodec):
     """A codec that is ``encoder -> residual quantizer -> decoder`` on mono audio right-padded to a
     multiple of the hop (DAC, visualtok's ``Codec``): the training and codec hooks, once.
 
-    Subclasses build ``self.encoder`` (``[B, 1, T] -> [B, D, T_f]``), ``self.quantizer`` (an RVQ
-    with ``encode(z, depth=)``) and ``self.decoder`` (``[B, D, T_f] -> [B, 1, T']``).
+    Subclasses pass their encoder (``[B, 1, T] -> [B, D, T_f]``) and decoder (``[B, D, T_f] ->
+    [B, 1, T']``) classes; the quantizer is the RVQ of ``config.quantizer_config()``.
     """
+
+    def __init__(self, config, encoder: type[nn.Module], decoder: type[nn.Module]) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.encoder = encoder(config)
+        self.quantizer = build_quantizer(config.quantizer_config())
+        self.decoder = decoder(config)
 
     # ------------------------------------------------------------------ training hooks
     def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:

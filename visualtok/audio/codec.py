@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quantize.config import QuantizerConfig, build_quantizer
+from ..quantize.config import QuantizerConfig
 from ..registry import register_model, register_model_class
-from .base import ConvRVQCodec, check_audio
+from .base import ConvRVQCodec, check_audio, dac_rvq_config
 from .layers import Snake, WNConv1d, WNConvTranspose1d
 
 __all__ = ["CodecConfig", "Codec", "StreamingEncoder", "StreamingDecoder", "StreamState"]
@@ -104,13 +104,8 @@ class CodecConfig:
         return math.prod(self.ratios)
 
     def quantizer_config(self) -> QuantizerConfig:
-        return QuantizerConfig(
-            type="rvq", dim=self.latent_dim, codebook_size=self.codebook_size,
-            codebook_dim=self.codebook_dim, num_quantizers=self.n_codebooks, l2_normalize=True,
-            raw_codebook_rows=True, beta=0.25, quantizer_dropout=self.quantizer_dropout,
-            dropout_per_sample=True, all_level_gradients=True, kmeans_init=self.kmeans_init,
-            dead_code_threshold=float(self.dead_code_threshold),
-        )
+        return dac_rvq_config(self, kmeans_init=self.kmeans_init,
+                              dead_code_threshold=float(self.dead_code_threshold))
 
 
 # ---------------------------------------------------------------------- streamable layers
@@ -325,11 +320,7 @@ class Codec(ConvRVQCodec):
     config_class = CodecConfig
 
     def __init__(self, config: CodecConfig) -> None:
-        super().__init__()
-        self.config = config.validate()
-        self.encoder = Encoder(config)
-        self.quantizer = build_quantizer(config.quantizer_config())
-        self.decoder = Decoder(config)
+        super().__init__(config, Encoder, Decoder)
         self.apply(_zero_biases)
 
 

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from ..config import Config, PositiveInt, Radix, UnitFloat
-from ..quantize.config import QuantizerConfig, build_quantizer
+from ..quantize.config import QuantizerConfig
 from ..registry import PretrainedRecord, register_model, register_model_class
-from .base import ConvRVQCodec
+from .base import ConvRVQCodec, dac_rvq_config
 from .layers import Snake, WNConv1d, WNConvTranspose1d
 
 __all__ = ["DACConfig", "DAC"]
@@ -67,12 +67,7 @@ class DACConfig(Config):
         return math.prod(self.encoder_rates)
 
     def quantizer_config(self) -> QuantizerConfig:
-        return QuantizerConfig(
-            type="rvq", dim=self.latent_dim, codebook_size=self.codebook_size,
-            codebook_dim=self.codebook_dim, num_quantizers=self.n_codebooks, l2_normalize=True,
-            raw_codebook_rows=True, beta=0.25, quantizer_dropout=self.quantizer_dropout,
-            dropout_per_sample=True, all_level_gradients=True,
-        )
+        return dac_rvq_config(self)
 
 
 class ResidualUnit(nn.Module):
@@ -162,11 +157,7 @@ class DAC(ConvRVQCodec):
     config_class = DACConfig
 
     def __init__(self, config: DACConfig) -> None:
-        super().__init__()
-        self.config = config.validate()
-        self.encoder = Encoder(config)
-        self.quantizer = build_quantizer(config.quantizer_config())
-        self.decoder = Decoder(config)
+        super().__init__(config, Encoder, Decoder)
         self.apply(_init_weights)
 
 
