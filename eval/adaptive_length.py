@@ -12,10 +12,13 @@ uses the predictor's recorded settings (fixed seed, steps, guidance). Prints a M
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
 
 import visualtok
 from visualtok.data.image_io import iter_image_batches, list_images
@@ -57,8 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
                "images": str(args.images), "decode": kw, "margin": pred.config.margin,
                "rows": rows}
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_results(args.out, payload)
     return payload
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_subset_args, select_images
+from _common import add_subset_args, select_images, write_results
 
 from visualtok.data.image_io import iter_image_batches
 from visualtok.metrics.fid import (
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(res, indent=2))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+        write_results(args.out, res)
     return res
 
 

@@ -20,10 +20,13 @@ from how long a real run must train.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
 
 import visualtok
 from visualtok.data.image_io import iter_image_batches, list_images
@@ -122,8 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                "overfit_steps": args.overfit_steps,
                "timesteps": ts, "rows": rows, "latent_var": fl["latent_var"], **div}
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_results(args.out, payload)
     return payload
 
 

@@ -11,13 +11,14 @@ Command: ``python eval/video.py MODEL CLIP [CLIP ...] --out DIR [--random-init]`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
 
 from visualtok.metrics.image import psnr, ssim  # noqa: E402
 from visualtok.video.io import probe, read_video, save_frame_grid  # noqa: E402
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"model": args.model, "clips": per_clip,
                "mean_psnr": sum(c["psnr"] for c in per_clip) / len(per_clip),
                "mean_ssim": sum(c["ssim"] for c in per_clip) / len(per_clip)}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     print("| clip | PSNR | SSIM | tokens / clip | bits / s |\n|---|---|---|---|---|")
     for c in per_clip:
         print(f"| {c['clip']} | {c['psnr']:.2f} | {c['ssim']:.3f} | {c['tokens_per_clip']} | "

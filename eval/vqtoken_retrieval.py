@@ -21,13 +21,14 @@ Command: ``python eval/vqtoken_retrieval.py --out runs/vqtoken_retrieval [--feat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
 
 from visualtok.metrics.video_retrieval import reconstruction_cosine, retrieval_accuracy  # noqa
 from visualtok.video.io import frame_times, read_video  # noqa: E402
@@ -134,8 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{100 * m['compression_ratio']:.2f}% | {100 * m['retrieval_top1']:.1f}% | "
               f"{m['recon_cosine']:.3f} | {m['tokdense_proxy']:.2f} |")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        write_results(args.out, results)
     return results
 
 

@@ -61,3 +61,30 @@ def tiny_config(data: Path, out: Path, **sections: Any) -> dict[str, Any]:
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def train_gpt_tiny_on_tokens(tokens: Path, out: Path, steps: int, batch_size: int,
+                             **model: Any):
+    """Train ``configs/gpt_tiny.yaml`` (with ``model`` overrides) on a token folder for ``steps``
+    on CPU; -> (trainer, model dir, (first, last) logged NLL)."""
+    from visualtok.train.config import load_train_config
+    from visualtok.train.trainer import Trainer
+
+    overrides = {
+        "data.path": str(tokens),
+        "model.overrides": model,
+        "trainer.steps": steps,
+        "trainer.batch_size": batch_size,
+        "trainer.output_dir": str(out),
+        "trainer.device": "cpu",
+        "trainer.tensorboard": False,
+        "trainer.progress": False,
+        "trainer.ckpt_every": 1000,
+        "trainer.log_every": 5,
+        "optim.warmup_steps": 5,
+    }
+    repo = Path(__file__).resolve().parents[1]
+    trainer = Trainer(load_train_config(repo / "configs" / "gpt_tiny.yaml", overrides))
+    model_dir = Path(trainer.fit()) / "model"
+    key = next(k for k in trainer.history[0] if "nll" in k)
+    return trainer, model_dir, (trainer.history[0][key], trainer.history[-1][key])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_helpers import train_gpt_tiny_on_tokens
 
 import visualtok
 from visualtok.data.image_io import list_images, save_image
@@ -61,30 +62,13 @@ def test_pretokenize_shards_are_exact_and_resumable(token_setup):
 
 
 def test_train_sample_decode(token_setup, tmp_path):
-    from visualtok.train.config import load_train_config
-    from visualtok.train.trainer import Trainer
-
     root, tok, *_ = token_setup
-    overrides = {
-        "data.path": str(root / "tokens"),
-        "model.overrides": {"radices": [1024], "num_tokens": 32, "num_classes": 2},
-        "trainer.steps": 60,
-        "trainer.batch_size": 4,
-        "trainer.output_dir": str(tmp_path / "run"),
-        "trainer.device": "cpu",
-        "trainer.tensorboard": False,
-        "trainer.progress": False,
-        "trainer.ckpt_every": 1000,
-        "trainer.log_every": 5,
-        "optim.warmup_steps": 5,
-    }
-    trainer = Trainer(load_train_config(REPO / "configs" / "gpt_tiny.yaml", overrides))
-    out = trainer.fit()
-    key = next(k for k in trainer.history[0] if "nll" in k)
-    first, last = trainer.history[0][key], trainer.history[-1][key]
+    _, model_dir, (first, last) = train_gpt_tiny_on_tokens(
+        root / "tokens", tmp_path / "run", steps=60, batch_size=4,
+        radices=[1024], num_tokens=32, num_classes=2)
     assert first > 5.0 and last < 0.5 * first, (first, last)  # starts near log(1024) = 6.93
 
-    gpt = visualtok.load(Path(out) / "model")
+    gpt = visualtok.load(model_dir)
     assert gpt.config.class_names == ("a", "b")  # from the token folder, saved with the model
     g = torch.Generator().manual_seed(0)
     imgs = generate_images(gpt, tok, torch.tensor([0, 1]), generator=g, cfg_scale=2.0, top_k=50)
@@ -103,7 +87,7 @@ def test_train_sample_decode(token_setup, tmp_path):
     sample.main(
         [
             "--gpt",
-            str(Path(out) / "model"),
+            str(model_dir),
             "--tokenizer",
             str(tmp_path / "tok"),
             "--out",

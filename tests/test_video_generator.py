@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import train_gpt_tiny_on_tokens
 from conftest import shared_path
 
 import visualtok
@@ -68,31 +69,14 @@ def test_video_token_shards_hold_the_tokenizer_codes(video_tokens):
 
 
 def test_gpt_trains_on_titok3d_codes_samples_and_decodes_videos(video_tokens, tmp_path):
-    from visualtok.train.config import load_train_config
-    from visualtok.train.trainer import Trainer
-
     root, tok, *_ = video_tokens
     radices = list(tok.code_layout.radices)  # FSQ 8-5-5-5: four factors per token
-    overrides = {
-        "data.path": str(root / "tokens"),
-        "model.overrides": {"radices": radices, "num_tokens": 16, "num_classes": 2},
-        "trainer.steps": 40,
-        "trainer.batch_size": 6,
-        "trainer.output_dir": str(tmp_path / "run"),
-        "trainer.device": "cpu",
-        "trainer.tensorboard": False,
-        "trainer.progress": False,
-        "trainer.ckpt_every": 1000,
-        "trainer.log_every": 5,
-        "optim.warmup_steps": 5,
-    }
-    trainer = Trainer(load_train_config(REPO / "configs" / "gpt_tiny.yaml", overrides))
-    out = trainer.fit()
-    key = next(k for k in trainer.history[0] if "nll" in k)
-    first, last = trainer.history[0][key], trainer.history[-1][key]
+    _, model_dir, (first, last) = train_gpt_tiny_on_tokens(
+        root / "tokens", tmp_path / "run", steps=40, batch_size=6,
+        radices=radices, num_tokens=16, num_classes=2)
     assert last < 0.6 * first, (first, last)
 
-    gpt = visualtok.load(Path(out) / "model")
+    gpt = visualtok.load(model_dir)
     g = torch.Generator().manual_seed(0)
     codes = gpt.generate(torch.tensor([0, 1]), num_tokens=16, generator=g)
     assert codes.shape == (2, 16, 4)
