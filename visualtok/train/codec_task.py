@@ -14,6 +14,7 @@ Data: ``data.type: audio`` (``AudioFolderDataset``: mono crops of ``data.num_sam
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..audio.io import mel_spectrogram
 from ..registry import register_task
 from .task import StepOutput, Task
 
-__all__ = ["CodecLossConfig", "CodecTask", "MultiPeriodDiscriminator", "MultiSTFTDiscriminator",
+__all__ = ["CodecLossConfig", "CodecTask", "DiscriminatorBank",
            "multiscale_mel_loss"]
 
 
@@ -94,12 +95,14 @@ class _PeriodDisc(nn.Module):
         return _stack_features(self.convs, self.post, x)
 
 
-class MultiPeriodDiscriminator(nn.Module):
-    """HiFi-GAN's MPD: the waveform folded to ``[T / p, p]`` for each period, 2D convs."""
+class DiscriminatorBank(nn.Module):
+    """Sub-discriminators of one kind on the same waveform: HiFi-GAN's multi-period bank (the
+    waveform folded to ``[T / p, p]`` per period, 2D convs) or the multi-resolution complex-STFT
+    bank (real and imaginary parts as 2 channels per window). One feature stack per member."""
 
-    def __init__(self, periods: tuple[int, ...], ch: int) -> None:
+    def __init__(self, discs: Iterable[nn.Module]) -> None:
         super().__init__()
-        self.discs = nn.ModuleList(_PeriodDisc(p, ch) for p in periods)
+        self.discs = nn.ModuleList(discs)
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         return [d(x) for d in self.discs]
@@ -123,22 +126,11 @@ class _STFTDisc(nn.Module):
         return _stack_features(self.convs, self.post, x)
 
 
-class MultiSTFTDiscriminator(nn.Module):
-    """Complex-STFT discriminators (real and imaginary parts as 2 channels) at several windows."""
-
-    def __init__(self, windows: tuple[int, ...], ch: int) -> None:
-        super().__init__()
-        self.discs = nn.ModuleList(_STFTDisc(n, ch) for n in windows)
-
-    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        return [d(x) for d in self.discs]
-
-
 class CodecDiscriminator(nn.Module):
     def __init__(self, c: CodecLossConfig) -> None:
         super().__init__()
-        self.mpd = MultiPeriodDiscriminator(tuple(c.periods), c.disc_channels)
-        self.mrstft = MultiSTFTDiscriminator(tuple(c.stft_windows), c.disc_channels)
+        self.mpd = DiscriminatorBank(_PeriodDisc(p, c.disc_channels) for p in c.periods)
+        self.mrstft = DiscriminatorBank(_STFTDisc(n, c.disc_channels) for n in c.stft_windows)
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         return self.mpd(x) + self.mrstft(x)
