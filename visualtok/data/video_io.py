@@ -84,9 +84,9 @@ def _open(path: str | Path):
     if not container.streams.video:
         container.close()
         raise ValueError(f"video file {path} has no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    return container, stream
+    # no frame threading: freeing a frame-threaded decoder after an early stop (we break out of
+    # decode once the wanted frames are in) can deadlock inside FFmpeg
+    return container, container.streams.video[0]
 
 
 def probe(path: str | Path) -> VideoInfo:
