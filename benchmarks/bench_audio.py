@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import machine_info, print_table, time_interleaved, write_json  # noqa: E402
+from benchmarks.official import build_official_dac_16khz  # noqa: E402
 from visualtok.audio.io import read_audio  # noqa: E402
 from visualtok.convert import convert_checkpoint  # noqa: E402
 
@@ -148,16 +149,7 @@ def _measure(name, b, seconds, repeats, equal, diff, enc, dec, codes):
 def bench_dac(batches, seconds, repeats):
     import dac
 
-    kwargs = dict(encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12,
-                  sample_rate=16000)
-    torch.manual_seed(0)
-    ref = dac.DAC(**kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-    ours = convert_checkpoint("dac", {"state_dict": ref.state_dict(),
-                                      "metadata": {"kwargs": kwargs}})
+    ref, ours = build_official_dac_16khz(dac)
     return [_dac_case(ref, ours, speech_batch(b, seconds, 16000), b, seconds, repeats)
             for b in batches]
 

@@ -244,3 +244,24 @@ def build_official_gpt(root: str | Path, size: str = "GPT-B", seed: int = 0) -> 
                            source="LlamaGen GPT")
     match_llamagen_positions(ours, official.freqs_cis)
     return OfficialGPT(official, ours, gen.generate)
+
+
+DAC_16KHZ_KWARGS = dict(encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12,
+                        sample_rate=16000)
+
+
+def build_official_dac_16khz(dac_module: Any) -> tuple[nn.Module, nn.Module]:
+    """(official ``dac.DAC``, ours) for the released 16 kHz architecture: a seeded random init
+    with every parameter perturbed (so no weight is at its init value), converted by our
+    converter from the official ``{'state_dict', 'metadata': {'kwargs'}}`` layout."""
+    from visualtok.convert import convert_checkpoint
+
+    torch.manual_seed(0)
+    ref = dac_module.DAC(**DAC_16KHZ_KWARGS).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    ours = convert_checkpoint("dac", {"state_dict": ref.state_dict(),
+                                      "metadata": {"kwargs": DAC_16KHZ_KWARGS}})
+    return ref, ours

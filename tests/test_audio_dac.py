@@ -165,18 +165,10 @@ def test_dac_16khz_full_size_against_the_official_package():
     """Only where ``descript-audio-codec`` imports (not a project dependency): the released
     16 kHz architecture, random weights, on real speech."""
     dac = pytest.importorskip("dac", reason="descript-audio-codec is not installed")
+    from benchmarks.official import build_official_dac_16khz
     from visualtok.audio import read_audio
 
-    kwargs = dict(encoder_rates=[2, 4, 5, 8], decoder_rates=[8, 5, 4, 2], n_codebooks=12,
-                  sample_rate=16000)
-    torch.manual_seed(0)
-    ref = dac.DAC(**kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-    ours = convert_checkpoint("dac", {"state_dict": ref.state_dict(),
-                                      "metadata": {"kwargs": kwargs}})
+    ref, ours = build_official_dac_16khz(dac)
     wav, _ = read_audio(shared_path("data", "audio", "ljspeech_subset", "LJ001-0005.wav"),
                         sample_rate=16000, channels=1)
     wav = wav[None, :, :16000]
