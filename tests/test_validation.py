@@ -192,6 +192,9 @@ def test_flextok_and_length_predictor_loss_configs():
         ("encodec", dict(ratios=[8, 0]), ValueError, "ratios"),
         ("encodec", dict(target_bandwidths=[1.5, NAN]), ValueError, "target_bandwidths"),
         ("encodec", dict(quantizer="rvq"), TypeError, "quantizer"),
+        ("encodec", dict(lstm_layers=-1), ValueError, "lstm_layers"),
+        ("encodec", dict(pad_mode="mirror"), ValueError, "pad_mode"),
+        ("encodec", dict(norm="batch_norm"), ValueError, "norm"),
     ],
 )
 def test_audio_codec_config_errors(cls, kwargs, exc, field):
@@ -200,6 +203,30 @@ def test_audio_codec_config_errors(cls, kwargs, exc, field):
 
     with pytest.raises(exc, match=field):
         {"dac": DACConfig, "encodec": EncodecConfig}[cls](**kwargs)
+
+
+@pytest.mark.parametrize("name", ["titok_tiny", "titok3d_tiny"])
+@pytest.mark.parametrize(
+    "overrides,exc,field",
+    [
+        (dict(quantizer="fsq"), TypeError, "quantizer"),
+        (dict(quantizer=3), TypeError, "quantizer"),
+        (dict(quantizer=["vq"]), TypeError, "quantizer"),
+        (dict(token_size=0), ValueError, "token_size"),
+        (dict(token_size="4"), TypeError, "token_size"),
+    ],
+)
+def test_1d_tokenizer_presets_check_their_overrides(name, overrides, exc, field):
+    """A preset's ``quantizer`` / ``token_size`` overrides are checked by our code and named,
+    for the image and the video 1D tokenizers alike (one merge rule)."""
+    with pytest.raises(exc, match=field):
+        with torch.device("meta"):
+            create_model(name, **overrides)
+
+
+def test_gpt_class_names_error_names_num_classes():
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("gpt_tiny", num_classes=2, class_names=("a", "b", "c"))
 
 
 def test_valid_configs_still_build_and_normalise():
@@ -535,6 +562,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, match):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert match in err, err
     assert not paths["out"].exists() and not paths["out_dir"].exists()
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct"])
+@pytest.mark.parametrize("media", ["image", "video"])
+def test_cli_refuses_pictures_for_an_audio_codec(tmp_path, capsys, command, media):
+    codec = create_model("codec_tiny").save_pretrained(tmp_path / "codec")
+    src = tmp_path / ("x.png" if media == "image" else "x.mp4")
+    if media == "image":
+        Image.new("RGB", (32, 32)).save(src)
+    else:
+        _write(src, b"not decoded: refused before reading")
+    out = tmp_path / ("w.safetensors" if command == "encode" else "w")
+    rc, err = _cli(capsys, command, src, "--model", codec, "--out", out)
+    assert rc != 0 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"is {'an image' if media == 'image' else 'a video'} but Codec is an audio codec" in err
+    assert not out.exists()
 
 
 def test_pixels_of_another_size_cannot_be_trained_on(tmp_path, real_photos):

@@ -28,9 +28,22 @@ def _load_tokenizer(name: str):
     return visualtok.load(name)
 
 
+def _check_visual(model, path: Path, what: str) -> None:
+    """An image or a video goes to an image/video tokenizer, not to an audio codec."""
+    from .audio.base import AudioCodec
+
+    if isinstance(model, AudioCodec):
+        from .audio.io import AUDIO_EXTENSIONS
+
+        raise ValueError(f"{path} is {what} but {type(model).__name__} is an audio codec: pass an "
+                         f"audio file ({', '.join(sorted(AUDIO_EXTENSIONS))}) or --model with an "
+                         f"image or video tokenizer")
+
+
 def _read_image_for(model, path: Path, convert: bool = False):
     from .data.image_io import load_image
 
+    _check_visual(model, path, "an image")
     # PIL crop + resize, then float; a non-RGB file is refused unless --convert-rgb
     return load_image(path, model.image_size, convert=convert)[None]
 
@@ -65,11 +78,19 @@ def _load_codec(name: str):
 
 
 def _read_audio_for(model, path: Path):
+    """``[1, C, T]`` and its rate, mixed to the codec's channels; what changed is said on stdout
+    (the rate is converted by the caller)."""
     from .audio.io import read_audio, to_channels
 
     wav, sr = read_audio(path)
+    changes = []
     if wav.shape[0] != model.channels:
+        changes.append(f"{wav.shape[0]} -> {model.channels} channel(s)")
         wav = to_channels(wav, model.channels)
+    if sr != model.sample_rate:
+        changes.append(f"resampled {sr} -> {model.sample_rate} Hz")
+    if changes:
+        print(f"{path}: {', '.join(changes)} for {type(model).__name__}")
     return wav[None], sr
 
 
@@ -150,6 +171,7 @@ def _read_clip_for(model, path: Path, args: argparse.Namespace):
     """``model.num_frames`` frames ``--stride`` apart from ``--start``, resized + centre-cropped."""
     from .video.io import probe, read_video
 
+    _check_visual(model, path, "a video")
     if getattr(model, "num_frames", None) is None:
         raise ValueError(f"{path} is a video but {type(model).__name__} is an image tokenizer: "
                          "pass --model with a video tokenizer (e.g. a titok3d checkpoint)")

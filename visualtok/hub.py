@@ -44,6 +44,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "read_official_state_dict",
+    "read_torch_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def read_torch_checkpoint(path: str | Path) -> object:
+    """The object of a pickled PyTorch checkpoint, read with ``weights_only=True`` (tensors and
+    plain containers only: no code from the file runs); a clear ``ValueError`` otherwise."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if "Weights only load failed" in text:  # a real pickle, but with code objects in it
+            why = "it holds objects other than tensors and plain containers, which would run code"
+        else:
+            why = f"{type(e).__name__}: {(text.splitlines() or [''])[0][:160]}"
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint that loads weights-only (expected an official "
+            f".pt/.pth/.bin/.ckpt file of tensors and plain containers, or a .safetensors "
+            f"file): {why}"
+        ) from None
+
+
 def read_official_state_dict(
     path: str | Path, wrappers: tuple[str, ...] = ("state_dict", "model", "module")
 ) -> dict:
@@ -122,12 +141,7 @@ def read_official_state_dict(
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"{path} could not be read as a weights-only torch checkpoint: {e}"
-            ) from None
+        sd = read_torch_checkpoint(path)
     for key in wrappers:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

@@ -194,8 +194,14 @@ def register_converter(family: str) -> Callable[[Callable[..., nn.Module]], Call
 
 
 def register_task(name: str) -> Callable[[type], type]:
-    """Class decorator: make a ``Task`` subclass selectable as ``task: <name>`` in a config."""
-    return lambda cls: TASKS.add(name, cls)
+    """Class decorator: make a ``Task`` subclass selectable as ``task: <name>`` in a config (and
+    its ``task_name``, for messages)."""
+
+    def add(cls: type) -> type:
+        cls.task_name = name
+        return TASKS.add(name, cls)
+
+    return add
 
 
 def register_teacher(name: str) -> Callable[[Callable], Callable]:

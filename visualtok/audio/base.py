@@ -22,6 +22,7 @@ length: items of equal length run as one batch, and the result equals encoding t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -314,16 +315,22 @@ class ConvRVQCodec(AudioCodec):
     """A codec that is ``encoder -> residual quantizer -> decoder`` on mono audio right-padded to a
     multiple of the hop (DAC, visualtok's ``Codec``): the training and codec hooks, once.
 
-    Subclasses pass their encoder (``[B, 1, T] -> [B, D, T_f]``) and decoder (``[B, D, T_f] ->
-    [B, 1, T']``) classes; the quantizer is the RVQ of ``config.quantizer_config()``.
+    Subclasses name their encoder (``[B, 1, T] -> [B, D, T_f]``) and decoder (``[B, D, T_f] ->
+    [B, 1, T']``) classes and the initialiser applied to every submodule; the quantizer is the RVQ
+    of ``config.quantizer_config()``.
     """
 
-    def __init__(self, config, encoder: type[nn.Module], decoder: type[nn.Module]) -> None:
+    encoder_class: type[nn.Module]
+    decoder_class: type[nn.Module]
+    init_weights: Callable[[nn.Module], None]
+
+    def __init__(self, config) -> None:
         super().__init__()
         self.config = config.validate()
-        self.encoder = encoder(config)
+        self.encoder = self.encoder_class(config)
         self.quantizer = build_quantizer(config.quantizer_config())
-        self.decoder = decoder(config)
+        self.decoder = self.decoder_class(config)
+        self.apply(self.init_weights)
 
     # ------------------------------------------------------------------ training hooks
     def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:

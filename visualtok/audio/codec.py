@@ -43,7 +43,7 @@ from torch import nn
 from ..quantize.config import QuantizerConfig
 from ..registry import register_model, register_model_class
 from .base import ConvRVQCodec, check_audio, dac_rvq_config
-from .layers import Snake, WNConv1d, WNConvTranspose1d
+from .layers import Snake, Stack, WNConv1d, WNConvTranspose1d
 
 __all__ = ["CodecConfig", "Codec", "StreamingEncoder", "StreamingDecoder", "StreamState"]
 
@@ -160,7 +160,7 @@ class ResidualUnit(nn.Module):
         return x + self.block(x)
 
 
-class Encoder(nn.Module):
+class Encoder(Stack):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         d = cfg.encoder_dim
@@ -173,11 +173,8 @@ class Encoder(nn.Module):
         layers += [_activation(cfg.activation, d), Conv(d, cfg.latent_dim, 3, causal=cfg.causal)]
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
-
-class Decoder(nn.Module):
+class Decoder(Stack):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         d = cfg.decoder_dim
@@ -189,9 +186,6 @@ class Decoder(nn.Module):
             layers += [ResidualUnit(d, r, cfg) for r in cfg.dilations]
         layers += [_activation(cfg.activation, d), Conv(d, 1, 7, causal=cfg.causal), nn.Tanh()]
         self.layers = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
 
 
 def _zero_biases(m: nn.Module) -> None:
@@ -318,11 +312,8 @@ class Codec(ConvRVQCodec):
     """visualtok's streaming audio codec (mono). See the module docstring."""
 
     config_class = CodecConfig
-
-    def __init__(self, config: CodecConfig) -> None:
-        super().__init__(config, Encoder, Decoder)
-        self.apply(_zero_biases)
-
+    encoder_class, decoder_class = Encoder, Decoder
+    init_weights = staticmethod(_zero_biases)
 
     def codec_id(self) -> str:
         """Fingerprint of the codebooks (and the config): codes made by another codec, or by this

@@ -34,7 +34,7 @@ from ..config import Config, PositiveInt, Radix, UnitFloat
 from ..quantize.config import QuantizerConfig
 from ..registry import PretrainedRecord, register_model, register_model_class
 from .base import ConvRVQCodec, dac_rvq_config
-from .layers import Snake, WNConv1d, WNConvTranspose1d
+from .layers import Snake, Stack, WNConv1d, WNConvTranspose1d
 
 __all__ = ["DACConfig", "DAC"]
 
@@ -86,7 +86,9 @@ class ResidualUnit(nn.Module):
         return y.add_(x)  # y is the block's fresh output: no new tensor, the same sum
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(Stack):
+    stack_attr = "block"
+
     def __init__(self, dim: int, stride: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
@@ -95,11 +97,10 @@ class EncoderBlock(nn.Module):
             WNConv1d(dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
 
+class Encoder(Stack):
+    stack_attr = "block"
 
-class Encoder(nn.Module):
     def __init__(self, cfg: DACConfig) -> None:
         super().__init__()
         d = cfg.encoder_dim
@@ -110,11 +111,10 @@ class Encoder(nn.Module):
         layers += [Snake(d), WNConv1d(d, cfg.latent_dim, 3, padding=1)]
         self.block = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
 
+class DecoderBlock(Stack):
+    stack_attr = "block"
 
-class DecoderBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
@@ -123,11 +123,10 @@ class DecoderBlock(nn.Module):
             ResidualUnit(c_out, 1), ResidualUnit(c_out, 3), ResidualUnit(c_out, 9),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
 
+class Decoder(Stack):
+    stack_attr = "model"
 
-class Decoder(nn.Module):
     def __init__(self, cfg: DACConfig) -> None:
         super().__init__()
         ch = cfg.decoder_dim
@@ -137,9 +136,6 @@ class Decoder(nn.Module):
         out = ch // 2 ** len(cfg.decoder_rates)
         layers += [Snake(out), WNConv1d(out, 1, 7, padding=3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model(z)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -155,10 +151,8 @@ class DAC(ConvRVQCodec):
     """Descript Audio Codec (mono). See the module docstring; ``DAC(DACConfig(...))``."""
 
     config_class = DACConfig
-
-    def __init__(self, config: DACConfig) -> None:
-        super().__init__(config, Encoder, Decoder)
-        self.apply(_init_weights)
+    encoder_class, decoder_class = Encoder, Decoder
+    init_weights = staticmethod(_init_weights)
 
 
 # ---------------------------------------------------------------------- presets

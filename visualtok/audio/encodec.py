@@ -26,39 +26,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..config import Config, NonNegativeFloat, PositiveFloat, PositiveInt, Radix
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Radix
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
 from .base import AudioCodec
-from .layers import WNConv1d, WNConvTranspose1d, extra_padding_for_conv1d, pad1d
+from .layers import Stack, WNConv1d, WNConvTranspose1d, extra_padding_for_conv1d, pad1d
 
 __all__ = ["EncodecConfig", "Encodec", "SEANetEncoder", "SEANetDecoder", "linear_overlap_add"]
-
-_NORMS = ("weight_norm", "time_group_norm")
 
 
 @dataclass
 class EncodecConfig(Config):
     sample_rate: PositiveInt = 24000
     channels: PositiveInt = 1  # audio channels (48 kHz: 2)
+    causal: bool = True  # 24 kHz causal, 48 kHz not
+    norm: Literal["weight_norm", "time_group_norm"] = "weight_norm"
+    # SEANet widths and strides
     n_filters: PositiveInt = 32  # base width, doubled at each downsampling
     ratios: tuple[PositiveInt, ...] = (8, 5, 4, 2)  # decoder upsampling strides (encoder: reversed)
     dimension: PositiveInt = 128  # latent channels D
     n_residual_layers: PositiveInt = 1
-    lstm_layers: int = 2
+    compress: PositiveInt = 2  # residual branch width = width // compress
+    lstm_layers: NonNegativeInt = 2
+    # kernels
     kernel_size: PositiveInt = 7
     last_kernel_size: PositiveInt = 7
     residual_kernel_size: PositiveInt = 3
     dilation_base: PositiveInt = 2
-    compress: PositiveInt = 2  # residual branch width = width // compress
-    causal: bool = True  # 24 kHz causal, 48 kHz not
-    norm: str = "weight_norm"  # weight_norm | time_group_norm
-    pad_mode: str = "reflect"
+    pad_mode: Literal["reflect", "constant", "replicate", "circular"] = "reflect"  # F.pad modes
     # causal transposed convs trim this share of padding on the right
     trim_right_ratio: NonNegativeFloat = 1.0
     target_bandwidths: tuple[PositiveFloat, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps
@@ -70,8 +70,6 @@ class EncodecConfig(Config):
 
     def validate(self) -> EncodecConfig:
         super().validate()
-        if self.norm not in _NORMS:
-            raise ValueError(f"EncodecConfig.norm must be one of {_NORMS}; got {self.norm!r}")
         if self.norm == "time_group_norm" and self.causal:
             raise ValueError("EncodecConfig: time_group_norm is not causal; set causal=False")
         if self.channels < 1 or self.n_filters < 1 or self.dimension < 1:
@@ -179,7 +177,7 @@ class ResidualBlock(nn.Module):
         return self.shortcut(x).add_(self.block(x))
 
 
-class SEANetEncoder(nn.Module):
+class SEANetEncoder(Stack):
     """``[B, C, T]`` -> ``[B, D, ceil(T / hop)]``."""
 
     def __init__(self, cfg: EncodecConfig) -> None:
@@ -196,11 +194,8 @@ class SEANetEncoder(nn.Module):
         layers += [nn.ELU(), SConv1d(cfg, width, cfg.dimension, cfg.last_kernel_size)]
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
-
-class SEANetDecoder(nn.Module):
+class SEANetDecoder(Stack):
     """``[B, D, T_f]`` -> ``[B, C, T_f * hop]``."""
 
     def __init__(self, cfg: EncodecConfig) -> None:
@@ -216,9 +211,6 @@ class SEANetDecoder(nn.Module):
             width //= 2
         layers += [nn.ELU(), SConv1d(cfg, cfg.n_filters, cfg.channels, cfg.last_kernel_size)]
         self.layers = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
 
 
 def linear_overlap_add(frames: list[torch.Tensor], stride: int) -> torch.Tensor:

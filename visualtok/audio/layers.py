@@ -23,7 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WNConv1d", "WNConvTranspose1d", "Snake", "pad1d", "extra_padding_for_conv1d"]
+__all__ = ["WNConv1d", "WNConvTranspose1d", "Snake", "Stack", "pad1d", "extra_padding_for_conv1d"]
+
+
+class Stack(nn.Module):
+    """A module whose forward is one ``nn.Sequential``, kept under the attribute name the official
+    checkpoints use for it (``stack_attr``: DAC's ``block`` / ``model``, EnCodec's ``layers``)."""
+
+    stack_attr = "layers"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.stack_attr)(x)
 
 
 class _WeightNormMixin:

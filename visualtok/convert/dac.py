@@ -19,7 +19,7 @@ import torch
 
 from ..audio.dac import DAC, DAC_PRESETS, DACConfig
 from ..config import config_from_dict
-from ..hub import CheckpointError
+from ..hub import CheckpointError, read_torch_checkpoint
 from . import read_official_state_dict, register_converter
 from .common import finish_conversion, load_converted
 
@@ -37,11 +37,7 @@ def read_dac_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     if not path.is_file():
         raise FileNotFoundError(f"DAC checkpoint not found: {path}")
     if path.suffix != ".safetensors":
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path} could not be read as a weights-only torch checkpoint: "
-                             f"{e}") from None
+        obj = read_torch_checkpoint(path)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
             kwargs = meta.get("kwargs")

@@ -103,8 +103,8 @@ class GPTConfig(Config):
             )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
-                f"GPTConfig.class_names must name all {self.num_classes} classes (or be empty); "
-                f"got {len(self.class_names)} names"
+                f"GPTConfig.class_names must name all num_classes = {self.num_classes} classes "
+                f"(or be empty); got {len(self.class_names)} names"
             )
         return self
 
@@ -132,6 +132,7 @@ class GPT(nn.Module, PretrainedMixin):
         self.head_type = resolve_head(c.head, self.step_layout)
         self.input_type = resolve_input(c.input, self.head_type, self.step_layout)
         self.max_len = c.num_tokens + (0 if c.causal else 1)
+        self.null_class = c.num_classes  # the label of "no class" (unconditional rows, CFG)
         self.class_embedding = nn.Embedding(c.num_classes + 1, c.dim)  # last row = null class
         self.embed = CodeEmbedding(self.input_type, self.step_layout, c.dim, c.feature_dim)
         self.mask_token = None if c.causal else nn.Parameter(torch.zeros(c.dim))
@@ -175,10 +176,6 @@ class GPT(nn.Module, PretrainedMixin):
     @property
     def code_layout(self) -> CodeLayout:
         return self.layout
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
 
     def bind_quantizer(self, quantizer: nn.Module) -> GPT:
         """Use ``quantizer.features`` as the embedding-free input (``input="features"``)."""

@@ -59,6 +59,32 @@ class TokenizerOutput:
     quant: QuantOutput  # z_q [B, *S, D], codes [B, *S, F], losses (with "total"), stats
 
 
+def token_size_config(cls: type, base: dict[str, Any], overrides: dict[str, Any]):
+    """Merge preset ``base`` with ``overrides`` into ``cls``, a 1D tokenizer config whose
+    quantizer ``dim`` is its ``token_size`` (TiTok, TiTok-3D).
+
+    A ``quantizer`` override replaces the preset's wholesale (another family has other options);
+    its ``dim`` defaults to ``token_size``, and sets ``token_size`` when only it is given.
+    """
+    data = {k: v for k, v in {**base, **overrides}.items() if k != "quantizer"}
+    replaced = "quantizer" in overrides
+    q = overrides["quantizer"] if replaced else base.get("quantizer")
+    if isinstance(q, QuantizerConfig):
+        q = dataclasses.asdict(q)
+    if q is not None:
+        if not isinstance(q, dict):
+            raise TypeError(f"{cls.__name__}.quantizer must be a QuantizerConfig or a mapping of "
+                            f"its fields (e.g. {{'type': 'vq', 'codebook_size': 4096}}); got {q!r}")
+        q = dict(q)
+        if replaced and "dim" in q and "token_size" not in overrides:
+            data["token_size"] = q["dim"]
+        elif not replaced or "dim" not in q:
+            q["dim"] = data.get("token_size", cls.token_size)
+    if replaced or q is not None:
+        data["quantizer"] = q  # last, so that a bad token_size is reported under its own name
+    return config_from_dict(cls, data)
+
+
 class ImageTokenizer(nn.Module, PretrainedMixin):
     """Base class of image tokenizers. Subclasses build ``self.quantizer`` and the hooks below."""
 
@@ -67,6 +93,10 @@ class ImageTokenizer(nn.Module, PretrainedMixin):
     continuous: bool = False  # KL/VAE mode: latents are continuous, codes come from post-training Q
     size_multiple: int | None = None  # fully convolutional: any H, W divisible by this are accepted
     keep_fp32: tuple[str, ...] = ("quantizer",)  # submodules a bf16/fp16 cast leaves in fp32
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config.validate()  # every field checked once, before any module is built
 
     def _apply(self, fn, recurse=True):
         """``.to(torch.bfloat16)`` / ``.half()`` cast the trunk; the ``keep_fp32`` submodules (the

@@ -454,8 +454,7 @@ class FlexTok(ImageTokenizer):
     supports_prefix = True
 
     def __init__(self, config: FlexTokConfig) -> None:
-        super().__init__()
-        self.config = config.validate()
+        super().__init__(config)
         from diffusers import AutoencoderKL  # heavy import, only when a FlexTok is built
 
         self.vae = AutoencoderKL.from_config(dict(config.vae))

@@ -229,8 +229,8 @@ class ReTok(ImageTokenizer):
     keep_fp32 = ("quantizer", "quant_conv")  # bf16 trunk, fp32 codes (see ``encode_latents``)
 
     def __init__(self, config: ReTokConfig) -> None:
-        super().__init__()
-        self.config = c = config.validate()
+        super().__init__(config)
+        c = self.config
         d = c.quantizer.dim
         self.encoder = VQGANEncoder(c.channels, tuple(c.encoder_ch_mult), c.num_res_blocks,
                                     c.z_channels, c.dropout, attention=False)

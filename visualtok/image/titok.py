@@ -19,7 +19,6 @@ tokens; with all N it computes exactly what the official code computes.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -32,14 +31,13 @@ from ..config import (
     NonNegativeFloat,
     PositiveInt,
     Radix,
-    config_from_dict,
 )
 from ..nn.linear import Linear, linear
 from ..nn.vit import Transformer, ViTSizes
 from ..quantize.base import QuantOutput
 from ..quantize.config import QuantizerConfig, build_quantizer
 from ..registry import PretrainedRecord, register_model, register_model_class
-from .base import ImageTokenizer, check_images
+from .base import ImageTokenizer, check_images, token_size_config
 from .maskgit_vqgan import MaskGITPixelDecoder
 
 __all__ = ["TiTokConfig", "TiTokEncoder", "TiTokDecoder", "TiTok", "VIT_SIZES", "titok_config"]
@@ -205,8 +203,7 @@ class TiTok(ImageTokenizer):
     supports_prefix = True
 
     def __init__(self, config: TiTokConfig) -> None:
-        super().__init__()
-        self.config = config.validate()
+        super().__init__(config)
         self.continuous = config.mode == "vae"
         enc_out = 2 * config.token_size if self.continuous else config.token_size
         self.latent_tokens = nn.Parameter(
@@ -312,31 +309,8 @@ _PAPER = "An Image is Worth 32 Tokens for Reconstruction and Generation (arXiv:2
 
 
 def titok_config(base: dict[str, Any], overrides: dict[str, Any]) -> TiTokConfig:
-    """Merge preset ``base`` with ``overrides`` (config field names) into a ``TiTokConfig``.
-
-    A ``quantizer`` override replaces the preset's quantizer wholesale (another family has other
-    options); its ``dim`` defaults to ``token_size``, and sets ``token_size`` when only it is given.
-    """
-    data = dict(base)
-    data.update({k: v for k, v in overrides.items() if k != "quantizer"})
-    if "quantizer" in overrides:
-        q = overrides["quantizer"]
-        if isinstance(q, QuantizerConfig):
-            q = dataclasses.asdict(q)
-        if q is not None:
-            if not isinstance(q, dict):
-                raise TypeError(
-                    "TiTokConfig.quantizer must be a QuantizerConfig or a mapping of its fields "
-                    f"(e.g. {{'type': 'vq', 'codebook_size': 4096}}) or None; got {q!r}"
-                )
-            q = dict(q)
-            if "dim" in q and "token_size" not in overrides:
-                data["token_size"] = q["dim"]
-            q.setdefault("dim", data.get("token_size", TiTokConfig.token_size))
-        data["quantizer"] = q
-    elif isinstance(data.get("quantizer"), dict):
-        data["quantizer"] = {**data["quantizer"], "dim": data.get("token_size", 12)}
-    return config_from_dict(TiTokConfig, data)
+    """Merge preset ``base`` with ``overrides`` (config field names) into a ``TiTokConfig``."""
+    return token_size_config(TiTokConfig, base, overrides)
 
 
 def _sizes(enc: str, dec: str) -> dict[str, Any]:

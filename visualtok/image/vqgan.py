@@ -206,8 +206,7 @@ class VQGAN(ImageTokenizer):
     keep_fp32 = ("quantizer", "quant_conv")  # bf16 trunk, fp32 codes (see ``encode_latents``)
 
     def __init__(self, config: VQGANConfig) -> None:
-        super().__init__()
-        self.config = config.validate()
+        super().__init__(config)
         c, d = config, config.quantizer.dim
         self.size_multiple = 2 ** (len(c.encoder_ch_mult) - 1)
         self.encoder = VQGANEncoder(c.channels, tuple(c.encoder_ch_mult), c.num_res_blocks,

@@ -43,11 +43,15 @@ __all__ = ["FlexTokVAELossConfig", "FlexTokVAETask", "FlexTokLossConfig", "FlexT
 log = logging.getLogger(__name__)
 
 
-def _check_flextok(model: nn.Module, task: str) -> None:
-    from ..image.flextok import FlexTok
+class _FlexTokStage(Task):
+    """A training stage of FlexTok (its VAE, then the tokenizer): the model must be a FlexTok."""
 
-    if not isinstance(model, FlexTok):
-        raise TypeError(f"task {task!r} trains a FlexTok; got {type(model).__name__}")
+    def __init__(self, model: nn.Module, loss_config: Any, train_config: Any) -> None:
+        from ..image.flextok import FlexTok
+
+        if not isinstance(model, FlexTok):
+            raise TypeError(f"task {self.task_name!r} trains a FlexTok; got {type(model).__name__}")
+        super().__init__(model, loss_config, train_config)
 
 
 @dataclass
@@ -69,12 +73,11 @@ class _VAEStep(nn.Module):
 
 
 @register_task("flextok_vae")
-class FlexTokVAETask(Task):
+class FlexTokVAETask(_FlexTokStage):
     loss_config_class = FlexTokVAELossConfig
 
     def __init__(self, model: nn.Module, loss_config: FlexTokVAELossConfig, train_config) -> None:
         super().__init__(model, loss_config, train_config)
-        _check_flextok(model, "flextok_vae")
         model.requires_grad_(False)
         model.vae.requires_grad_(True)
         self.modules = {"model": _VAEStep(model.vae)}
@@ -188,12 +191,11 @@ def _teacher_width(teacher: nn.Module, image_size: int) -> int:
 
 
 @register_task("flextok")
-class FlexTokTask(Task):
+class FlexTokTask(_FlexTokStage):
     loss_config_class = FlexTokLossConfig
 
     def __init__(self, model: nn.Module, loss_config: FlexTokLossConfig, train_config) -> None:
         super().__init__(model, loss_config, train_config)
-        _check_flextok(model, "flextok")
         if not model.config.vae_frozen:
             raise ValueError("task 'flextok' trains on a frozen VAE: set vae_frozen=True")
         model.vae.requires_grad_(False)

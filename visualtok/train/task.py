@@ -45,6 +45,7 @@ class Task:
     """Base class: subclass, set ``loss_config_class``, build ``self.modules``, the loss."""
 
     loss_config_class: ClassVar[type | None] = None  # dataclass for the YAML ``loss`` section
+    task_name: ClassVar[str] = ""  # the ``task:`` name it is registered under
 
     def __init__(self, model: nn.Module, loss_config: Any, train_config: TrainConfig) -> None:
         self.model = model  # unwrapped; saved with save_pretrained and averaged by EMA

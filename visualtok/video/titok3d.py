@@ -16,15 +16,14 @@ and VideoFlexTok; this is a small, CPU-trainable member of that family, not a re
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..config import PositiveInt, config_from_dict
-from ..image.base import ImageTokenizer
+from ..config import PositiveInt
+from ..image.base import ImageTokenizer, token_size_config
 from ..nn.linear import Linear
 from ..nn.vit import Transformer, ViTSizes
 from ..quantize.config import QuantizerConfig, build_quantizer
@@ -176,14 +175,14 @@ def tubelets_to_video(x: torch.Tensor, grid: tuple[int, int, int],
 
 @register_model_class
 class TiTok3D(ImageTokenizer):
-    """1D video tokenizer: ``[B, T, 3, H, W]`` -> codes ``[B, N, F]`` -> ``[B, T, 3, H, W]``."""
+    """1D video tokenizer: ``[B, T, 3, H, W]`` -> codes ``[B, N, F]`` -> ``[B, T, 3, H, W]``.
+    TiTok's encoder and decoder over space-time tubelets; ``TiTok3D(TiTok3DConfig(...))``."""
 
     config_class = TiTok3DConfig
     supports_prefix = True
 
     def __init__(self, config: TiTok3DConfig) -> None:
-        super().__init__()
-        self.config = config.validate()
+        super().__init__(config)
         self.latent_tokens = nn.Parameter(
             config.encoder_width**-0.5 * torch.randn(config.num_latent_tokens, config.encoder_width)
         )
@@ -228,18 +227,8 @@ class TiTok3D(ImageTokenizer):
 
 # ---------------------------------------------------------------------- presets
 def titok3d_config(base: dict[str, Any], overrides: dict[str, Any]) -> TiTok3DConfig:
-    """Merge a preset with overrides; a ``quantizer`` override replaces the preset's, and its
-    ``dim`` defaults to ``token_size`` (or sets it when only the quantizer gives one)."""
-    data = dict(base)
-    data.update({k: v for k, v in overrides.items() if k != "quantizer"})
-    q = overrides.get("quantizer", data.get("quantizer"))
-    q = dict(dataclasses.asdict(q) if isinstance(q, QuantizerConfig) else q)
-    if "quantizer" in overrides and "dim" in q and "token_size" not in overrides:
-        data["token_size"] = q["dim"]
-    if "quantizer" not in overrides or "dim" not in q:
-        q["dim"] = data.get("token_size", TiTok3DConfig.token_size)
-    data["quantizer"] = q
-    return config_from_dict(TiTok3DConfig, data)
+    """Merge a preset with overrides (``image.base.token_size_config``'s rule)."""
+    return token_size_config(TiTok3DConfig, base, overrides)
 
 
 def _preset(base: dict[str, Any], overrides: dict[str, Any]) -> TiTok3D:
