@@ -143,3 +143,41 @@ def test_save_load_round_trip_keeps_codes(speech, tmp_path):
     a, b = model.encode(speech, 16000), again.encode(speech, 16000)
     assert torch.equal(a.codes, b.codes)
     torch.testing.assert_close(again.decode(b), model.decode(a), atol=0, rtol=0)
+
+
+def test_stream_tables_are_laid_out_at_start_and_refused_after_a_weight_change(speech):
+    """A stream lays out its kernels and RVQ tables when it starts; once the model's weights
+    change (load_state_dict, an in-place write, .to()) the live stream raises instead of mixing
+    stale tables into its output, and a new stream uses the new weights."""
+    torch.manual_seed(0)
+    model = create_model("codec_tiny", causal=True).eval()
+    other = create_model("codec_tiny", causal=True).eval()  # other random weights
+    wav = speech[..., :3200]
+    enc, dec = model.streaming_encoder(), model.streaming_decoder()
+    codes = enc(wav[..., :1600])
+    audio = dec(codes)
+    model.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="weights changed"):
+        enc(wav[..., 1600:])
+    with pytest.raises(ValueError, match="weights changed"):
+        dec(codes)
+    with pytest.raises(ValueError, match="weights changed"):
+        enc.flush()
+    # a new stream computes its tables from the new weights: the new model's offline codes/audio
+    fresh = model.streaming_encoder()
+    streamed = torch.cat([fresh(wav[..., :1600]), fresh(wav[..., 1600:]), fresh.flush()], 1)
+    assert torch.equal(streamed, other.encode(wav, 16000).codes)
+    assert not torch.equal(streamed[:, :5], codes)  # the old weights gave other codes
+    out = model.streaming_decoder()(streamed)
+    torch.testing.assert_close(out, other.decode(streamed), atol=1e-5, rtol=0)
+    assert float((out[..., :1600] - audio).abs().max()) > 1e-3  # not the old weights' audio
+    # an in-place write (an optimiser step) and .to() are seen too
+    enc = model.streaming_encoder()
+    with torch.no_grad():
+        model.quantizer.levels[0].embedding.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="weights changed"):
+        enc(wav[..., :320])
+    dec = model.streaming_decoder()
+    model.to(torch.float32)
+    with pytest.raises(ValueError, match="start a new StreamingDecoder"):
+        dec(streamed)
