@@ -213,11 +213,13 @@ def _zero_biases(m: nn.Module) -> None:
 # table of decoded rows. Each conv is one ``addmm`` (bias fused) on the windows of a preallocated
 # buffer that holds the inputs its next window needs; a Snake in front of a conv writes its output
 # straight into that buffer (no copy); each transposed conv is one GEMM whose overlapping half is
-# carried to the next chunk. A conv that gives one row per frame (the encoder's last layers, the
-# decoder's first) keeps its kernel ``[C_out, K]`` and runs ``addmv`` at one row: a GEMV that
-# streams its (up to 8 MB) weight faster than ``addmm``'s GEMM, measured. (Plain MKL ``addmm``,
-# not ``nn.linear``'s oneDNN route: with weights not pre-packed, oneDNN re-lays them every call
-# and streamed 1.8x slower here; pre-packed it was no faster at these 1-320 rows, measured.)
+# carried to the next chunk. A conv that gives one row per frame with more inputs than outputs
+# (the encoder's last two) keeps its kernel ``[C_out, K]`` and runs ``addmv`` at one row: MKL's
+# dot-product GEMV streams such a tall (up to 8 MB) weight 1.3-1.4x faster than ``addmm``, with
+# caches flushed; for wide ones (the decoder's first transposed conv) ``addmm`` is faster.
+# (Plain MKL ``addmm``, not ``nn.linear``'s oneDNN route: with weights not pre-packed, oneDNN
+# re-lays them every call and streamed 1.8x slower here; pre-packed it was within 0.9-1.1x of
+# ``addmm`` at these 1-320 rows, measured.)
 class _SnakeStream:
     def __init__(self, m: Snake) -> None:
         self.alpha = m.alpha.detach().reshape(-1)
@@ -237,8 +239,8 @@ class _ConvStream:
         # GEMM operand [taps*C_in, C_out] (rows: tap-major, as the windows are laid out), or its
         # transpose [C_out, taps*C_in] for the GEMV of one-row layers
         kt = k.permute(0, 2, 1).reshape(self.c_out, -1)
-        self.one_row = one_row
-        self.kernel = kt.contiguous() if one_row else kt.t().contiguous()
+        self.one_row = one_row and kt.shape[1] >= self.c_out  # tall: the dot-product GEMV wins
+        self.kernel = kt.contiguous() if self.one_row else kt.t().contiguous()
         bias = layer.conv.bias
         self.bias = bias.detach() if bias is not None else k.new_zeros(self.c_out)
         self.span, self.stride, self.dilation = layer.span, layer.stride, layer.conv.dilation
@@ -394,7 +396,7 @@ class _RVQStream:
                 x = l2_normalize(torch.addmm(b_in, r, w_in))
                 torch.argmax(torch.addmm(bias, x, e), 1, out=codes[i])
                 if i < last:
-                    r = r - values[codes[i]]
+                    r = r - values.index_select(0, codes[i])
         return codes.t().reshape(b, n, -1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
