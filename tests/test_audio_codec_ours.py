@@ -98,6 +98,22 @@ def test_streaming_equals_offline_on_real_speech(speech, overrides):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
+def test_streaming_a_batch_equals_offline(speech):
+    """Two different signals in one stream (the window buffers then hold strided rows)."""
+    torch.manual_seed(0)
+    model = create_model("codec_tiny", causal=True).eval()
+    wav = torch.cat([speech[..., :9000], speech[..., 20000:29000]])  # [2, 1, 9000]
+    offline = model.encode(wav, 16000).codes
+    enc, gen, parts, pos = model.streaming_encoder(), torch.Generator().manual_seed(3), [], 0
+    for n in _random_chunks(wav.shape[-1], gen, hi=700):
+        parts.append(enc(wav[..., pos : pos + n]))
+        pos += n
+    assert torch.equal(torch.cat(parts + [enc.flush()], 1), offline)
+    dec = model.streaming_decoder()
+    out = torch.cat([dec(offline[:, f : f + 3]) for f in range(0, offline.shape[1], 3)], -1)
+    torch.testing.assert_close(out, model.decode(offline), atol=1e-5, rtol=0)
+
+
 def test_streaming_clear_errors(speech):
     torch.manual_seed(0)
     model = create_model("codec_tiny", causal=True).eval()

@@ -213,7 +213,7 @@ def _zero_biases(m: nn.Module) -> None:
 # table of decoded rows. Each conv is one ``addmm`` (bias fused) on the windows of a preallocated
 # buffer that holds the inputs its next window needs; a Snake in front of a conv writes its output
 # straight into that buffer (no copy); each transposed conv is one GEMM whose overlapping half is
-# carried to the next chunk. A conv that gives one row per frame with more inputs than outputs
+# carried to the next chunk. A conv that gives one row per frame with 4x more inputs than outputs
 # (the encoder's last two) keeps its kernel ``[C_out, K]`` and runs ``addmv`` at one row: MKL's
 # dot-product GEMV streams such a tall (up to 8 MB) weight 1.3-1.4x faster than ``addmm``, with
 # caches flushed; for wide ones (the decoder's first transposed conv) ``addmm`` is faster.
@@ -239,7 +239,7 @@ class _ConvStream:
         # GEMM operand [taps*C_in, C_out] (rows: tap-major, as the windows are laid out), or its
         # transpose [C_out, taps*C_in] for the GEMV of one-row layers
         kt = k.permute(0, 2, 1).reshape(self.c_out, -1)
-        self.one_row = one_row and kt.shape[1] >= self.c_out  # tall: the dot-product GEMV wins
+        self.one_row = one_row and kt.shape[1] >= 4 * self.c_out  # tall: dot-product GEMV wins
         self.kernel = kt.contiguous() if self.one_row else kt.t().contiguous()
         bias = layer.conv.bias
         self.bias = bias.detach() if bias is not None else k.new_zeros(self.c_out)
