@@ -26,7 +26,8 @@ them all). ``load 1m`` is the 1-minute load average before and after each row.
   weights), batch 1 x ``--seconds`` of real speech: encode and decode offline (one call) against
   streaming in 20 ms chunks (``StreamingEncoder`` fed 320 samples at a time; ``StreamingDecoder``
   fed one frame at a time, 20 ms at 50 Hz, 40 ms at 25 Hz); "stream / offline" is the time ratio
-  (goal: at most 1.5), ``codes_equal`` whether the streamed codes equal the offline ones.
+  (goal: at most 1.5), wall and process CPU time (offline and streaming called in alternate
+  rounds), ``codes_equal`` whether the streamed codes equal the offline ones.
 """
 
 from __future__ import annotations
