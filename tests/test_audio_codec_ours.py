@@ -180,9 +180,19 @@ def test_stream_tables_are_laid_out_at_start_and_refused_after_a_weight_change(s
     with pytest.raises(ValueError, match="weights changed"):
         enc.flush()
     # a new stream computes its tables from the new weights: the new model's offline codes/audio
-    fresh = model.streaming_encoder()
-    streamed = torch.cat([fresh(wav[..., :1600]), fresh(wav[..., 1600:]), fresh.flush()], 1)
+    fresh, second = model.streaming_encoder(), model.streaming_encoder()
+    assert fresh._rvq is not enc._rvq and fresh._plan[0].kernel is not enc._plan[0].kernel
+    # streams of one model share the laid-out kernels, not their buffers: interleaved, each
+    # gives the offline codes
+    assert second._rvq is fresh._rvq and second._plan[0].kernel is fresh._plan[0].kernel
+    parts = ([], [])
+    for i in range(0, 3200, 800):
+        parts[0].append(fresh(wav[..., i : i + 800]))
+        parts[1].append(second(wav[..., i // 2 : i // 2 + 400]))
+    streamed = torch.cat(parts[0] + [fresh.flush()], 1)
     assert torch.equal(streamed, other.encode(wav, 16000).codes)
+    assert torch.equal(torch.cat(parts[1] + [second.flush()], 1),
+                       other.encode(wav[..., :1600], 16000).codes)
     assert not torch.equal(streamed[:, :5], codes)  # the old weights gave other codes
     out = model.streaming_decoder()(streamed)
     torch.testing.assert_close(out, other.decode(streamed), atol=1e-5, rtol=0)

@@ -210,20 +210,38 @@ def _zero_biases(m: nn.Module) -> None:
 # is laid out once, when the stream starts (they are frozen at inference; ``StreamState`` refuses
 # a model whose weights changed since): the weight-normalised kernels as GEMM operands, Snake's
 # ``alpha`` and ``1 / alpha``, and per RVQ level the normalised codebook, its score bias and the
-# table of decoded rows. Each conv is one ``addmm`` (bias fused) on the windows of a preallocated
-# buffer that holds the inputs its next window needs; a Snake in front of a conv writes its output
-# straight into that buffer (no copy); each transposed conv is one GEMM whose overlapping half is
-# carried to the next chunk. A conv that gives one row per frame with 4x more inputs than outputs
-# (the encoder's last two) keeps its kernel ``[C_out, K]`` and runs ``addmv`` at one row: MKL's
-# dot-product GEMV streams such a tall (up to 8 MB) weight 1.3-1.4x faster than ``addmm``, with
-# caches flushed; for wide ones (the decoder's first transposed conv) ``addmm`` is faster.
-# (Plain MKL ``addmm``, not ``nn.linear``'s oneDNN route: with weights not pre-packed, oneDNN
-# re-lays them every call and streamed 1.8x slower here; pre-packed it was within 0.9-1.1x of
-# ``addmm`` at these 1-320 rows, measured.)
+# table of decoded rows; kept on the layers (``_laid_out``, keyed by the weights' versions) and
+# shared by the model's streams. Each conv is one ``addmm`` (bias fused) on the windows of a
+# preallocated buffer that holds the inputs its next window needs; a Snake in front of a conv
+# writes its output straight into that buffer (no copy); each transposed conv is one GEMM whose
+# overlapping half is carried to the next chunk. A conv that gives one row per frame with 4x more
+# inputs than outputs (the encoder's last two) keeps its kernel ``[C_out, K]`` and runs ``addmv``
+# at one row: MKL's dot-product GEMV streams such a tall (up to 8 MB) weight 1.3-1.4x faster than
+# ``addmm``, with caches flushed; for wide ones (the decoder's first transposed conv) ``addmm`` is
+# faster. (Plain MKL ``addmm``, not ``nn.linear``'s oneDNN route: with weights not pre-packed,
+# oneDNN re-lays them every call and streamed 1.8x slower here; pre-packed it was within
+# 0.9-1.1x of ``addmm`` at these 1-320 rows, measured.)
+def _laid_out(module: nn.Module, key: tuple, make) -> Any:
+    """``make()``, kept on ``module`` until ``key`` (its weights' versions and pointers) changes:
+    streams of one model share their kernels (memory, and caches when several streams run)."""
+    cached = module.__dict__.get("_stream_layout")
+    if cached is None or cached[0] != key:
+        cached = (key, make())
+        module.__dict__["_stream_layout"] = cached
+    return cached[1]
+
+
+def _key(*params: torch.Tensor) -> tuple:
+    return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+
+
 class _SnakeStream:
     def __init__(self, m: Snake) -> None:
-        self.alpha = m.alpha.detach().reshape(-1)
-        self.inv = (self.alpha + 1e-9).reciprocal()
+        def make():
+            alpha = m.alpha.detach().reshape(-1)
+            return alpha, (alpha + 1e-9).reciprocal()
+
+        self.alpha, self.inv = _laid_out(m, _key(m.alpha), make)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The offline formula (same ops, same order); ``out``: write the result there."""
@@ -234,16 +252,22 @@ class _SnakeStream:
 class _ConvStream:
     def __init__(self, layer: Conv, act: _SnakeStream | None = None,
                  one_row: bool = False) -> None:
-        k = layer.conv.kernel().detach()  # [C_out, C_in, taps]
-        self.taps, self.c_out = k.shape[2], k.shape[0]
-        # GEMM operand [taps*C_in, C_out] (rows: tap-major, as the windows are laid out), or its
-        # transpose [C_out, taps*C_in] for the GEMV of one-row layers
-        kt = k.permute(0, 2, 1).reshape(self.c_out, -1)
-        self.one_row = one_row and kt.shape[1] >= 4 * self.c_out  # tall: dot-product GEMV wins
-        self.kernel = kt.contiguous() if self.one_row else kt.t().contiguous()
-        bias = layer.conv.bias
-        self.bias = bias.detach() if bias is not None else k.new_zeros(self.c_out)
-        self.span, self.stride, self.dilation = layer.span, layer.stride, layer.conv.dilation
+        conv, c_out = layer.conv, layer.c_out
+
+        def make():
+            k = conv.kernel().detach()  # [C_out, C_in, taps]
+            # GEMM operand [taps*C_in, C_out] (rows: tap-major, as the windows are laid out), or
+            # its transpose [C_out, taps*C_in] for the GEMV of tall one-row layers
+            kt = k.permute(0, 2, 1).reshape(c_out, -1)
+            gemv = one_row and kt.shape[1] >= 4 * c_out  # tall: the dot-product GEMV wins
+            bias = conv.bias.detach() if conv.bias is not None else k.new_zeros(c_out)
+            return gemv, kt.contiguous() if gemv else kt.t().contiguous(), bias, k.shape[2]
+
+        params = (conv.weight_v, conv.weight_g) if conv.weight_norm else (conv.weight,)
+        key = _key(*params, *(() if conv.bias is None else (conv.bias,))) + (one_row,)
+        self.one_row, self.kernel, self.bias, self.taps = _laid_out(layer, key, make)
+        self.c_out = c_out
+        self.span, self.stride, self.dilation = layer.span, layer.stride, conv.dilation
         self.pad = layer.pad
         self.act = act  # applied while writing the input into the window buffer
         self.buf: torch.Tensor | None = None  # [B, capacity, C_in]; live inputs in [start, end)
@@ -291,10 +315,15 @@ class _ConvStream:
 
 class _ConvTransposeStream:
     def __init__(self, layer: ConvTranspose) -> None:
-        k = layer.conv.kernel().detach()  # [C_in, C_out, 2s]
-        self.s, self.c_out = layer.stride, k.shape[1]
-        self.kernel = k.permute(0, 2, 1).reshape(k.shape[0], -1).contiguous()  # [C_in, 2s*C_out]
-        self.bias = layer.conv.bias.detach()
+        conv = layer.conv
+
+        def make():
+            k = conv.kernel().detach()  # [C_in, C_out, 2s] -> [C_in, 2s*C_out]
+            return k.permute(0, 2, 1).reshape(k.shape[0], -1).contiguous(), conv.bias.detach()
+
+        params = (conv.weight_v, conv.weight_g) if conv.weight_norm else (conv.weight,)
+        self.kernel, self.bias = _laid_out(layer, _key(*params, conv.bias), make)
+        self.s, self.c_out = layer.stride, layer.c_out
         self.tail: torch.Tensor | None = None  # [B, s, C_out]: the last frame's overlap
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -359,7 +388,7 @@ def _run_plan(plan: list, x: torch.Tensor) -> torch.Tensor:
 
 
 class _RVQStream:
-    """The residual quantizer of one stream on tables laid out once: per level the input
+    """The residual quantizer of streams on tables laid out once: per level the input
     projection, the l2-normalised codebook with its score bias ``-|e|^2 / 2`` (what
     ``nearest_code`` computes per call) and ``project_out`` of every raw row (the decoded value of
     each code). Same search as ``ResidualVectorQuantizer.encode``; decode is a table lookup."""
@@ -462,7 +491,8 @@ class StreamState:
         layers = model.encoder.layers if kind == "encoder" else model.decoder.layers
         self.buffers["plan"], _ = _stream_plan(layers, model.hop_length if kind == "encoder"
                                                else 1)
-        self.buffers["rvq"] = _RVQStream(model.quantizer)
+        rvq = model.quantizer
+        self.buffers["rvq"] = _laid_out(rvq, _key(*rvq.parameters()), lambda: _RVQStream(rvq))
 
     def _fingerprint(self, model: Codec) -> tuple[int, int]:
         # versions only grow: their sum changes whenever one does (~30 us for 120 parameters)
