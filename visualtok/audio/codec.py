@@ -478,6 +478,8 @@ class StreamState:
     ``.data`` bypass PyTorch's version counters and are not seen)."""
 
     def __init__(self, model: Codec, kind: str) -> None:
+        if kind not in ("encoder", "decoder"):
+            raise ValueError(f"StreamState kind must be 'encoder' or 'decoder'; got {kind!r}")
         self.owner = weakref.ref(model)
         self.kind = kind
         self.buffers: dict = {}
