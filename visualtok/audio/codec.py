@@ -21,7 +21,9 @@ the inputs its next window needs (each transposed conv its overlap tail): chunks
 sample, less than a hop, many hops) give the offline codes exactly and the offline audio up to
 float rounding (the transposed-conv tails are added in a different order). A stream lays out its
 kernels and code tables once, when it starts: one used after the model's weights changed raises a
-clear error (start a new stream).
+clear error (start a new stream). Speed: 20 ms chunks cost 1.6-2.6x the offline CPU time on a
+shared 2-core CPU (benchmarks/RESULTS.md, issue #16): every chunk re-reads the 256/512-wide
+layers' ~17 MB of kernels at 1-10 rows, which offline reads once per call.
 
 Presets (each takes ``causal=True``): ``codec_tiny`` (16 kHz, hop 320, 4 x 256, 0.67M params,
 tests), ``codec_small`` (16 kHz, hop 320 = 50 Hz, 8 x 1024 = 4 kbps) and ``codec_lm`` (16 kHz,
