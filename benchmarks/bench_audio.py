@@ -26,7 +26,8 @@ them all). ``load 1m`` is the 1-minute load average before and after each row.
   weights), batch 1 x ``--seconds`` of real speech: encode and decode offline (one call) against
   streaming in 20 ms chunks (``StreamingEncoder`` fed 320 samples at a time; ``StreamingDecoder``
   fed one frame at a time, 20 ms at 50 Hz, 40 ms at 25 Hz); "stream / offline" is the time ratio
-  (goal: at most 1.5), ``codes_equal`` whether the streamed codes equal the offline ones.
+  (goal: at most 1.5), wall and process CPU time (offline and streaming called in alternate
+  rounds), ``codes_equal`` whether the streamed codes equal the offline ones.
 """
 
 from __future__ import annotations
@@ -193,7 +194,9 @@ def _ours_case(name, seconds, repeats):
         parts = [enc(wav[..., i : i + chunk]) for i in range(0, wav.shape[-1], chunk)]
         state["str"] = torch.cat(parts + [enc.flush()], 1)
 
-    t = time_interleaved({"off": offline_enc, "str": stream_enc}, repeats=repeats)
+    load = [os.getloadavg()[0]]
+    cpu_e, cpu_d = {}, {}
+    t = time_interleaved({"off": offline_enc, "str": stream_enc}, repeats=repeats, cpu=cpu_e)
     te_off, te_str = t["off"], t["str"]
     codes = state["off"]
 
@@ -205,21 +208,26 @@ def _ours_case(name, seconds, repeats):
         state["y_str"] = torch.cat([dec(codes[:, f : f + 1]) for f in range(codes.shape[1])],
                                    -1)
 
-    t = time_interleaved({"off": offline_dec, "str": stream_dec}, repeats=repeats)
+    t = time_interleaved({"off": offline_dec, "str": stream_dec}, repeats=repeats, cpu=cpu_d)
     td_off, td_str = t["off"], t["str"]
+    load.append(os.getloadavg()[0])
     row = {
         "model": f"{name} (causal, {model.bitrate() / 1000:g} kbps)",
         "batch": f"1 x {seconds:g} s", "enc chunk": f"{chunk} samples",
         "dec chunk": f"1 frame ({1000 * hop / sr:g} ms)",
         "offline enc xRT": seconds / te_off, "stream enc xRT": seconds / te_str,
         "enc stream/offline": te_str / te_off,
+        "enc stream/offline (CPU time)": cpu_e["str"] / cpu_e["off"],
         "offline dec xRT": seconds / td_off, "stream dec xRT": seconds / td_str,
         "dec stream/offline": td_str / td_off,
+        "dec stream/offline (CPU time)": cpu_d["str"] / cpu_d["off"],
         "codes_equal": bool(torch.equal(state["off"], state["str"])),
         "max_abs_diff": float((state["y_off"] - state["y_str"]).abs().max()),
+        "load 1m before/after": "/".join(f"{v:.1f}" for v in load),
     }
     print(row, flush=True)
     return row
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -98,6 +98,22 @@ def test_streaming_equals_offline_on_real_speech(speech, overrides):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
+def test_streaming_a_batch_equals_offline(speech):
+    """Two different signals in one stream (the window buffers then hold strided rows)."""
+    torch.manual_seed(0)
+    model = create_model("codec_tiny", causal=True).eval()
+    wav = torch.cat([speech[..., :9000], speech[..., 20000:29000]])  # [2, 1, 9000]
+    offline = model.encode(wav, 16000).codes
+    enc, gen, parts, pos = model.streaming_encoder(), torch.Generator().manual_seed(3), [], 0
+    for n in _random_chunks(wav.shape[-1], gen, hi=700):
+        parts.append(enc(wav[..., pos : pos + n]))
+        pos += n
+    assert torch.equal(torch.cat(parts + [enc.flush()], 1), offline)
+    dec = model.streaming_decoder()
+    out = torch.cat([dec(offline[:, f : f + 3]) for f in range(0, offline.shape[1], 3)], -1)
+    torch.testing.assert_close(out, model.decode(offline), atol=1e-5, rtol=0)
+
+
 def test_streaming_clear_errors(speech):
     torch.manual_seed(0)
     model = create_model("codec_tiny", causal=True).eval()
@@ -143,3 +159,51 @@ def test_save_load_round_trip_keeps_codes(speech, tmp_path):
     a, b = model.encode(speech, 16000), again.encode(speech, 16000)
     assert torch.equal(a.codes, b.codes)
     torch.testing.assert_close(again.decode(b), model.decode(a), atol=0, rtol=0)
+
+
+def test_stream_tables_are_laid_out_at_start_and_refused_after_a_weight_change(speech):
+    """A stream lays out its kernels and RVQ tables when it starts; once the model's weights
+    change (load_state_dict, an in-place write, .to()) the live stream raises instead of mixing
+    stale tables into its output, and a new stream uses the new weights."""
+    torch.manual_seed(0)
+    model = create_model("codec_tiny", causal=True).eval()
+    other = create_model("codec_tiny", causal=True).eval()  # other random weights
+    wav = speech[..., :3200]
+    enc, dec = model.streaming_encoder(), model.streaming_decoder()
+    codes = enc(wav[..., :1600])
+    audio = dec(codes)
+    model.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="weights changed"):
+        enc(wav[..., 1600:])
+    with pytest.raises(ValueError, match="weights changed"):
+        dec(codes)
+    with pytest.raises(ValueError, match="weights changed"):
+        enc.flush()
+    # a new stream computes its tables from the new weights: the new model's offline codes/audio
+    fresh, second = model.streaming_encoder(), model.streaming_encoder()
+    assert fresh._rvq is not enc._rvq and fresh._plan[0].kernel is not enc._plan[0].kernel
+    # streams of one model share the laid-out kernels, not their buffers: interleaved, each
+    # gives the offline codes
+    assert second._rvq is fresh._rvq and second._plan[0].kernel is fresh._plan[0].kernel
+    parts = ([], [])
+    for i in range(0, 3200, 800):
+        parts[0].append(fresh(wav[..., i : i + 800]))
+        parts[1].append(second(wav[..., i // 2 : i // 2 + 400]))
+    streamed = torch.cat(parts[0] + [fresh.flush()], 1)
+    assert torch.equal(streamed, other.encode(wav, 16000).codes)
+    assert torch.equal(torch.cat(parts[1] + [second.flush()], 1),
+                       other.encode(wav[..., :1600], 16000).codes)
+    assert not torch.equal(streamed[:, :5], codes)  # the old weights gave other codes
+    out = model.streaming_decoder()(streamed)
+    torch.testing.assert_close(out, other.decode(streamed), atol=1e-5, rtol=0)
+    assert float((out[..., :1600] - audio).abs().max()) > 1e-3  # not the old weights' audio
+    # an in-place write (an optimiser step) and .to() are seen too
+    enc = model.streaming_encoder()
+    with torch.no_grad():
+        model.quantizer.levels[0].embedding.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="weights changed"):
+        enc(wav[..., :320])
+    dec = model.streaming_decoder()
+    model.to(torch.float32)
+    with pytest.raises(ValueError, match="start a new StreamingDecoder"):
+        dec(streamed)
