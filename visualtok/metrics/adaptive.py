@@ -20,6 +20,7 @@ each image from exactly its prefix.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,6 +41,7 @@ __all__ = [
     "encode_adaptive",
     "decode_adaptive",
     "image_statistics",
+    "dct_sparsity",
     "curve_at",
     "evaluate_adaptive",
     "quality_curves",
@@ -122,13 +124,41 @@ def search_lengths(tok: Any, images: torch.Tensor, target: float, codes: torch.T
 
 
 _GRIDS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# coefficients kept, as a share of the image's values, for the DCT-sparsity features
+_DCT_KEEP = (1 / 4096, 1 / 2048, 1 / 1024, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32, 1 / 16)
+NUM_IMAGE_STATISTICS = len(_GRIDS) + 2 + len(_DCT_KEEP)
+
+
+def _dct_basis(n: int, device: torch.device) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``[n, n]`` (float64)."""
+    i = torch.arange(n, dtype=torch.float64, device=device)
+    basis = torch.cos(math.pi * (i[None, :] + 0.5) * i[:, None] / n) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis
+
+
+def dct_sparsity(images: torch.Tensor, keep: tuple[float, ...] = _DCT_KEEP) -> torch.Tensor:
+    """PSNR of each image rebuilt from only its largest global 2D-DCT coefficients (per channel
+    transform, coefficients ranked over all channels), for each share ``keep`` of the values kept:
+    ``[B, 3, H, W]`` -> ``[B, len(keep)]``. A transform codec's rate-distortion curve in a few
+    numbers; by Parseval the error is the energy of the dropped coefficients (no inverse)."""
+    x = images.double()
+    h, w = x.shape[-2:]
+    coef = _dct_basis(h, x.device) @ x @ _dct_basis(w, x.device).T
+    energy = coef.flatten(1).pow(2).sort(dim=1, descending=True).values
+    total = x.flatten(1).pow(2).sum(1, keepdim=True)
+    kept = energy.cumsum(1)
+    n = energy.shape[1]
+    idx = torch.tensor([max(1, round(f * n)) - 1 for f in keep], device=x.device)
+    mse = ((total - kept[:, idx]) / n).clamp_min(1e-10)
+    return (10 * torch.log10(1.0 / mse)).float()
 
 
 def image_statistics(images: torch.Tensor) -> torch.Tensor:
-    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 13]``: the PSNR of
+    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 22]``: the PSNR of
     its block means on 2x2 .. 64x64 grids (bilinear upsampling; grids capped at the image size),
-    log10 pixel variance and log10 gradient energy. Cheap (no network), computed in the same pass
-    as the encode."""
+    log10 pixel variance, log10 gradient energy and ``dct_sparsity`` (9 shares of coefficients).
+    Cheap (no network), computed in the same pass as the encode."""
     x = images.float()
     feats = []
     for g in _GRIDS:
@@ -139,7 +169,7 @@ def image_statistics(images: torch.Tensor) -> torch.Tensor:
     feats.append(torch.log10(x.flatten(1).var(dim=1) + 1e-6))
     grad = (x.diff(dim=-1).pow(2).mean(dim=(1, 2, 3)) + x.diff(dim=-2).pow(2).mean(dim=(1, 2, 3)))
     feats.append(torch.log10(grad + 1e-8))
-    return torch.stack(feats, dim=1)
+    return torch.cat([torch.stack(feats, dim=1), dct_sparsity(x)], dim=1)
 
 
 _INPUTS = ("tokens", "tokens+image")
@@ -190,7 +220,7 @@ class LengthPredictor(nn.Module, PretrainedMixin):
                              f"{len(config.margins)}")
         self.config = config
         self.lengths = lengths
-        self.num_features = 3 * d + (len(_GRIDS) + 2 if config.inputs == "tokens+image" else 0)
+        self.num_features = 3 * d + (NUM_IMAGE_STATISTICS if config.inputs == "tokens+image" else 0)
         f, k = self.num_features, len(lengths)
         self.net = (nn.Linear(f, k) if h == 0 else
                     nn.Sequential(nn.Linear(f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
