@@ -12,11 +12,15 @@ decodes the prefixes k of ``--lengths`` (default: 1, 2, 3, 4, 6, 8, 12, ... : po
 
 A ``LengthPredictor`` then learns the curve from the pooled quantized tokens plus cheap image
 statistics (``--inputs``): by ridge regression (``--hidden 0``, the ridge strength chosen by
-cross-validation) or an MLP. Its per-length margins are the ``--quantile`` quantiles of the
-out-of-fold error (predicted - true, ``--folds``-fold cross-validation), so the chosen k meets the
-target about that often on unseen images. With ``--targets`` the decisions are also simulated on
-the out-of-fold predictions (coverage and tokens against the true smallest k), to pick the
-quantile without touching the test set. Writes a visualtok checkpoint (``visualtok.load(out)``).
+cross-validation, folds split by photo) or an MLP. The margin that turns a predicted curve into a
+safe choice is calibrated on photos the predictor never saw (split conformal): ``--calibration``
+(default 0.25) of the photos, with every crop of a photo (``train/make_patches.py`` names) on the
+same side, are held out; with ``--targets`` one margin (dB) is the smallest at which the decisions
+on the held-out images meet each target on ``--coverage`` of those whose curve reaches it (with the
+finite-sample correction); without targets, per-length ``--quantile`` quantiles of the held-out
+error. ``--calibration 0`` falls back to per-length quantiles of the out-of-fold error on every
+image. The decisions are also simulated on the held-out images (coverage and tokens against the
+true smallest k). Writes a visualtok checkpoint (``visualtok.load(out)``) and ``fit.json``.
 """
 
 from __future__ import annotations
