@@ -256,7 +256,8 @@ def test_calibrated_margin_is_the_smallest_that_meets_the_coverage():
     model = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, lengths=lengths))
     q = 10.0 + torch.rand(60, 1, generator=g) * 4 + torch.tensor([0.0, 2.0, 4.0, 6.0])
     pred = q + 0.5 * torch.randn(60, 1, generator=g)  # each image's curve off by one offset
-    margin = script.calibrate_margin(model, pred, q, [15.0], coverage=0.9)
+    margin = script.calibrate(model, pred, q, [15.0], coverage=0.9)
+    assert model.config.margin == margin
     rows = torch.arange(60)
 
     def met(m):
@@ -286,3 +287,22 @@ def test_dct_sparsity_matches_an_explicit_inverse_transform():
             want = -10 * torch.log10((rec - x[b].double()).pow(2).mean())
             assert float(got[b, j]) == pytest.approx(float(want), abs=1e-3)
     assert image_statistics(x).shape == (2, 22)
+
+
+def test_risk_rule_trades_tokens_for_coverage():
+    """Rule "risk": k minimises k / N + w * P(miss); a larger weight never picks fewer tokens, a
+    huge one reaches the sure choice, a curve predicted to miss at N gets N."""
+    lengths = (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="needs sigma"):
+        LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=lengths, rule="risk"))
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=lengths, rule="risk",
+                                                 sigma=(0.5, 0.5, 0.5, 0.5)))
+    curve = torch.tensor([[10.0, 14.0, 16.0, 18.0], [10.0, 11.0, 12.0, 13.0]])
+    ks = []
+    for w in (0.0, 0.3, 3.0, 1e6):
+        pred.config.risk_weight = w
+        ks.append(pred.choose(curve, 15.0).tolist())
+    assert ks[0] == [1, 8] and ks[-1][1] == 8  # second image: predicted to miss even at N
+    firsts = [k[0] for k in ks]
+    assert firsts == sorted(firsts) and firsts[-1] >= 4  # 16 dB at k = 4 is 2 sigma above 15
+    assert pred.choose(curve, 15.0, margins=False).tolist() == [3, 8]  # the curve as it is

@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--calibration", type=float, default=0.25,
                     help="share of the photos (all crops of a photo together) held out to "
                          "calibrate the margin; 0: per-length out-of-fold quantiles instead")
+    ap.add_argument("--rule", choices=["margin", "risk"], default="margin",
+                    help="decision rule (LengthPredictorConfig.rule); 'risk' needs --targets and "
+                         "--calibration > 0")
     ap.add_argument("--coverage", type=float, default=0.9,
                     help="with --calibration and --targets: share of the held-out images whose "
                          "decision must meet the target")
@@ -75,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--quantile must be in (0, 1); got {args.quantile}")
     if not 0 <= args.calibration < 1:
         ap.error(f"--calibration must be in [0, 1); got {args.calibration}")
+    if args.rule == "risk" and not (args.targets and args.calibration > 0):
+        ap.error("--rule risk is calibrated on held-out photos: pass --targets and "
+                 "--calibration > 0")
     if not 0 < args.coverage < 1:
         ap.error(f"--coverage must be in (0, 1); got {args.coverage}")
     if args.folds < 2:
@@ -206,29 +212,38 @@ def split_groups(groups: torch.Tensor, share: float, seed: int) -> torch.Tensor:
     return torch.isin(groups, perm[: max(1, round(share * uniq.numel()))])
 
 
-def calibrate_margin(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor,
-                     targets: list[float], coverage: float) -> float:
-    """The smallest margin (dB, on a 0.01 dB grid) at which the decisions on held-out curves meet
-    each target on at least ``coverage`` of the images whose curve reaches it, with the
-    split-conformal finite-sample correction ``ceil((n + 1) * coverage) / n``."""
+def calibrate(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor, targets: list[float],
+              coverage: float) -> float:
+    """Set the predictor's one free parameter (rule "margin": ``margin`` in dB, on a 0.01 dB
+    grid; rule "risk": ``risk_weight``, on a 0.01 grid in log10) to the smallest value at which its
+    decisions on held-out curves meet each target on at least ``coverage`` of the images whose
+    curve reaches it, with the split-conformal finite-sample correction
+    ``ceil((n + 1) * coverage) / n``; returns the value."""
+    cfg = model.config
+    risk = cfg.rule == "risk"
+    name, lo, hi = ("risk_weight", -4.0, 6.0) if risk else ("margin", -3.0, 6.0)
     dense = model.dense(q)
     rows = torch.arange(q.shape[0])
-    lo, hi = -3.0, 6.0
-    for _ in range(40):  # bisection: coverage grows with the margin (larger k, up to N)
-        mid = (lo + hi) / 2
-        ok = True
+
+    def covered(value: float) -> bool:
+        setattr(cfg, name, 10.0**value if risk else value)
         for t in targets:
             reach = q[:, -1] >= t
             n = int(reach.sum())
             if n == 0:
                 continue
-            k = model.choose(pred - mid, t, margins=False)
+            k = model.choose(pred, t)
             met = int(((dense[rows, k - 1] >= t - 1e-6) & reach).sum())
             if met < min(n, math.ceil((n + 1) * coverage)):
-                ok = False
-                break
-        lo, hi = (lo, mid) if ok else (mid, hi)
-    return math.ceil(hi * 100) / 100
+                return False
+        return True
+
+    for _ in range(40):  # bisection: coverage grows with either parameter (larger k, up to N)
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if covered(mid) else (mid, hi)
+    value = math.ceil(hi * 100) / 100
+    setattr(cfg, name, 10.0**value if risk else value)
+    return getattr(cfg, name)
 
 
 def simulate(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor,
@@ -274,10 +289,14 @@ def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, args: argpars
     report = {"images": int(q.shape[0]), "photos": int(groups.unique().numel()),
               "lengths": list(model.lengths), "inputs": cfg.inputs, "ridge": ridge}
     if held.any():  # split conformal: the model is fitted without the calibration photos
+        oof_err = pred - qt
         pred, q_eval = _predict(model, x[held]), q[held]
         if args.targets:
-            cfg.margin = calibrate_margin(model, pred, q_eval, args.targets, args.coverage)
             cfg.margins = ()
+            if getattr(args, "rule", "margin") == "risk":  # error scale from the training folds
+                cfg.rule = "risk"
+                cfg.sigma = tuple(float(v) for v in oof_err.pow(2).mean(0).sqrt().clamp_min(1e-3))
+            calibrate(model, pred, q_eval, args.targets, args.coverage)
         else:
             cfg.margins = tuple(float(m) for m in torch.quantile(pred - q_eval, args.quantile,
                                                                  dim=0))
@@ -289,11 +308,14 @@ def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, args: argpars
     fit_rmse = float((_predict(model, xt) - qt).pow(2).mean().sqrt())
     report.update(fit_rmse=fit_rmse, cv_rmse=rmse, mean_curve_rmse=float(base),
                   quantile=args.quantile, margin=cfg.margin, margins=list(cfg.margins),
+                  rule=cfg.rule, risk_weight=cfg.risk_weight, sigma=list(cfg.sigma),
                   simulated=[simulate(model, pred, q_eval, t) for t in args.targets])
     log.info("ridge %g: fit rmse %.3f dB, out-of-fold rmse %.3f dB (mean curve %.3f dB)%s; "
-             "margin %.2f dB, per-length margins %s", ridge, fit_rmse, rmse, float(base),
+             "rule %s, risk weight %.3g, margin %.2f dB, per-length margins %s", ridge, fit_rmse,
+             rmse, float(base),
              f", held-out rmse {report['calibration_rmse']:.3f} dB on "
-             f"{report['calibration_images']} images" if held.any() else "", cfg.margin,
+             f"{report['calibration_images']} images" if held.any() else "", cfg.rule,
+             cfg.risk_weight, cfg.margin,
              " ".join(f"{m:.2f}" for m in cfg.margins) or "none")
     for s in report["simulated"]:
         log.info("simulated at %.1f dB (%s): met %.1f%% of reachable (%.0f%% reachable), tokens "

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, NonNegativeInt, PositiveInt
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ..hub import PretrainedMixin
 from ..registry import register_model_class
 from .image import psnr
@@ -193,6 +193,13 @@ class LengthPredictorConfig(Config):
     # ``lengths[i]`` (per-length quantiles of the error, calibrated on training images)
     margin: float = 0.0
     margins: tuple[float, ...] = ()
+    # how a curve becomes a choice: "margin", the smallest k whose curve minus the margins meets
+    # the target; "risk", per image the k that minimises k / N + risk_weight * P(miss | k), with
+    # P(miss | k) = Phi((target - q(k)) / sigma(k)) (sigma: held-out error per length): it spends
+    # tokens where they buy the most coverage and takes its misses where meeting is dearest
+    rule: Literal["margin", "risk"] = "margin"
+    risk_weight: NonNegativeFloat = 0.0
+    sigma: tuple[float, ...] = ()
     decode_kwargs: dict[str, Any] = field(default_factory=dict)  # how the curves were decoded
 
 
@@ -215,9 +222,13 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] != n:
             raise ValueError(f"lengths must increase strictly within [1, {n}] and end at {n}; "
                              f"got {lengths}")
-        if config.margins and len(config.margins) != len(lengths):
-            raise ValueError(f"margins must have one value per length ({len(lengths)}); got "
-                             f"{len(config.margins)}")
+        for name in ("margins", "sigma"):
+            if getattr(config, name) and len(getattr(config, name)) != len(lengths):
+                raise ValueError(f"{name} must have one value per length ({len(lengths)}); got "
+                                 f"{len(getattr(config, name))}")
+        if config.rule == "risk" and (len(config.sigma) != len(lengths)
+                                      or min(config.sigma) <= 0):
+            raise ValueError("rule 'risk' needs sigma: one positive error scale (dB) per length")
         self.config = config
         self.lengths = lengths
         self.num_features = 3 * d + (NUM_IMAGE_STATISTICS if config.inputs == "tokens+image" else 0)
@@ -254,8 +265,14 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         return curve_at(curve, self.lengths, ks)
 
     def choose(self, curve: torch.Tensor, target: float, margins: bool = True) -> torch.Tensor:
-        """Smallest k in 1..N with the curve (minus the margins, unless ``margins=False``),
-        linear in log k between the lengths, ``>= target``; N when none is."""
+        """k in 1..N per image from a predicted curve (linear in log k between the lengths).
+
+        Rule "margin" (or ``margins=False``: the curve as it is): the smallest k with the curve
+        minus the margins ``>= target``. Rule "risk": the k minimising ``k / N + risk_weight *
+        P(miss)`` (see ``LengthPredictorConfig``). Either way N when even N is predicted to miss.
+        """
+        if margins and self.config.rule == "risk":
+            return self._choose_risk(curve, target)
         adj = curve
         if margins:
             adj = curve - self.config.margin
@@ -266,6 +283,16 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0].long(),
                                                                             n - 1))
         return first.long() + 1
+
+    def _choose_risk(self, curve: torch.Tensor, target: float) -> torch.Tensor:
+        n = self.config.num_tokens
+        ks = torch.arange(1, n + 1, device=curve.device)
+        q = self.dense(curve - self.config.margin)
+        sigma = curve_at(torch.tensor(self.config.sigma, device=curve.device)[None],
+                         self.lengths, ks)
+        miss = torch.special.ndtr((target - q) / sigma)
+        k = (ks / n + self.config.risk_weight * miss).argmin(1) + 1
+        return torch.where(q[:, -1] < target, torch.full_like(k, n), k)
 
 
 def curve_at(curve: torch.Tensor, lengths: tuple[int, ...], ks: torch.Tensor) -> torch.Tensor:
