@@ -8,10 +8,13 @@
 * ``method="predictor"``: one pass, in the spirit of KARL (Duggal et al. 2025): a small
   ``LengthPredictor`` reads the quantized tokens of the full encoding (the encoder's output, no
   decode), optionally with cheap statistics of the input image (``image_statistics``), and
-  predicts the image's whole quality curve q(k) on a grid of k; the chosen k is the smallest
-  with ``q(k) - margin(k) >= target`` (the curve interpolated between grid points). It is
-  trained on the tokenizer's own per-image rate-distortion curves
-  (``train/train_length_predictor.py``); the margins are calibrated there.
+  predicts the image's whole quality curve q(k) on a grid of k (interpolated linearly in log k
+  to every integer k, the set the search picks from). Rule "margin": the smallest k with
+  ``q(k) - margin(k) >= target``; rule "risk": the k minimising ``k / N + w * P(miss | k)``
+  under the predictor's error per length, which spends its misses where meeting is dearest. It
+  is trained on the tokenizer's own per-image rate-distortion curves
+  (``train/train_length_predictor.py``); the margin or ``w`` is calibrated there on held-out
+  photos for a target coverage.
 
 Results are ``AdaptiveCodes``: ``codes [B, N, F]`` with every position ``>= lengths[b]`` set to
 ``pad_value``, and ``lengths [B]``. Padding and lengths are explicit; ``decode_adaptive`` decodes
