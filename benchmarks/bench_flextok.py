@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from benchmarks._common import (  # noqa: E402
     peak_memory_bytes,
     print_table,
     time_call,
+    time_interleaved,
     write_json,
 )
 from visualtok import create_model  # noqa: E402
@@ -70,7 +72,7 @@ def _ref_block(blk, x, mask, mod=None):
 
     def mlp(y):
         m = blk.mlp
-        return F.linear(F.silu(F.linear(y, m.fc1.weight)) * F.linear(y, m.fc3.weight), m.fc2.weight)
+        return F.linear(F.silu(F.linear(y, m.w1.weight)) * F.linear(y, m.w3.weight), m.w2.weight)
 
     if mod is None:
         x = x + attn(_ln(x))
@@ -200,9 +202,11 @@ def profile_step(fn, top: int = 8) -> dict:
 
 
 def print_profile(label: str, prof: dict) -> None:
-    print(f"profile {label}: {prof['total_s']:.3f} s self CPU; GEMM {100 * prof['gemm_share']:.0f}"
-          f"%, attention {100 * prof['attention_share']:.0f}%, other "
-          f"{100 * prof['other_share']:.0f}%")
+    t = prof["total_s"]
+    print(f"profile {label}: {t:.3f} s self CPU; GEMM {t * prof['gemm_share']:.3f} s "
+          f"({100 * prof['gemm_share']:.0f}%), attention {t * prof['attention_share']:.3f} s "
+          f"({100 * prof['attention_share']:.0f}%), other {t * prof['other_share']:.3f} s "
+          f"({100 * prof['other_share']:.0f}%)")
     for name, secs, share in prof["top"]:
         print(f"    {name:<55} {secs:8.3f} s {100 * share:5.1f}%")
 
@@ -215,19 +219,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=2, help="encode batch")
     ap.add_argument("--decode-batch", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (1: ratios from process CPU seconds, which survive load)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", action="store_true", help="operator breakdown of a decode step")
     ap.add_argument("--ks", default=None,
                     help="comma-separated kept-token counts for the decode step (default 1,16,N)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model(args.preset, zero_init=False).eval().to(dev)
     C, h, w = model.latent_shape
     lat = torch.randn(args.batch, C, h, w, device=dev)
     rows = []
     info = machine_info(dev)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     with torch.no_grad():
         codes = model.quantizer.encode(model.encoder(lat))
@@ -243,19 +252,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"check: tokens identical to the reference {same:.4f}; "
           f"guided velocity max |diff| {dv:.2e}")
 
-    def timed(label, fn, per, memory=True):
-        s = time_call(fn, dev, warmup=1, repeats=args.repeats)
-        row = dict(label=label, seconds=s, per=per(s))
-        if memory:
-            row["peak_mib"] = peak_memory_bytes(fn, dev) / 2**20
-        print(f"  {label}: {s:.3f} s", flush=True)
-        return row
-
     def ref_ctx():  # the reference runs PyTorch's stock CPU GEMMs, as the official code does
         return cpu_linear_backend_as("aten") if dev.type == "cpu" else contextlib.nullcontext()
 
     def bf16():
         return torch.autocast(dev.type, dtype=torch.bfloat16)
+
+    def within(ctx, fn):
+        def call():
+            with ctx():
+                return fn()
+        return call
 
     # weights stored in bf16 (the VAE is not used by these measurements)
     model_bf = copy.deepcopy(model).to(torch.bfloat16)
@@ -268,47 +275,47 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         same_bf = float((enc_bf16w() == codes).all(-1).float().mean())
     print(f"check: bf16-weight tokens equal to fp32 tokens {same_bf:.4f} (bf16 rounding)")
+    names = ("ours fp32", "reference fp32", "ours bf16 autocast", "ours bf16 weights")
+
+    def measure(what, fns, per, unit, memory, warmup):
+        """One group, timed in interleaved rounds; ratios from process CPU seconds (1 thread:
+        the work done, whatever share of a core the scheduler gave) and from wall time."""
+        cpu: dict[str, float] = {}
+        wall = time_interleaved(dict(zip(names, fns)), dev, warmup=warmup,
+                                repeats=args.repeats, cpu=cpu)
+        sec = cpu if args.threads == 1 and dev.type == "cpu" else wall
+        group = []
+        for name, fn in zip(names, fns):
+            row = dict(label=f"{what} {name}", seconds=sec[name], wall_s=wall[name],
+                       cpu_s=cpu[name], per=per(sec[name]), unit=unit)
+            if memory:
+                row["peak_mib"] = peak_memory_bytes(fn, dev) / 2**20
+            group.append(row)
+        ours, ref = group[0], group[1]
+        ours["vs_reference"] = ref["seconds"] / ours["seconds"]
+        ours["vs_reference_wall"] = ref["wall_s"] / ours["wall_s"]
+        for r in group[2:]:
+            r["vs_our_fp32"] = ours["seconds"] / r["seconds"]
+            r["vs_our_fp32_wall"] = ours["wall_s"] / r["wall_s"]
+        for r in group:
+            print(f"  {r['label']}: {r['cpu_s']:.3f} CPU s, {r['wall_s']:.3f} s wall", flush=True)
+        return group
 
     with torch.no_grad():
-        enc_ours = timed("encode ours fp32", lambda: model.quantizer.encode(model.encoder(lat)),
-                         lambda s: args.batch / s)
-        with ref_ctx():
-            enc_ref = timed("encode reference fp32", lambda: ref_encode(model, lat),
-                            lambda s: args.batch / s)
-        with bf16():
-            enc_bf = timed("encode ours bf16 autocast",
-                           lambda: model.quantizer.encode(model.encoder(lat)),
-                           lambda s: args.batch / s)
-        enc_bfw = timed("encode ours bf16 weights", enc_bf16w, lambda s: args.batch / s)
-        for r in (enc_ours, enc_ref, enc_bf, enc_bfw):
-            r["unit"] = "images/s"
-        rows += [enc_ours, enc_ref, enc_bf, enc_bfw]
-        enc_ours["vs_reference"] = enc_ours["per"] / enc_ref["per"]
-        for r in (enc_bf, enc_bfw):
-            r["vs_our_fp32"] = r["per"] / enc_ours["per"]
-        for k in ([int(v) for v in args.ks.split(",")] if args.ks else (1, 16, n)):
+        rows += measure("encode", [
+            lambda: model.quantizer.encode(model.encoder(lat)),
+            within(ref_ctx, lambda: ref_encode(model, lat)),
+            within(bf16, lambda: model.quantizer.encode(model.encoder(lat))),
+            enc_bf16w], lambda s: args.batch / s, "images/s", True, 1)
+        for i, k in enumerate([int(v) for v in args.ks.split(",")] if args.ks else (1, 16, n)):
             kk = torch.full_like(keep, k)
             mem = k == 16  # peak memory does not depend on k (the mask token keeps N registers)
-            ours = timed(f"decode step ours fp32 k={k}",
-                         lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None), lambda s: s,
-                         mem)
-            with ref_ctx():
-                ref = timed(f"decode step reference fp32 k={k}",
-                            lambda kk=kk: ref_step(model, lat1, t, quants, kk, 7.5, None),
-                            lambda s: s, mem)
-            with bf16():
-                obf = timed(f"decode step ours bf16 autocast k={k}",
-                            lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None),
-                            lambda s: s, mem)
-            obw = timed(f"decode step ours bf16 weights k={k}",
-                        lambda kk=kk: our_step(model_bf, lat1_bf, t, quants_bf, kk, 7.5, None),
-                        lambda s: s, mem)
-            for r in (ours, ref, obf, obw):
-                r["unit"] = "s/step"
-            ours["vs_reference"] = ref["per"] / ours["per"]
-            for r in (obf, obw):
-                r["vs_our_fp32"] = ours["per"] / r["per"]
-            rows += [ours, ref, obf, obw]
+            rows += measure(f"decode step k={k}", [
+                lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None),
+                within(ref_ctx, lambda kk=kk: ref_step(model, lat1, t, quants, kk, 7.5, None)),
+                within(bf16, lambda kk=kk: our_step(model, lat1, t, quants, kk, 7.5, None)),
+                lambda kk=kk: our_step(model_bf, lat1_bf, t, quants_bf, kk, 7.5, None)],
+                lambda s: s, "s/step", mem, 1 if i == 0 else 0)  # same shapes for every k
         profiles = {}
         if args.profile:
             k16 = torch.full_like(keep, 16)
@@ -320,11 +327,15 @@ def main(argv: list[str] | None = None) -> None:
         vae_s = time_call(lambda: model.vae_encode(img), dev, warmup=1, repeats=1)
     rows.append(dict(label="VAE encode (shared diffusers module), 1 image", seconds=vae_s,
                      per=1 / vae_s, unit="images/s"))
-    print_table(rows, ["label", "per", "unit", "vs_reference", "vs_our_fp32", "peak_mib"],
+    print_table(rows, ["label", "per", "unit", "cpu_s", "wall_s", "vs_reference",
+                       "vs_reference_wall", "vs_our_fp32", "vs_our_fp32_wall", "peak_mib"],
                 title=f"{args.preset} on {info.get('cpu_model', info.get('gpu', dev))}, "
                       f"{info['torch_threads']} threads (ratios > 1: ours faster)")
     for label, prof in profiles.items():
         print_profile(f"decode step k=16, ours {label}", prof)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"1-minute load average: {load_before:.1f} before, {load_after:.1f} after")
+    info["load_1m"] = [load_before, load_after]
     write_json(args.json, {"machine": info, "args": vars(args), "rows": rows,
                            "profiles": profiles,
                            "check": {"tokens_identical": same, "velocity_max_abs_diff": dv,

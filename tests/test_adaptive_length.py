@@ -119,7 +119,8 @@ def test_train_length_predictor_script(tok, tmp_path, real_photos):
                        "--targets", "10"])
     pred = visualtok.load(out)
     assert pred.lengths == (1, 4, 8) and pred.config.decode_kwargs == KW
-    assert pred.config.inputs == "tokens+image" and len(pred.config.margins) == 3
+    # one of the 4 photos calibrates a single margin for the decisions at the --targets
+    assert pred.config.inputs == "tokens+image" and pred.config.margins == ()
     from safetensors.torch import load_file
 
     curves = load_file(str(out / "curves.safetensors"))
@@ -127,6 +128,8 @@ def test_train_length_predictor_script(tok, tmp_path, real_photos):
     assert curves["images"].dtype == torch.uint8 and curves["lengths"].tolist() == [1, 4, 8]
     report = json.loads((out / "fit.json").read_text())
     assert report["images"] == 4 and report["simulated"][0]["target"] == 10.0
+    assert report["calibration_images"] == 1 and report["margin"] == pred.config.margin
+    assert curves["group"].tolist() == [0, 1, 2, 3]  # one photo each
     x = real_photos[:2, :, :32, :32]
     got = encode_adaptive(tok, x, 10.0, method="predictor", predictor=pred)
     curve = pred(tok.quantizer.decode(tok.encode(x)), x)
@@ -220,3 +223,86 @@ def test_adaptive_length_script_table(tok, tmp_path, real_photos):
     assert row["token_ratio"] == pytest.approx(row["predictor_tokens"] / row["search_tokens"])
     assert row["detail"]["predictor"]["seconds"] > 0
     assert json.loads((tmp_path / "a" / "results.json").read_text())["rows"][0]["images"] == 2
+
+
+def _script():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train"))
+    import train_length_predictor as script
+
+    return script
+
+
+def test_crops_of_a_photo_share_a_group_and_a_side_of_the_split():
+    from pathlib import Path
+
+    script = _script()
+    names = ["a__x.png", "a__x__s0.25_0_128.jpg", "b__solar4.webp", "b__solar4__s0.5_96_0.jpg",
+             "c.jpg"]
+    groups = script.photo_groups([Path(n) for n in names])
+    assert groups.tolist() == [0, 0, 1, 1, 2]
+    held = script.split_groups(groups, 0.5, seed=0)
+    assert held[0] == held[1] and held[2] == held[3] and 0 < int(held.sum()) < 5
+
+
+def test_calibrated_margin_is_the_smallest_that_meets_the_coverage():
+    """Held-out curves with a known prediction error: at the calibrated margin the decisions meet
+    the target on >= the conformal share of the images; 0.01 dB less does not."""
+    script = _script()
+    g = torch.Generator().manual_seed(0)
+    lengths = (1, 2, 4, 8)
+    model = LengthPredictor(LengthPredictorConfig(num_tokens=8, token_dim=6, lengths=lengths))
+    q = 10.0 + torch.rand(60, 1, generator=g) * 4 + torch.tensor([0.0, 2.0, 4.0, 6.0])
+    pred = q + 0.5 * torch.randn(60, 1, generator=g)  # each image's curve off by one offset
+    margin = script.calibrate(model, pred, q, [15.0], coverage=0.9)
+    assert model.config.margin == margin
+    rows = torch.arange(60)
+
+    def met(m):
+        k = model.choose(pred - m, 15.0, margins=False)
+        return int((model.dense(q)[rows, k - 1] >= 15.0 - 1e-6).sum())
+
+    need = -(-(61 * 9) // 10)  # ceil((n + 1) * 0.9) = 55 of 60
+    assert met(margin) >= need > met(margin - 0.01)
+    assert 0.2 < margin < 1.5  # about the 90% quantile of the 0.5 dB error
+
+
+def test_dct_sparsity_matches_an_explicit_inverse_transform():
+    from visualtok.metrics.adaptive import _dct_basis, dct_sparsity, image_statistics
+
+    x = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    got = dct_sparsity(x, keep=(0.01, 0.1, 0.5))
+    dh, dw = _dct_basis(16, x.device), _dct_basis(24, x.device)
+    coef = dh @ x.double() @ dw.T
+    for j, share in enumerate((0.01, 0.1, 0.5)):
+        m = max(1, round(share * coef[0].numel()))
+        for b in range(2):
+            c = coef[b].flatten()
+            kept = torch.zeros_like(c)
+            top = c.abs().topk(m).indices
+            kept[top] = c[top]
+            rec = dh.T @ kept.view(3, 16, 24) @ dw
+            want = -10 * torch.log10((rec - x[b].double()).pow(2).mean())
+            assert float(got[b, j]) == pytest.approx(float(want), abs=1e-3)
+    assert image_statistics(x).shape == (2, 22)
+
+
+def test_risk_rule_trades_tokens_for_coverage():
+    """Rule "risk": k minimises k / N + w * P(miss); a larger weight never picks fewer tokens, a
+    huge one reaches the sure choice, a curve predicted to miss at N gets N."""
+    lengths = (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="needs sigma"):
+        LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=lengths, rule="risk"))
+    pred = LengthPredictor(LengthPredictorConfig(num_tokens=8, lengths=lengths, rule="risk",
+                                                 sigma=(0.5, 0.5, 0.5, 0.5)))
+    curve = torch.tensor([[10.0, 14.0, 16.0, 18.0], [10.0, 11.0, 12.0, 13.0]])
+    ks = []
+    for w in (0.0, 0.3, 3.0, 1e6):
+        pred.config.risk_weight = w
+        ks.append(pred.choose(curve, 15.0).tolist())
+    assert ks[0] == [1, 8] and ks[-1][1] == 8  # second image: predicted to miss even at N
+    firsts = [k[0] for k in ks]
+    assert firsts == sorted(firsts) and firsts[-1] >= 4  # 16 dB at k = 4 is 2 sigma above 15
+    assert pred.choose(curve, 15.0, margins=False).tolist() == [3, 8]  # the curve as it is

@@ -12,17 +12,23 @@ decodes the prefixes k of ``--lengths`` (default: 1, 2, 3, 4, 6, 8, 12, ... : po
 
 A ``LengthPredictor`` then learns the curve from the pooled quantized tokens plus cheap image
 statistics (``--inputs``): by ridge regression (``--hidden 0``, the ridge strength chosen by
-cross-validation) or an MLP. Its per-length margins are the ``--quantile`` quantiles of the
-out-of-fold error (predicted - true, ``--folds``-fold cross-validation), so the chosen k meets the
-target about that often on unseen images. With ``--targets`` the decisions are also simulated on
-the out-of-fold predictions (coverage and tokens against the true smallest k), to pick the
-quantile without touching the test set. Writes a visualtok checkpoint (``visualtok.load(out)``).
+cross-validation, folds split by photo) or an MLP. The margin that turns a predicted curve into a
+safe choice is calibrated on photos the predictor never saw (split conformal): ``--calibration``
+(default 0.25) of the photos, with every crop of a photo (``train/make_patches.py`` names) on the
+same side, are held out; with ``--targets`` one margin (dB) is the smallest at which the decisions
+on the held-out images meet each target on ``--coverage`` of those whose curve reaches it (with the
+finite-sample correction); without targets, per-length ``--quantile`` quantiles of the held-out
+error. ``--calibration 0`` falls back to per-length quantiles of the out-of-fold error on every
+image. The decisions are also simulated on the held-out images (coverage and tokens against the
+true smallest k). Writes a visualtok checkpoint (``visualtok.load(out)``) and ``fit.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -53,13 +59,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=300, help="MLP only")
     ap.add_argument("--lr", type=float, default=2e-3, help="MLP only")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--quantile", type=float, default=0.9)
+    ap.add_argument("--quantile", type=float, default=0.9,
+                    help="without --calibration: per-length quantile of the out-of-fold error")
+    ap.add_argument("--calibration", type=float, default=0.25,
+                    help="share of the photos (all crops of a photo together) held out to "
+                         "calibrate the margin; 0: per-length out-of-fold quantiles instead")
+    ap.add_argument("--rule", choices=["margin", "risk"], default="margin",
+                    help="decision rule (LengthPredictorConfig.rule); 'risk' needs --targets and "
+                         "--calibration > 0")
+    ap.add_argument("--coverage", type=float, default=0.9,
+                    help="with --calibration and --targets: share of the held-out images whose "
+                         "decision must meet the target")
     ap.add_argument("--targets", type=float, nargs="*", default=[],
                     help="simulate the decisions at these PSNR targets (out-of-fold)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if not 0 < args.quantile < 1:
         ap.error(f"--quantile must be in (0, 1); got {args.quantile}")
+    if not 0 <= args.calibration < 1:
+        ap.error(f"--calibration must be in [0, 1); got {args.calibration}")
+    if args.rule == "risk" and not (args.targets and args.calibration > 0):
+        ap.error("--rule risk is calibrated on held-out photos: pass --targets and "
+                 "--calibration > 0")
+    if not 0 < args.coverage < 1:
+        ap.error(f"--coverage must be in (0, 1); got {args.coverage}")
     if args.folds < 2:
         ap.error(f"--folds must be >= 2; got {args.folds}")
     return args
@@ -96,10 +119,21 @@ def parse_lengths(text: str | None, n: int) -> list[int]:
     return ks
 
 
+_CROP_SUFFIX = re.compile(r"__s[0-9.]+_\d+_\d+$")
+
+
+def photo_groups(paths: list[Path]) -> torch.Tensor:
+    """One id per source photo: a crop of ``train/make_patches.py`` (``NAME__s0.25_Y_X``) shares
+    the id of the photo ``NAME``, so a split never puts crops of one photo on both sides."""
+    names = [_CROP_SUFFIX.sub("", p.stem) for p in paths]
+    ids = {n: i for i, n in enumerate(sorted(set(names)))}
+    return torch.tensor([ids[n] for n in names], dtype=torch.long)
+
+
 def collect_curves(tok, paths: list[Path], batch_size: int, kw: dict,
                    ks: list[int]) -> dict[str, torch.Tensor]:
-    """Per image: quantized tokens, PSNR at each k of ``ks`` and the image itself (uint8), so
-    other predictor inputs can be fitted later without decoding again."""
+    """Per image: quantized tokens, PSNR at each k of ``ks``, the image itself (uint8) and its
+    photo id, so other predictor inputs can be fitted later without decoding again."""
     z_all, q_all, im_all = [], [], []
     size = tok.image_size
     for batch in tqdm(iter_image_batches(paths, size[0], batch_size), desc="rd curves",
@@ -109,12 +143,12 @@ def collect_curves(tok, paths: list[Path], batch_size: int, kw: dict,
         q_all.append(q)
         im_all.append((batch * 255).round().to(torch.uint8))
     return {"z_q": torch.cat(z_all), "psnr": torch.cat(q_all), "images": torch.cat(im_all),
-            "lengths": torch.tensor(ks)}
+            "lengths": torch.tensor(ks), "group": photo_groups(paths)}
 
 
 def _standardise(model: LengthPredictor, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     model.feature_mean.copy_(x.mean(0))
-    model.feature_std.copy_(x.std(0).clamp_min(1e-6))
+    model.feature_std.copy_(x.std(0, correction=0).clamp_min(1e-6))
     model.offset.copy_(q.mean(0))
     return (x - model.feature_mean) / model.feature_std
 
@@ -154,19 +188,62 @@ def _predict(model: LengthPredictor, x: torch.Tensor) -> torch.Tensor:
 
 
 def out_of_fold(cfg: LengthPredictorConfig, x: torch.Tensor, q: torch.Tensor, ridge: float,
-                folds: int, epochs: int, lr: float, seed: int) -> torch.Tensor:
-    """Predictions ``[n, K]`` of each image by a predictor fitted without its fold."""
+                folds: int, epochs: int, lr: float, seed: int,
+                groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Predictions ``[n, K]`` of each image by a predictor fitted without its fold (the folds split
+    ``groups``, e.g. photos, so crops of one photo are never on both sides)."""
     n = x.shape[0]
-    folds = min(folds, n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    groups = torch.arange(n) if groups is None else groups
+    uniq = groups.unique()
+    folds = min(folds, uniq.numel())
+    perm = uniq[torch.randperm(uniq.numel(), generator=torch.Generator().manual_seed(seed))]
     pred = torch.empty_like(q)
     for f in range(folds):
-        held = perm[f::folds]
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[held] = False
-        model = _fit_one(cfg, x[keep], q[keep], ridge, epochs, lr, seed)
+        held = torch.isin(groups, perm[f::folds])
+        model = _fit_one(cfg, x[~held], q[~held], ridge, epochs, lr, seed)
         pred[held] = _predict(model, x[held])
     return pred
+
+
+def split_groups(groups: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """Bool mask of the images whose group falls in a seeded ``share`` of the groups (>= 1)."""
+    uniq = groups.unique()
+    perm = uniq[torch.randperm(uniq.numel(), generator=torch.Generator().manual_seed(seed + 1))]
+    return torch.isin(groups, perm[: max(1, round(share * uniq.numel()))])
+
+
+def calibrate(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor, targets: list[float],
+              coverage: float) -> float:
+    """Set the predictor's one free parameter (rule "margin": ``margin`` in dB, on a 0.01 dB
+    grid; rule "risk": ``risk_weight``, on a 0.01 grid in log10) to the smallest value at which its
+    decisions on held-out curves meet each target on at least ``coverage`` of the images whose
+    curve reaches it, with the split-conformal finite-sample correction
+    ``ceil((n + 1) * coverage) / n``; returns the value."""
+    cfg = model.config
+    risk = cfg.rule == "risk"
+    name, lo, hi = ("risk_weight", -4.0, 6.0) if risk else ("margin", -3.0, 6.0)
+    dense = model.dense(q)
+    rows = torch.arange(q.shape[0])
+
+    def covered(value: float) -> bool:
+        setattr(cfg, name, 10.0**value if risk else value)
+        for t in targets:
+            reach = q[:, -1] >= t
+            n = int(reach.sum())
+            if n == 0:
+                continue
+            k = model.choose(pred, t)
+            met = int(((dense[rows, k - 1] >= t - 1e-6) & reach).sum())
+            if met < min(n, math.ceil((n + 1) * coverage)):
+                return False
+        return True
+
+    for _ in range(40):  # bisection: coverage grows with either parameter (larger k, up to N)
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if covered(mid) else (mid, hi)
+    value = math.ceil(hi * 100) / 100
+    setattr(cfg, name, 10.0**value if risk else value)
+    return getattr(cfg, name)
 
 
 def simulate(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor,
@@ -186,34 +263,66 @@ def simulate(model: LengthPredictor, pred: torch.Tensor, q: torch.Tensor,
 
 def fit(data: dict[str, torch.Tensor], cfg: LengthPredictorConfig, args: argparse.Namespace
         ) -> tuple[LengthPredictor, dict]:
-    """Choose the ridge strength by cross-validation, calibrate per-length margins out of fold,
-    fit on every image."""
+    """Choose the ridge strength by cross-validation (folds split by photo), fit, and calibrate
+    the margin: with ``args.calibration`` > 0 on the held-out photos (one margin for the decisions
+    at ``args.targets``, or per-length error quantiles without targets), else per-length
+    out-of-fold quantiles on every image."""
     probe = LengthPredictor(cfg)
     images = data["images"].float() / 255.0 if "images" in data else None
     x = probe.features(data["z_q"], images if cfg.inputs == "tokens+image" else None)
     q = data["psnr"].float()
-    base = (q - q.mean(0)).pow(2).mean().sqrt()  # the mean curve (in-sample: optimistic)
+    groups = data.get("group", torch.arange(q.shape[0]))
+    share = getattr(args, "calibration", 0.0)
+    held = split_groups(groups, share, args.seed) if share > 0 else torch.zeros_like(groups,
+                                                                                   dtype=bool)
+    if held.all():
+        raise ValueError(f"--calibration {share} leaves no photo to fit on")
+    xt, qt, gt = x[~held], q[~held], groups[~held]
+    base = (qt - qt.mean(0)).pow(2).mean().sqrt()  # the mean curve (in-sample: optimistic)
     scores = {}
     for ridge in ((0.01, 0.1, 1.0, 10.0, 100.0) if cfg.hidden == 0 else (1.0,)):
-        pred = out_of_fold(cfg, x, q, ridge, args.folds, args.epochs, args.lr, args.seed)
-        scores[ridge] = (float((pred - q).pow(2).mean().sqrt()), pred)
+        pred = out_of_fold(cfg, xt, qt, ridge, args.folds, args.epochs, args.lr, args.seed, gt)
+        scores[ridge] = (float((pred - qt).pow(2).mean().sqrt()), pred)
     ridge = min(scores, key=lambda r: scores[r][0])
     rmse, pred = scores[ridge]
-    err = pred - q  # > 0: predicted too high (the dangerous side)
-    cfg.margins = tuple(float(m) for m in torch.quantile(err, args.quantile, dim=0))
-    model = _fit_one(cfg, x, q, ridge, args.epochs, args.lr, args.seed)
-    fit_rmse = float((_predict(model, x) - q).pow(2).mean().sqrt())
-    report = {"images": int(q.shape[0]), "lengths": list(model.lengths), "inputs": cfg.inputs,
-              "ridge": ridge, "fit_rmse": fit_rmse, "cv_rmse": rmse, "mean_curve_rmse":
-              float(base), "quantile": args.quantile, "margins": list(cfg.margins),
-              "simulated": [simulate(model, pred, q, t) for t in args.targets]}
-    log.info("ridge %g: fit rmse %.3f dB, out-of-fold rmse %.3f dB (mean curve %.3f dB); "
-             "margins (q%.2f) %s dB", ridge, fit_rmse, rmse, float(base), args.quantile,
-             " ".join(f"{m:.2f}" for m in cfg.margins))
+    model = _fit_one(cfg, xt, qt, ridge, args.epochs, args.lr, args.seed)
+    report = {"images": int(q.shape[0]), "photos": int(groups.unique().numel()),
+              "lengths": list(model.lengths), "inputs": cfg.inputs, "ridge": ridge}
+    if held.any():  # split conformal: the model is fitted without the calibration photos
+        oof_err = pred - qt
+        pred, q_eval = _predict(model, x[held]), q[held]
+        if args.targets:
+            cfg.margins = ()
+            if getattr(args, "rule", "margin") == "risk":  # error scale from the training folds
+                cfg.rule = "risk"
+                cfg.sigma = tuple(float(v) for v in oof_err.pow(2).mean(0).sqrt().clamp_min(1e-3))
+            calibrate(model, pred, q_eval, args.targets, args.coverage)
+        else:
+            cfg.margins = tuple(float(m) for m in torch.quantile(pred - q_eval, args.quantile,
+                                                                 dim=0))
+        report.update(calibration_images=int(held.sum()), coverage=args.coverage,
+                      calibration_rmse=float((pred - q_eval).pow(2).mean().sqrt()))
+    else:
+        q_eval = qt
+        cfg.margins = tuple(float(m) for m in torch.quantile(pred - qt, args.quantile, dim=0))
+    fit_rmse = float((_predict(model, xt) - qt).pow(2).mean().sqrt())
+    report.update(fit_rmse=fit_rmse, cv_rmse=rmse, mean_curve_rmse=float(base),
+                  quantile=args.quantile, margin=cfg.margin, margins=list(cfg.margins),
+                  rule=cfg.rule, risk_weight=cfg.risk_weight, sigma=list(cfg.sigma),
+                  simulated=[simulate(model, pred, q_eval, t) for t in args.targets])
+    log.info("ridge %g: fit rmse %.3f dB, out-of-fold rmse %.3f dB (mean curve %.3f dB)%s; "
+             "rule %s, risk weight %.3g, margin %.2f dB, per-length margins %s", ridge, fit_rmse,
+             rmse, float(base),
+             f", held-out rmse {report['calibration_rmse']:.3f} dB on "
+             f"{report['calibration_images']} images" if held.any() else "", cfg.rule,
+             cfg.risk_weight, cfg.margin,
+             " ".join(f"{m:.2f}" for m in cfg.margins) or "none")
     for s in report["simulated"]:
-        log.info("simulated at %.1f dB: met %.1f%% of reachable (%.0f%% reachable), tokens %.1f "
-                 "vs oracle %.1f (%.2fx)", s["target"], 100 * s["met"], 100 * s["reachable"],
-                 s["tokens"], s["oracle_tokens"], s["tokens"] / s["oracle_tokens"])
+        log.info("simulated at %.1f dB (%s): met %.1f%% of reachable (%.0f%% reachable), tokens "
+                 "%.1f vs oracle %.1f (%.2fx)", s["target"],
+                 "calibration photos" if held.any() else "out of fold", 100 * s["met"],
+                 100 * s["reachable"], s["tokens"], s["oracle_tokens"],
+                 s["tokens"] / s["oracle_tokens"])
     return model, report
 
 

@@ -8,10 +8,13 @@
 * ``method="predictor"``: one pass, in the spirit of KARL (Duggal et al. 2025): a small
   ``LengthPredictor`` reads the quantized tokens of the full encoding (the encoder's output, no
   decode), optionally with cheap statistics of the input image (``image_statistics``), and
-  predicts the image's whole quality curve q(k) on a grid of k; the chosen k is the smallest
-  with ``q(k) - margin(k) >= target`` (the curve interpolated between grid points). It is
-  trained on the tokenizer's own per-image rate-distortion curves
-  (``train/train_length_predictor.py``); the margins are calibrated there.
+  predicts the image's whole quality curve q(k) on a grid of k (interpolated linearly in log k
+  to every integer k, the set the search picks from). Rule "margin": the smallest k with
+  ``q(k) - margin(k) >= target``; rule "risk": the k minimising ``k / N + w * P(miss | k)``
+  under the predictor's error per length, which spends its misses where meeting is dearest. It
+  is trained on the tokenizer's own per-image rate-distortion curves
+  (``train/train_length_predictor.py``); the margin or ``w`` is calibrated there on held-out
+  photos for a target coverage.
 
 Results are ``AdaptiveCodes``: ``codes [B, N, F]`` with every position ``>= lengths[b]`` set to
 ``pad_value``, and ``lengths [B]``. Padding and lengths are explicit; ``decode_adaptive`` decodes
@@ -20,6 +23,7 @@ each image from exactly its prefix.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, NonNegativeInt, PositiveInt
+from ..config import Config, NonNegativeFloat, NonNegativeInt, PositiveInt
 from ..hub import PretrainedMixin
 from ..registry import register_model_class
 from .image import psnr
@@ -40,6 +44,7 @@ __all__ = [
     "encode_adaptive",
     "decode_adaptive",
     "image_statistics",
+    "dct_sparsity",
     "curve_at",
     "evaluate_adaptive",
     "quality_curves",
@@ -122,13 +127,41 @@ def search_lengths(tok: Any, images: torch.Tensor, target: float, codes: torch.T
 
 
 _GRIDS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# coefficients kept, as a share of the image's values, for the DCT-sparsity features
+_DCT_KEEP = (1 / 4096, 1 / 2048, 1 / 1024, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32, 1 / 16)
+NUM_IMAGE_STATISTICS = len(_GRIDS) + 2 + len(_DCT_KEEP)
+
+
+def _dct_basis(n: int, device: torch.device) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``[n, n]`` (float64)."""
+    i = torch.arange(n, dtype=torch.float64, device=device)
+    basis = torch.cos(math.pi * (i[None, :] + 0.5) * i[:, None] / n) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis
+
+
+def dct_sparsity(images: torch.Tensor, keep: tuple[float, ...] = _DCT_KEEP) -> torch.Tensor:
+    """PSNR of each image rebuilt from only its largest global 2D-DCT coefficients (per channel
+    transform, coefficients ranked over all channels), for each share ``keep`` of the values kept:
+    ``[B, 3, H, W]`` -> ``[B, len(keep)]``. A transform codec's rate-distortion curve in a few
+    numbers; by Parseval the error is the energy of the dropped coefficients (no inverse)."""
+    x = images.double()
+    h, w = x.shape[-2:]
+    coef = _dct_basis(h, x.device) @ x @ _dct_basis(w, x.device).T
+    energy = coef.flatten(1).pow(2).sort(dim=1, descending=True).values
+    total = x.flatten(1).pow(2).sum(1, keepdim=True)
+    kept = energy.cumsum(1)
+    n = energy.shape[1]
+    idx = torch.tensor([max(1, round(f * n)) - 1 for f in keep], device=x.device)
+    mse = ((total - kept[:, idx]) / n).clamp_min(1e-10)
+    return (10 * torch.log10(1.0 / mse)).float()
 
 
 def image_statistics(images: torch.Tensor) -> torch.Tensor:
-    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 13]``: the PSNR of
+    """How hard an image is to compress, ``[B, 3, H, W]`` in [0, 1] -> ``[B, 22]``: the PSNR of
     its block means on 2x2 .. 64x64 grids (bilinear upsampling; grids capped at the image size),
-    log10 pixel variance and log10 gradient energy. Cheap (no network), computed in the same pass
-    as the encode."""
+    log10 pixel variance, log10 gradient energy and ``dct_sparsity`` (9 shares of coefficients).
+    Cheap (no network), computed in the same pass as the encode."""
     x = images.float()
     feats = []
     for g in _GRIDS:
@@ -139,7 +172,7 @@ def image_statistics(images: torch.Tensor) -> torch.Tensor:
     feats.append(torch.log10(x.flatten(1).var(dim=1) + 1e-6))
     grad = (x.diff(dim=-1).pow(2).mean(dim=(1, 2, 3)) + x.diff(dim=-2).pow(2).mean(dim=(1, 2, 3)))
     feats.append(torch.log10(grad + 1e-8))
-    return torch.stack(feats, dim=1)
+    return torch.cat([torch.stack(feats, dim=1), dct_sparsity(x)], dim=1)
 
 
 _INPUTS = ("tokens", "tokens+image")
@@ -163,6 +196,13 @@ class LengthPredictorConfig(Config):
     # ``lengths[i]`` (per-length quantiles of the error, calibrated on training images)
     margin: float = 0.0
     margins: tuple[float, ...] = ()
+    # how a curve becomes a choice: "margin", the smallest k whose curve minus the margins meets
+    # the target; "risk", per image the k that minimises k / N + risk_weight * P(miss | k), with
+    # P(miss | k) = Phi((target - q(k)) / sigma(k)) (sigma: held-out error per length): it spends
+    # tokens where they buy the most coverage and takes its misses where meeting is dearest
+    rule: Literal["margin", "risk"] = "margin"
+    risk_weight: NonNegativeFloat = 0.0
+    sigma: tuple[float, ...] = ()
     decode_kwargs: dict[str, Any] = field(default_factory=dict)  # how the curves were decoded
 
 
@@ -185,12 +225,16 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         if list(lengths) != sorted(set(lengths)) or lengths[0] < 1 or lengths[-1] != n:
             raise ValueError(f"lengths must increase strictly within [1, {n}] and end at {n}; "
                              f"got {lengths}")
-        if config.margins and len(config.margins) != len(lengths):
-            raise ValueError(f"margins must have one value per length ({len(lengths)}); got "
-                             f"{len(config.margins)}")
+        for name in ("margins", "sigma"):
+            if getattr(config, name) and len(getattr(config, name)) != len(lengths):
+                raise ValueError(f"{name} must have one value per length ({len(lengths)}); got "
+                                 f"{len(getattr(config, name))}")
+        if config.rule == "risk" and (len(config.sigma) != len(lengths)
+                                      or min(config.sigma) <= 0):
+            raise ValueError("rule 'risk' needs sigma: one positive error scale (dB) per length")
         self.config = config
         self.lengths = lengths
-        self.num_features = 3 * d + (len(_GRIDS) + 2 if config.inputs == "tokens+image" else 0)
+        self.num_features = 3 * d + (NUM_IMAGE_STATISTICS if config.inputs == "tokens+image" else 0)
         f, k = self.num_features, len(lengths)
         self.net = (nn.Linear(f, k) if h == 0 else
                     nn.Sequential(nn.Linear(f, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
@@ -224,8 +268,14 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         return curve_at(curve, self.lengths, ks)
 
     def choose(self, curve: torch.Tensor, target: float, margins: bool = True) -> torch.Tensor:
-        """Smallest k in 1..N with the curve (minus the margins, unless ``margins=False``),
-        linear in log k between the lengths, ``>= target``; N when none is."""
+        """k in 1..N per image from a predicted curve (linear in log k between the lengths).
+
+        Rule "margin" (or ``margins=False``: the curve as it is): the smallest k with the curve
+        minus the margins ``>= target``. Rule "risk": the k minimising ``k / N + risk_weight *
+        P(miss)`` (see ``LengthPredictorConfig``). Either way N when even N is predicted to miss.
+        """
+        if margins and self.config.rule == "risk":
+            return self._choose_risk(curve, target)
         adj = curve
         if margins:
             adj = curve - self.config.margin
@@ -236,6 +286,16 @@ class LengthPredictor(nn.Module, PretrainedMixin):
         first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0].long(),
                                                                             n - 1))
         return first.long() + 1
+
+    def _choose_risk(self, curve: torch.Tensor, target: float) -> torch.Tensor:
+        n = self.config.num_tokens
+        ks = torch.arange(1, n + 1, device=curve.device)
+        q = self.dense(curve - self.config.margin)
+        sigma = curve_at(torch.tensor(self.config.sigma, device=curve.device)[None],
+                         self.lengths, ks)
+        miss = torch.special.ndtr((target - q) / sigma)
+        k = (ks / n + self.config.risk_weight * miss).argmin(1) + 1
+        return torch.where(q[:, -1] < target, torch.full_like(k, n), k)
 
 
 def curve_at(curve: torch.Tensor, lengths: tuple[int, ...], ks: torch.Tensor) -> torch.Tensor:
