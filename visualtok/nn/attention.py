@@ -112,16 +112,32 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         q_pos: torch.Tensor | None = None,
         k_pos: torch.Tensor | None = None,
+        query_rows: slice | None = None,
     ) -> torch.Tensor:
         """``x: [B, L, D]`` -> ``[B, L, D]``; keys/values from ``context`` (default ``x``).
 
         With a ``kv_cache``, ``kv_length`` (optional) attends to the first ``kv_length`` cache
         positions only (the written prefix; ``attn_mask`` is then ``[L, kv_length]``) instead of the
-        whole static buffer."""
+        whole static buffer. ``query_rows`` (self-attention only) returns the outputs of those rows
+        of ``x`` only, ``[B, len(rows), D]``, with keys and values still from all of ``x``: exactly
+        those rows of the full result, without the attention and output projection of the rest
+        (a ViT whose last block feeds only some tokens onward; ``attn_mask`` stays ``[.., L, L]``).
+        """
         B, L, D = x.shape
+        if query_rows is not None and (
+            context is not None or q_pos is not None or k_pos is not None or rotary is not None
+            or kv_cache is not None or is_causal
+        ):
+            raise ValueError("query_rows is for plain self-attention (no context, q_pos, k_pos, "
+                             "rotary, kv_cache or is_causal)")
         if context is None and q_pos is None and k_pos is None:
             qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            if query_rows is not None:
+                q = q[:, :, query_rows]
+                L = q.shape[2]
+                if attn_mask is not None:
+                    attn_mask = attn_mask[..., query_rows, :]
         else:
             if rotary is not None or kv_cache is not None:
                 raise ValueError("context / q_pos / k_pos do not combine with rotary or kv_cache")
