@@ -225,6 +225,23 @@ def _stock_fast(x: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+def _transpose(w: torch.Tensor) -> torch.Tensor:
+    return w.t().contiguous()  # [in, out]
+
+
+def _use_transposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a ``Linear`` module runs this 1-row input on its ``[in, out]`` weight copy: CPU
+    fp32 inference (``_stock_fast`` already held) with at least as many outputs as inputs."""
+    if _backend != "onednn" or x.device.type != "cpu" or torch.jit.is_tracing():
+        return False
+    return (weight.shape[0] >= weight.shape[1] and x.dtype == torch.float32
+            and x.numel() == x.shape[-1] and x.dim() >= 2 and weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32)
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad))))
+
+
 def _use_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether a ``Linear`` module takes oneDNN on its pre-packed fp32 weight for this input."""
     return (_onednn_applies(x, weight, bias) and x.numel() // x.shape[-1] in PACKED_ROWS
@@ -286,11 +303,15 @@ class Linear(nn.Linear):
     CPU inference, oneDNN on a pre-packed copy of the weight: fp32 on ``PACKED_ROWS`` rows, and
     bf16 under CPU bf16 autocast (module docstring)."""
 
-    _packed: dict | None = None  # dtype -> (weight, (data_ptr, version), packed copy), on use
+    _packed: dict | None = None  # dtype | "transposed" -> (weight, (ptr, version), copy), on use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
         if _stock_fast(x):  # cheapest checks first: a 1-row fp32 GEMV or a non-CPU call
+            if _use_transposed(x, w, b):  # a wide 1-row GEMV: read the weight along its outputs
+                wt, x1 = self._weight_copy("transposed", _transpose), x.reshape(1, -1)
+                y = torch.mm(x1, wt) if b is None else torch.addmm(b, x1, wt)
+                return y.view(*x.shape[:-1], w.shape[0])
             return F.linear(x, w, b)
         if _use_packed(x, w, b):
             return torch.ops.mkldnn._linear_pointwise(
@@ -323,15 +344,22 @@ class Linear(nn.Linear):
         )
 
     def _packed_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return self._weight_copy(
+            dtype,
+            lambda w: torch.ops.mkldnn._reorder_linear_weight(w.to(dtype), PACK_ROWS_HINT),
+        )
+
+    def _weight_copy(self, name, make) -> torch.Tensor:
+        """The copy ``make(weight.detach())`` kept under ``name``, remade when the weight
+        changes (module docstring)."""
         w = self.weight
         key = (w.data_ptr(), w._version)
         packed = self._packed if self._packed is not None else {}
-        cached = packed.get(dtype)
+        cached = packed.get(name)
         if cached is None or cached[0] is not w or cached[1] != key:
-            packed.pop(dtype, None)  # free the stale copy before making the new one
-            plain = w.detach().to(dtype)
-            cached = (w, key, torch.ops.mkldnn._reorder_linear_weight(plain, PACK_ROWS_HINT))
-            packed[dtype] = cached
+            packed.pop(name, None)  # free the stale copy before making the new one
+            cached = (w, key, make(w.detach()))
+            packed[name] = cached
             self._packed = packed
         return cached[2]
 
