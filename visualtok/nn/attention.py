@@ -77,6 +77,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 # CPU bf16 attention per head (see ``attend``): the largest per-head score matrix it makes
 PER_HEAD_MAX_SCORES = 1 << 20  # L * S, i.e. 4 MiB of fp32 scores
+PER_HEAD_GROUP = 2  # (batch, head) pairs per bmm: few ops per call, scores still cache-sized
 
 
 def _per_head_applies(
@@ -108,18 +109,20 @@ def attend(
 
     Every call goes to ``F.scaled_dot_product_attention`` except CPU bf16 inference without a mask
     (e.g. a ViT under ``torch.autocast("cpu", dtype=torch.bfloat16)``) on CPUs without AMX, with at
-    most ``PER_HEAD_MAX_SCORES`` scores per head. There it runs per (batch, head): the fp32 scores
-    of the bf16 ``q, k`` (what the flash kernel accumulates), an fp32 softmax, then one bf16 GEMM
-    with ``v`` (fp32 accumulation, one rounding of the output). Why: PyTorch's CPU flash kernel
-    is no faster in bf16 than in fp32 without AMX (one ``[4, 8, 385, 64]`` call, 1 thread: 21.6 ms
-    bf16, 19.4 ms fp32, on an AVX512-BF16 EPYC), while the bf16 GEMM of ``p @ v`` runs at the bf16
-    rate. Inside TiTok-S-128's bf16 encode (batch 4, 8 such calls) that is 0.551 s per encode
-    against 0.570 s with flash, same codes. Scores stay fp32 on purpose: rounding them to bf16
-    (a bf16 ``q @ k^T``) was faster still (0.497 s) but has 5x flash's error against a float64
-    reference and changed 0.4% more of TiTok's VQ codes. This route's error is flash's at TiTok's
-    diffuse attention (4.455e-4 against 4.453e-4 mean, and the same codes); with peaked attention
-    rounding the normalised probabilities to bf16 costs up to ~1.4x flash's mean error (flash
-    rounds the unnormalised ``exp(s - max)``, whose largest term is exact, and divides in fp32).
+    most ``PER_HEAD_MAX_SCORES`` scores per head. There it runs per (batch, head), in groups of
+    ``PER_HEAD_GROUP``: the fp32 scores of the bf16 ``q, k`` (what the flash kernel accumulates),
+    an fp32 softmax, then one bf16 GEMM with ``v`` (fp32 accumulation, one rounding of the output).
+    Why: PyTorch's CPU flash kernel is no faster in bf16 than in fp32 without AMX (one
+    ``[4, 8, 385, 64]`` call, 1 thread: 21.6 ms bf16, 19.4 ms fp32, on an AVX512-BF16 EPYC), while
+    the bf16 GEMM of ``p @ v`` runs at the bf16 rate. Inside TiTok-S-128's bf16 encode (batch 4,
+    8 such calls, one process, interleaved, CPU time) that is 0.526 s per encode against 0.550 s
+    with flash (one head per bmm: 0.547 s), same codes. Scores stay fp32 on purpose: rounding them
+    to bf16 (a bf16 ``q @ k^T``) was faster still (0.497 s against flash's 0.568 s in one run) but
+    has 5x flash's error against a float64 reference and changed 0.4% more of TiTok's VQ codes.
+    This route's error is flash's at TiTok's diffuse attention (4.455e-4 against 4.453e-4 mean
+    against float64, and the same codes); with peaked attention, rounding the normalised
+    probabilities to bf16 costs up to ~1.4x flash's mean error (flash rounds the unnormalised
+    ``exp(s - max)``, whose largest term is exact, and divides in fp32).
     """
     if not _per_head_applies(q, k, v, attn_mask, is_causal):
         return F.scaled_dot_product_attention(
@@ -132,9 +135,9 @@ def attend(
         kt = k.float().reshape(B * H, S, hd).transpose(1, 2)
         vs = v.reshape(B * H, S, hd)
         out = q.new_empty(B * H, L, hd)
-        for i in range(B * H):
-            p = torch.bmm(qs[i : i + 1], kt[i : i + 1]).softmax(-1)
-            torch.bmm(p.to(torch.bfloat16), vs[i : i + 1], out=out[i : i + 1])
+        n = PER_HEAD_GROUP
+        for qi, ki, vi, oi in zip(qs.split(n), kt.split(n), vs.split(n), out.split(n)):
+            torch.bmm(torch.bmm(qi, ki).softmax(-1).to(torch.bfloat16), vi, out=oi)
     return out.view(B, H, L, hd)
 
 
