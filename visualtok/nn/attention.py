@@ -117,7 +117,7 @@ def attend(
     the bf16 GEMM of ``p @ v`` runs at the bf16 rate. Inside TiTok-S-128's bf16 encode (batch 4,
     8 such calls, one process, interleaved, CPU time) that is 0.526 s per encode against 0.550 s
     with flash (one head per bmm: 0.547 s), same codes. Scores stay fp32 on purpose: rounding them
-    to bf16 (a bf16 ``q @ k^T``) was faster still (0.497 s against flash's 0.568 s in one run) but
+    to bf16 (a bf16 ``q @ k^T``) was faster still (0.497 s against flash's 0.552 s in one run) but
     has 5x flash's error against a float64 reference and changed 0.4% more of TiTok's VQ codes.
     This route's error is flash's at TiTok's diffuse attention (4.455e-4 against 4.453e-4 mean
     against float64, and the same codes); with peaked attention, rounding the normalised
