@@ -130,13 +130,21 @@ class TiTokEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(w)
         self.conv_out = nn.Conv2d(w, out_channels, 1)
 
-    def forward(self, images: torch.Tensor, latent_tokens: torch.Tensor) -> torch.Tensor:
+    def hidden(
+        self, images: torch.Tensor, latent_tokens: torch.Tensor, keep: slice | None = None
+    ) -> torch.Tensor:
+        """The ViT's outputs (before ``ln_post``) over [CLS, G*G patches, N latents], ``[B,
+        1 + G*G + N, W]``, or only its ``keep`` rows (the last block then computes only those)."""
         B = images.shape[0]
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, G*G, W]
         cls = (self.class_embedding + self.positional_embedding[:1]).expand(B, -1, -1)
         latents = (latent_tokens + self.latent_token_positional_embedding).expand(B, -1, -1)
         x = torch.cat([cls, x + self.positional_embedding[1:], latents.to(x.dtype)], dim=1)
-        x = self.transformer(self.ln_pre(x), keep=slice(-self.num_latent_tokens, None))
+        return self.transformer(self.ln_pre(x), keep=keep)
+
+    def forward(self, images: torch.Tensor, latent_tokens: torch.Tensor) -> torch.Tensor:
+        B = images.shape[0]
+        x = self.hidden(images, latent_tokens, keep=slice(-self.num_latent_tokens, None))
         # ln_post and the projection feed the quantizer: keep them in the weights' precision under
         # autocast (bf16 here flips ~0.5% more VQ codes for a negligible cost).
         with torch.autocast(x.device.type, enabled=False):

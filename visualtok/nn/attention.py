@@ -90,7 +90,7 @@ def _per_head_applies(
         return False
     if q.shape[-2] * k.shape[-2] > PER_HEAD_MAX_SCORES:
         return False
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False

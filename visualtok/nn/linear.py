@@ -245,7 +245,8 @@ def _use_transposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if _backend != "onednn" or x.device.type != "cpu" or torch.jit.is_tracing():
         return False
     return (weight.shape[0] >= weight.shape[1] and x.dtype == torch.float32
-            and x.numel() == x.shape[-1] and x.dim() >= 2 and weight.dtype == torch.float32
+            and x.numel() == x.shape[-1] > 0 and x.dim() >= 2 and weight.dtype == torch.float32
+            and weight.device.type == "cpu"
             and (bias is None or bias.dtype == torch.float32)
             and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
