@@ -51,3 +51,59 @@ def test_cross_attention_gradients_and_errors():
     cache = KVCache(2, 4, 8, 8)
     with pytest.raises(ValueError, match="do not combine"):
         ours(x, context=memory, kv_cache=cache, cache_positions=torch.arange(3))
+
+
+def _reference(q, k, v, scale):
+    q, k, v = q.double(), k.double(), v.double()
+    return torch.softmax(q @ k.transpose(-1, -2) * scale, -1) @ v
+
+
+@torch.no_grad()
+def test_attend_cpu_bf16_per_head_route_is_as_accurate_as_sdpa():
+    from visualtok.nn import attention as A
+
+    g = torch.Generator().manual_seed(0)
+    q = (2 * torch.randn(2, 3, 37, 16, generator=g)).bfloat16()
+    k = (2 * torch.randn(2, 3, 41, 16, generator=g)).bfloat16()
+    v = torch.randn(2, 3, 41, 16, generator=g).bfloat16()
+    if torch._C._cpu._is_amx_tile_supported():
+        assert not A._per_head_applies(q, k, v, None, False)  # AMX CPUs keep the flash kernel
+        return
+    assert A._per_head_applies(q, k, v, None, False)
+    for scale in (None, 0.3):
+        ref = _reference(q, k, v, 16**-0.5 if scale is None else scale)
+        got = A.attend(q, k, v, scale=scale)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        assert got.dtype == torch.bfloat16 and got.shape == sdpa.shape
+        err, err_sdpa = (got.double() - ref).abs(), (sdpa.double() - ref).abs()
+        # peaked attention (these logits): the rounding of the normalised softmax to bf16 adds
+        # up to ~1.4x flash's mean error; at TiTok's diffuse attention the two are equal
+        assert err.mean() <= 1.5 * err_sdpa.mean()
+        assert err.max() <= 2 * 2.0**-8 * ref.abs().max()
+    # masks, causal attention and fp32 go to SDPA unchanged
+    mask = torch.rand(37, 41, generator=g) > 0.3
+    for args in ({"attn_mask": mask}, {"is_causal": True}):
+        assert not A._per_head_applies(q, k, v, args.get("attn_mask"), "is_causal" in args)
+    torch.testing.assert_close(A.attend(q, k, v, attn_mask=mask),
+                               torch.nn.functional.scaled_dot_product_attention(
+                                   q, k, v, attn_mask=mask), rtol=0, atol=0)
+    assert not A._per_head_applies(q.float(), k.float(), v.float(), None, False)
+
+
+@torch.no_grad()
+def test_query_rows_and_vit_keep_give_exactly_those_rows():
+    from visualtok.nn.vit import Transformer
+
+    torch.manual_seed(0)
+    attn, x = Attention(32, 4), torch.randn(2, 9, 32)
+    full = attn(x)
+    torch.testing.assert_close(attn(x, query_rows=slice(-3, None)), full[:, -3:], rtol=0,
+                               atol=1e-6)
+    mask = torch.rand(9, 9) > 0.2
+    mask.fill_diagonal_(True)
+    torch.testing.assert_close(attn(x, attn_mask=mask, query_rows=slice(1, 5)),
+                               attn(x, attn_mask=mask)[:, 1:5], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="query_rows"):
+        attn(x, is_causal=True, query_rows=slice(0, 2))
+    vit = Transformer(32, 2, 4).eval()
+    torch.testing.assert_close(vit(x, keep=slice(2, 7)), vit(x)[:, 2:7], rtol=0, atol=1e-5)

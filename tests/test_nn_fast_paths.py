@@ -321,3 +321,33 @@ def test_bf16_autocast_route_matches_autocast_f_linear(rows):
         assert not linear_mod._use_packed_bf16(x, lin.weight, lin.bias) and not lin.fuses_gelu(x)
         assert lin(x).dtype == torch.float32
         assert torch.equal(lin.forward_gelu(x), F.gelu(lin(x)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_wide_gemv_route_within_fp32_rounding_of_float64(bias):
+    """1-row inputs of a Linear with out >= in features run on its [in, out] weight copy (CPU fp32
+    inference, library backend on): same numbers as F.linear within fp32 rounding, any leading
+    shape; narrow weights, autograd and the 'aten' backend take F.linear itself."""
+    torch.manual_seed(4)
+    lin = Linear(257, 300, bias=bias).eval()
+    b = lin.bias if bias else torch.zeros(300)
+    with torch.no_grad():
+        for x in (torch.randn(1, 257), torch.randn(1, 1, 257)):
+            assert linear_mod._use_transposed(x, lin.weight, lin.bias) == (
+                cpu_linear_backend() == "onednn")
+            out = lin(x)
+            assert out.shape == (*x.shape[:-1], 300)
+            assert _fp32_bound_holds(out.view(1, 300), x.view(1, 257), lin.weight, b)
+        if cpu_linear_backend() == "onednn":
+            assert "transposed" in lin._packed
+            lin.weight.mul_(-1.0)  # in-place write: the copy is remade
+            x = torch.randn(1, 257)
+            assert _fp32_bound_holds(lin(x), x, lin.weight, b)
+        with cpu_linear_backend_as("aten"):
+            assert not linear_mod._use_transposed(x, lin.weight, lin.bias)
+        narrow = Linear(300, 257)
+        assert not linear_mod._use_transposed(torch.randn(1, 300), narrow.weight, narrow.bias)
+    x = torch.randn(1, 257, requires_grad=True)
+    assert not linear_mod._use_transposed(x, lin.weight, lin.bias)
+    lin(x).sum().backward()
+    torch.testing.assert_close(x.grad[0], lin.weight.sum(0))

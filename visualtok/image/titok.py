@@ -128,17 +128,25 @@ class TiTokEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(w)
         self.conv_out = nn.Conv2d(w, out_channels, 1)
 
-    def forward(self, images: torch.Tensor, latent_tokens: torch.Tensor) -> torch.Tensor:
+    def hidden(
+        self, images: torch.Tensor, latent_tokens: torch.Tensor, keep: slice | None = None
+    ) -> torch.Tensor:
+        """The ViT's outputs (before ``ln_post``) over [CLS, G*G patches, N latents], ``[B,
+        1 + G*G + N, W]``, or only its ``keep`` rows (the last block then computes only those)."""
         B = images.shape[0]
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, G*G, W]
         cls = (self.class_embedding + self.positional_embedding[:1]).expand(B, -1, -1)
         latents = (latent_tokens + self.latent_token_positional_embedding).expand(B, -1, -1)
         x = torch.cat([cls, x + self.positional_embedding[1:], latents.to(x.dtype)], dim=1)
-        x = self.transformer(self.ln_pre(x))
+        return self.transformer(self.ln_pre(x), keep=keep)
+
+    def forward(self, images: torch.Tensor, latent_tokens: torch.Tensor) -> torch.Tensor:
+        B = images.shape[0]
+        x = self.hidden(images, latent_tokens, keep=slice(-self.num_latent_tokens, None))
         # ln_post and the projection feed the quantizer: keep them in the weights' precision under
         # autocast (bf16 here flips ~0.5% more VQ codes for a negligible cost).
         with torch.autocast(x.device.type, enabled=False):
-            x = self.ln_post(x[:, -self.num_latent_tokens:].to(self.conv_out.weight.dtype))
+            x = self.ln_post(x.to(self.conv_out.weight.dtype))
             if self.is_legacy:
                 # Official quirk: the contiguous [B, N, W] block is read as [B, W, N] (no
                 # transpose); as channels-last "tokens" that is reshape(B, W, N).transpose(1, 2).
@@ -180,8 +188,8 @@ class TiTokDecoder(nn.Module):
         masks = self.mask_token.expand(1, self.grid_size**2, -1)
         queries = torch.cat([self.class_embedding[None], masks], dim=1)
         queries = (queries + self.positional_embedding).to(x.dtype).expand(B, -1, -1)
-        x = self.transformer(self.ln_pre(torch.cat([queries, x], dim=1)))
-        return self.ln_post(x[:, 1 : 1 + self.grid_size**2])
+        x = self.ln_pre(torch.cat([queries, x], dim=1))
+        return self.ln_post(self.transformer(x, keep=slice(1, 1 + self.grid_size**2)))
 
     def proxy_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """``[B, G*G, W]`` -> logits over the proxy codes ``[B, G*G, K]`` (proxy_codes head)."""

@@ -74,7 +74,7 @@ class TokenizerFeatures(nn.Module):
         super().__init__()
         if which not in ("patches", "latents"):
             raise ValueError(f"which must be 'patches' or 'latents'; got {which!r}")
-        if which == "patches" and not hasattr(getattr(tokenizer, "encoder", None), "transformer"):
+        if which == "patches" and not hasattr(getattr(tokenizer, "encoder", None), "hidden"):
             raise ValueError(f"which='patches' needs a TiTok-style encoder; "
                              f"{type(tokenizer).__name__} has none (use which='latents')")
         self.tokenizer = tokenizer.eval().requires_grad_(False)
@@ -84,15 +84,9 @@ class TokenizerFeatures(nn.Module):
         return super().train(False)
 
     def _patches(self, frames: torch.Tensor) -> torch.Tensor:
-        enc = self.tokenizer.encoder
-        grabbed = []
-        hook = enc.transformer.register_forward_hook(lambda m, i, o: grabbed.append(o))
-        try:
-            self.tokenizer.encode_latents(frames)
-        finally:
-            hook.remove()
-        g2 = enc.grid_size**2
-        return enc.ln_post(grabbed[0][:, 1 : 1 + g2])
+        enc, tok = self.tokenizer.encoder, self.tokenizer
+        rows = slice(1, 1 + enc.grid_size**2)  # the patch positions
+        return enc.ln_post(enc.hidden(frames.to(tok.latent_tokens.dtype), tok.latent_tokens, rows))
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor) -> torch.Tensor:

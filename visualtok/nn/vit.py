@@ -46,8 +46,15 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, keep: slice | None = None
+    ) -> torch.Tensor:
+        """``keep``: compute only these rows of the output, ``[B, len(keep), D]`` (exactly those
+        rows of the full result; every row still serves as a key and value)."""
+        if keep is None:
+            x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
+        else:
+            x = x[:, keep] + self.attn(self.ln_1(x), attn_mask=attn_mask, query_rows=keep)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -57,9 +64,14 @@ class Transformer(nn.ModuleList):
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__(ResidualAttentionBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self:
-            x = block(x, attn_mask=attn_mask)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, keep: slice | None = None
+    ) -> torch.Tensor:
+        """``[B, L, D] -> [B, L, D]``, or with ``keep`` only those output rows: the last block
+        then skips the attention queries, output projection and MLP of the rows nobody reads
+        (TiTok keeps its latent tokens out of the encoder, its patch tokens out of the decoder)."""
+        for i, block in enumerate(self):
+            x = block(x, attn_mask=attn_mask, keep=keep if i == len(self) - 1 else None)
         return x
 
 
