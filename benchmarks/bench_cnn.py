@@ -49,7 +49,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import machine_info, print_table, time_interleaved, write_json  # noqa: E402
 from benchmarks.bench_titok import gflop, real_photos, stock_path  # noqa: E402
-from visualtok import create_model  # noqa: E402
+from visualtok import create_model, load  # noqa: E402
 from visualtok.image.retok import ReTok, multi_level_queries  # noqa: E402
 from visualtok.image.vqgan import VQGAN  # noqa: E402
 from visualtok.nn.attention import Attention  # noqa: E402
@@ -310,8 +310,17 @@ def bf16_layouts(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def bench_bf16_layouts(name: str, args) -> list[dict]:
+    """``name``: a preset (random weights) or a saved model directory (e.g. a trained tiny one;
+    with ``--random-init``, its architecture with fresh random weights)."""
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    if Path(name).is_dir():
+        model = load(name)
+        if args.random_init:
+            torch.manual_seed(0)
+            model = type(model)(model.config)
+    else:
+        model = create_model(name)
+    model.eval()
     x = real_photos(args.batch, args.size)
     codes = model.encode(x)
     variants = bf16_layouts(model)
@@ -341,6 +350,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (1: the CPU-second ratios count work, not spin-waiting)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--random-init", action="store_true",
+                    help="with --bf16-variants and a model directory: its config, random weights")
     ap.add_argument("--bf16-variants", action="store_true",
                     help="encode only: mixed-precision layouts vs fp32 (CPU s, same codes)")
     args = ap.parse_args(argv)
