@@ -26,12 +26,18 @@ scheduler gave it (the honest figure on a machine shared with other jobs).
     python benchmarks/bench_cnn.py                               # vqgan_16, retok_ss at 256x256
     python benchmarks/bench_cnn.py --presets vqgan_16 --batch 1 --repeats 3 --threads 1
     python benchmarks/bench_cnn.py --device cuda --batch 16 --json out.json
+    python benchmarks/bench_cnn.py --bf16-variants --batch 2 --repeats 2 --threads 1
+
+``--bf16-variants`` times encode only (the codes come from the encoder) for mixed-precision
+layouts that keep parts of the encoder in fp32, against fp32 and the default bf16 cast, and gives
+each one's fraction of codes equal to fp32 (benchmarks/RESULTS.md, issue #12).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import sys
 from pathlib import Path
@@ -43,10 +49,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import machine_info, print_table, time_interleaved, write_json  # noqa: E402
 from benchmarks.bench_titok import gflop, real_photos, stock_path  # noqa: E402
-from visualtok import create_model  # noqa: E402
+from visualtok import create_model, load  # noqa: E402
 from visualtok.image.retok import ReTok, multi_level_queries  # noqa: E402
 from visualtok.image.vqgan import VQGAN  # noqa: E402
-from visualtok.nn.conv import AttnBlock  # noqa: E402
+from visualtok.nn.attention import Attention  # noqa: E402
+from visualtok.nn.conv import AttnBlock, fast_layout  # noqa: E402
 
 
 # ---------------------------------------------------------------------- official-layout reference
@@ -237,6 +244,100 @@ def bench_preset(name: str, args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- bf16 layouts (encode)
+def _compute_in(mod: nn.Module, dtype: torch.dtype, out: torch.dtype | None = None,
+                attr: str = "forward") -> None:
+    """Make ``mod`` compute in ``dtype``: parameters cast, input cast (low precision:
+    channels-last), output cast to ``out`` (None: left as computed)."""
+    mod.to(dtype)
+    call = getattr(mod, attr)
+
+    def run(x, *a, **k):
+        x = x.to(dtype)
+        y = call(fast_layout(x) if dtype != torch.float32 else x, *a, **k)
+        if out is None:
+            return y
+        y = y.to(out)
+        return fast_layout(y) if out != torch.float32 else y
+
+    setattr(mod, attr, run)
+
+
+def bf16_layouts(model: nn.Module) -> dict[str, nn.Module]:
+    """Mixed-precision variants of ``model``'s encoder that try to recover fp32's codes."""
+    bf, f32 = torch.bfloat16, torch.float32
+    enc = model.encoder
+    head = [f"encoder.mid.{i}" for i in range(len(enc.mid))] + ["encoder.norm_out",
+                                                                  "encoder.conv_out"]
+    last = f"encoder.conv_blocks.{len(enc.conv_blocks) - 1}"
+    qformer = isinstance(model, ReTok)
+
+    def islands(names: list[str]) -> nn.Module:  # the bf16 cast, ``names`` back in fp32
+        m = copy.deepcopy(model).to(bf)
+        for n in names:
+            _compute_in(m.get_submodule(n), f32, bf, "blocks" if "conv_blocks" in n else "forward")
+        return m
+
+    def convs_only(qformer_fp32: bool = False) -> nn.Module:  # fp32 stream, bf16 convs
+        m = copy.deepcopy(model)
+        for mod in list(m.encoder.modules()):
+            if isinstance(mod, (nn.Conv2d, Attention)):
+                _compute_in(mod, bf, f32)
+        if qformer and not qformer_fp32:
+            _compute_in(m.s2to1encoder, bf)
+        return m
+
+    def groupnorm_fp32() -> nn.Module:
+        m = copy.deepcopy(model).to(bf)
+        for mod in list(m.encoder.modules()):
+            if isinstance(mod, nn.GroupNorm):
+                _compute_in(mod, f32, bf)
+        return m
+
+    out = {
+        "bf16 (default: .to(torch.bfloat16))": copy.deepcopy(model).to(bf),
+        "bf16, GroupNorm in fp32": groupnorm_fp32(),
+        "bf16, conv_in fp32": islands(["encoder.conv_in"]),
+        "bf16, mid + norm_out + conv_out fp32": islands(head),
+        "bf16, conv_in + mid + norm_out + conv_out fp32": islands(["encoder.conv_in", *head]),
+        "bf16, conv_in + last level + mid + out fp32": islands(["encoder.conv_in", last, *head]),
+        "convs (+attention) bf16, fp32 residual stream / GroupNorm / SiLU": convs_only(),
+    }
+    if qformer:
+        out["bf16 CNN, Q-Former 2D->1D fp32"] = islands(["s2to1encoder"])
+        out["convs bf16, fp32 stream, Q-Former fp32"] = convs_only(qformer_fp32=True)
+    return out
+
+
+def bench_bf16_layouts(name: str, args) -> list[dict]:
+    """``name``: a preset (random weights) or a saved model directory (e.g. a trained tiny one;
+    with ``--random-init``, its architecture with fresh random weights)."""
+    torch.manual_seed(0)
+    if Path(name).is_dir():
+        model = load(name)
+        if args.random_init:
+            torch.manual_seed(0)
+            model = type(model)(model.config)
+    else:
+        model = create_model(name)
+    model.eval()
+    x = real_photos(args.batch, args.size)
+    codes = model.encode(x)
+    variants = bf16_layouts(model)
+    fns = {"fp32": lambda: model.encode(x)}
+    fns.update({k: functools.partial(m.encode, x) for k, m in variants.items()})
+    cpu: dict[str, float] = {}
+    time_interleaved(fns, args.device, warmup=1, repeats=args.repeats, cpu=cpu)
+    rows = [{"preset": name, "configuration": "fp32", "encode CPU s/img": cpu["fp32"] / args.batch,
+             "bf16/fp32 (CPU s)": 1.0, "same codes": 1.0}]
+    for k, m in variants.items():
+        rows.append({"preset": name, "configuration": k,
+                     "encode CPU s/img": cpu[k] / args.batch,
+                     "bf16/fp32 (CPU s)": cpu["fp32"] / cpu[k],
+                     "same codes": float((m.encode(x) == codes).float().mean())})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,6 +350,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (1: the CPU-second ratios count work, not spin-waiting)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--random-init", action="store_true",
+                    help="with --bf16-variants and a model directory: its config, random weights")
+    ap.add_argument("--bf16-variants", action="store_true",
+                    help="encode only: mixed-precision layouts vs fp32 (CPU s, same codes)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -256,12 +361,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     info["load_average_start"] = os.getloadavg()
     print(f"machine: {info}")
     rows = []
+    bench = bench_bf16_layouts if args.bf16_variants else bench_preset
     with torch.no_grad():  # scoped: a caller's grad mode is left as it was
         for name in args.presets.split(","):
-            rows += bench_preset(name.strip(), args)
+            rows += bench(name.strip(), args)
     info["load_average_end"] = os.getloadavg()
     print(f"load average (1, 5, 15 min): start {info['load_average_start']}, "
           f"end {info['load_average_end']}")
+    if args.bf16_variants:
+        print_table(rows, ["preset", "configuration", "encode CPU s/img", "bf16/fp32 (CPU s)",
+                           "same codes"], title=f"bf16 layouts, encode, batch {args.batch}")
+        write_json(args.json, {"machine": info, "args": vars(args), "rows": rows})
+        return rows
     cols = ["preset", "stage", "GFLOP/img", "ref img/s", "fp32 img/s", "fp32/ref", "bf16 img/s",
             "bf16/fp32", "fp32/ref (CPU s)", "bf16/fp32 (CPU s)", "bf16 same codes",
             "ref same codes", "ref max |diff|"]

@@ -1,5 +1,7 @@
 # Equal-budget CPU training for the Kodak rate-distortion table (eval/README.md).
 # usage: bash eval/rd_kodak/train.sh {retok|titok|vqgan} STEPS   (from anywhere)
+# Rerunning the same command after an interruption resumes from the last checkpoint
+# (trainer.resume=auto); cpu_time.txt then has one line per piece, to be summed.
 cd "$(dirname "$0")/../.."
 mkdir -p runs/rd
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1
@@ -12,5 +14,5 @@ case $m in
 esac
 /usr/bin/time -f "$m steps=$n user=%U sys=%S wall=%e" -a -o runs/rd/cpu_time.txt \
   nice -n 10 python3 -m visualtok.cli train $cfg --set data.path=$G --set trainer.steps=$n --set optim.warmup_steps=$w \
-  --set trainer.output_dir=runs/rd/$m --set trainer.image_every=0 --set trainer.ckpt_every=25 $extra \
-  > runs/rd/$m.log 2>&1
+  --set trainer.output_dir=runs/rd/$m --set trainer.image_every=0 --set trainer.ckpt_every=100 \
+  --set trainer.progress=false $extra >> runs/rd/$m.log 2>&1
