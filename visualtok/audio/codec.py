@@ -46,10 +46,10 @@ from torch import nn
 
 from ..quantize.base import fp32_no_autocast
 from ..quantize.config import QuantizerConfig
-from ..quantize.search import _weight_and_bias, l2_normalize
+from ..quantize.search import l2_normalize, score_weight_and_bias
 from ..registry import register_model, register_model_class
 from .base import ConvRVQCodec, check_audio, dac_rvq_config
-from .layers import Snake, Stack, WNConv1d, WNConvTranspose1d
+from .layers import Snake, Stack, WNConv1d, WNConvTranspose1d, params_key
 
 __all__ = ["CodecConfig", "Codec", "StreamingEncoder", "StreamingDecoder", "StreamState"]
 
@@ -227,17 +227,13 @@ def _laid_out(module: nn.Module, key: tuple, make) -> Any:
     return cached[1]
 
 
-def _key(*params: torch.Tensor) -> tuple:
-    return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-
-
 class _SnakeStream:
     def __init__(self, m: Snake) -> None:
         def make():
             alpha = m.alpha.detach().reshape(-1)
             return alpha, (alpha + 1e-9).reciprocal()
 
-        self.alpha, self.inv = _laid_out(m, _key(m.alpha), make)
+        self.alpha, self.inv = _laid_out(m, params_key(m.alpha), make)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The offline formula (same ops, same order); ``out``: write the result there."""
@@ -259,8 +255,8 @@ class _ConvStream:
             bias = conv.bias.detach() if conv.bias is not None else k.new_zeros(c_out)
             return gemv, kt.contiguous() if gemv else kt.t().contiguous(), bias, k.shape[2]
 
-        params = (conv.weight_v, conv.weight_g) if conv.weight_norm else (conv.weight,)
-        key = _key(*params, *(() if conv.bias is None else (conv.bias,))) + (one_row,)
+        bias_key = () if conv.bias is None else params_key(conv.bias)
+        key = conv.weights_key() + bias_key + (one_row,)
         self.one_row, self.kernel, self.bias, self.taps = _laid_out(layer, key, make)
         self.c_out = c_out
         self.span, self.stride, self.dilation = layer.span, layer.stride, conv.dilation
@@ -317,8 +313,8 @@ class _ConvTransposeStream:
             k = conv.kernel().detach()  # [C_in, C_out, 2s] -> [C_in, 2s*C_out]
             return k.permute(0, 2, 1).reshape(k.shape[0], -1).contiguous(), conv.bias.detach()
 
-        params = (conv.weight_v, conv.weight_g) if conv.weight_norm else (conv.weight,)
-        self.kernel, self.bias = _laid_out(layer, _key(*params, conv.bias), make)
+        key = conv.weights_key() + params_key(conv.bias)
+        self.kernel, self.bias = _laid_out(layer, key, make)
         self.s, self.c_out = layer.stride, layer.c_out
         self.tail: torch.Tensor | None = None  # [B, s, C_out]: the last frame's overlap
 
@@ -398,7 +394,7 @@ class _RVQStream:
         with torch.no_grad(), fp32_no_autocast(rvq.levels[0].embedding.weight.device.type):
             for level in rvq.levels:
                 raw = level.embedding.weight.detach().float()
-                e, b = _weight_and_bias(l2_normalize(raw))
+                e, b = score_weight_and_bias(l2_normalize(raw))
                 p_in, p_out = level.project_in, level.project_out
                 self.levels.append((
                     p_in.bias.detach().float(), p_in.weight.detach().float().t().contiguous(),
@@ -491,7 +487,7 @@ class StreamState:
         self.buffers["plan"], _ = _stream_plan(layers, model.hop_length if kind == "encoder"
                                                else 1)
         rvq = model.quantizer
-        self.buffers["rvq"] = _laid_out(rvq, _key(*rvq.parameters()), lambda: _RVQStream(rvq))
+        self.buffers["rvq"] = _laid_out(rvq, params_key(*rvq.parameters()), lambda: _RVQStream(rvq))
 
     def _fingerprint(self, model: Codec) -> tuple[int, int]:
         # versions only grow: their sum changes whenever one does (~30 us for 120 parameters)

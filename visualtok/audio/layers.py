@@ -23,7 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WNConv1d", "WNConvTranspose1d", "Snake", "Stack", "pad1d", "extra_padding_for_conv1d"]
+__all__ = [
+    "WNConv1d", "WNConvTranspose1d", "Snake", "Stack", "pad1d", "params_key",
+    "extra_padding_for_conv1d",
+]
+
+
+def params_key(*params: torch.Tensor) -> tuple:
+    """A key that changes whenever one of ``params`` is written in place (version) or replaced
+    (pointer, dtype, device): what caches of tensors derived from weights are keyed by."""
+    return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
 
 
 class Stack(nn.Module):
@@ -47,10 +56,9 @@ class _WeightNormMixin:
         else:
             self.weight = nn.Parameter(weight.detach().clone())
 
-    def _weights_key(self) -> tuple:
+    def weights_key(self) -> tuple:
         """Changes whenever a weight parameter is written in place or replaced (``.to()``)."""
-        ps = (self.weight_v, self.weight_g) if self.weight_norm else (self.weight,)
-        return tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in ps)
+        return params_key(*((self.weight_v, self.weight_g) if self.weight_norm else (self.weight,)))
 
     def kernel(self) -> torch.Tensor:
         if not self.weight_norm:
@@ -59,7 +67,7 @@ class _WeightNormMixin:
         if torch.is_grad_enabled():
             return torch._weight_norm(v, g, 0)
         # inference: reuse the kernel until a parameter is written (version) or replaced (pointer)
-        key = self._weights_key()
+        key = self.weights_key()
         cached = self.__dict__.get("_kernel_cache")
         if cached is None or cached[0] != key:
             cached = (key, torch._weight_norm(v, g, 0))
@@ -113,7 +121,7 @@ class WNConvTranspose1d(nn.Module, _WeightNormMixin):
         for narrow inputs at inference (measured in benchmarks/RESULTS.md); float sums reordered,
         within ~1e-6 of ``F.conv_transpose1d``."""
         k = self.kernel()
-        key = self._weights_key()
+        key = self.weights_key()
         cached = self.__dict__.get("_ola_cache")
         if cached is None or cached[0] != key:
             # [C_in, C_out, 2s] -> rows (half, phase j, c_out), so the GEMM output reshapes to

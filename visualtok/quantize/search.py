@@ -21,8 +21,8 @@ import torch
 from ..nn.linear import linear
 
 __all__ = [
-    "nearest_code", "topk_nearest", "l2_normalize", "token_mask", "check_strength",
-    "MAX_CHUNK_ELEMENTS",
+    "nearest_code", "topk_nearest", "l2_normalize", "score_weight_and_bias", "token_mask",
+    "check_strength", "MAX_CHUNK_ELEMENTS",
 ]
 
 MAX_CHUNK_ELEMENTS = 2**26  # scores per pass on accelerators (256 MiB fp32)
@@ -36,7 +36,7 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
 
 
-def _weight_and_bias(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_weight_and_bias(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The codebook as a contiguous ``[K, d]`` weight and its score bias ``-|e|^2 / 2`` ``[K]``."""
     e = codebook.contiguous()
     return e, e.square().sum(1).mul_(-0.5)
@@ -67,7 +67,7 @@ def nearest_code(
     x: ``[N, d]``, codebook: ``[K, d]`` -> ``[N]`` int64 (the first index on exact ties).
     """
     n, k = x.shape[0], codebook.shape[0]
-    e, b = _weight_and_bias(codebook)
+    e, b = score_weight_and_bias(codebook)
     if x.device.type != "cpu":  # one pass when the scores fit, else row chunks
         rows = n if n * k <= max_elements else max(1, min(chunk_size, max_elements // k))
         return _argmax_in_row_chunks(x, e, b, rows)
@@ -101,7 +101,7 @@ def topk_nearest(
 ) -> torch.Tensor:
     """Indices of the ``k`` nearest codebook rows, nearest first: ``[N, d]`` -> ``[N, k]`` int64."""
     n, num_codes = x.shape[0], codebook.shape[0]
-    e, b = _weight_and_bias(codebook)
+    e, b = score_weight_and_bias(codebook)
     rows = max(1, min(chunk_size, max_elements // max(num_codes, 1)))
     if n <= rows:
         return linear(x, e, b).topk(k, dim=1).indices
