@@ -1,7 +1,8 @@
 """CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) on the plain
 weight and on a pre-packed one (``_reorder_linear_weight``) against the stock ``F.linear``,
-interleaved (A, B, C, A, B, C) in one process, and what ``visualtok.nn.linear.Linear`` picks for
-each shape.
+interleaved (A, B, C, A, B, C) in one process, and ``visualtok.nn.linear.Linear`` itself (the
+route it picks, its time). The shapes table reuses one weight, which at 1 row stays in cache; the
+``--gpt-step`` table is the one where 1-row weights stream from memory as in generation.
 
 The shapes are the model linears that matter: GPT-B (width 768: qkv 2304, proj 768, SwiGLU 2048 and
 head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a prefill, TiTok-S
@@ -12,8 +13,10 @@ head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a pr
 
 ``--gpt-step`` also times one whole GPT-B cached step (random init) per route: the library's rule,
 plain oneDNN at every row count, and stock ``F.linear``, in process CPU time, with the rate at which
-the step streams its weights against one plain read of the same bytes (``Tensor.sum``): at 1-2
-rows the step is bound by the weight stream, not by FLOPs.
+the step streams its weights against one plain read of the same bytes (``Tensor.sum`` on huge
+pages, as the GEMV weight copies): at 1-2 rows the step is bound by the weight stream, not by
+FLOPs. ``rule on PyTorch's BLAS`` is the rule with its 1-row GEMVs on PyTorch's BLAS (MKL) instead
+of numpy's OpenBLAS.
 """
 
 from __future__ import annotations
@@ -72,17 +75,22 @@ def interleaved(fns, rounds: int, min_time: float) -> list[float]:
 
 @contextlib.contextmanager
 def _route(name: str):
-    """Force every Linear of a model onto one route: ``rule`` (the library's), ``onednn``
+    """Force every Linear of a model onto one route: ``rule`` (the library's), ``torch_blas``
+    (the rule with its 1-row GEMVs on PyTorch's BLAS instead of numpy's OpenBLAS), ``onednn``
     (plain weight at every row count), ``aten`` (stock ``F.linear``)."""
-    saved = vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS
+    vt_linear.openblas_gemv_works()  # probe first, so that the saved state is the verdict
+    saved = vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS, vt_linear._openblas
     try:
         if name == "aten":
             vt_linear._backend = "aten"
         elif name == "onednn":
             vt_linear._packed_ok, vt_linear.STOCK_ROWS = False, frozenset()
+        elif name == "torch_blas":
+            vt_linear._openblas = False
         yield
     finally:
-        vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS = saved
+        (vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS,
+         vt_linear._openblas) = saved
 
 
 @torch.no_grad()
@@ -96,7 +104,8 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
     # bytes a step reads: every Linear weight once (embeddings are gathered, not read whole)
     weight_bytes = sum(m.weight.numel() * 4 for m in model.modules()
                        if isinstance(m, torch.nn.Linear))
-    stream = torch.ones(weight_bytes // 4)  # the same bytes as one plain read (the memory roof)
+    # the same bytes as one plain read (the memory roof), in the huge pages the GEMV copies use
+    stream = vt_linear.hugepage_copy(torch.ones(weight_bytes // 4))
     rows = []
     for b in batches:
         model.setup_cache(b)
@@ -111,7 +120,7 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
                     return step()
             return call
 
-        fns = {name: routed(name) for name in ("rule", "onednn", "aten")}
+        fns = {name: routed(name) for name in ("rule", "torch_blas", "onednn", "aten")}
         fns["read"] = stream.sum
         for fn in fns.values():
             fn(), fn()
@@ -124,6 +133,7 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
                 times[name].append(time.process_time() - c0)
         ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
         rows.append({"GPT-B cached step": f"batch rows {b}", "Linear rule ms": ms["rule"],
+                     "rule on PyTorch's BLAS ms": ms["torch_blas"],
                      "oneDNN plain ms": ms["onednn"], "F.linear ms": ms["aten"],
                      "F.linear / rule": ms["aten"] / ms["rule"],
                      "oneDNN plain / rule": ms["onednn"] / ms["rule"],
@@ -159,21 +169,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
             fn(x, w, b)  # warm-up (oneDNN primitive cache, page faults)
         onednn(x, packed, b), lin(x)
         calls = [functools.partial(onednn, x, w, b), functools.partial(onednn, x, packed, b),
-                 functools.partial(F.linear, x, w, b)]
-        t_dnn, t_pk, t_aten = interleaved(calls, args.rounds, args.min_time)
-        if vt_linear._use_packed(x, w, b):
-            picked, chosen = "onednn packed", t_pk
+                 functools.partial(F.linear, x, w, b), functools.partial(lin, x)]
+        t_dnn, t_pk, t_aten, t_mod = interleaved(calls, args.rounds, args.min_time)
+        if vt_linear._call_kind(x) == "gemv" and vt_linear._gemv_route(x, w, b):
+            picked = f"{vt_linear._gemv_route(x, w, b)} copy"  # 1 row: a weight copy's route
+        elif vt_linear._use_packed(x, w, b):
+            picked = "onednn packed"
         elif vt_linear._use_onednn(x, w, b):
-            picked, chosen = "onednn", t_dnn
+            picked = "onednn"
         else:
-            picked, chosen = "aten", t_aten
+            picked = "aten"
         rows.append({
             "shape": label, "M": m, "K": k, "N": n,
             "onednn us": 1e6 * t_dnn, "onednn packed us": 1e6 * t_pk, "F.linear us": 1e6 * t_aten,
-            "F.linear / picked": t_aten / chosen,
+            "Linear us": 1e6 * t_mod, "F.linear / Linear": t_aten / t_mod,
             "Linear picks": picked,
-            "picked / best": chosen / min(t_dnn, t_pk, t_aten),
-            "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
+            "Linear / best": t_mod / min(t_dnn, t_pk, t_aten),
+            "GFLOP/s Linear": 2 * m * k * n / t_mod / 1e9,
         })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if rows:

@@ -1,5 +1,5 @@
-"""The one linear layer of visualtok: CPU fp32 inference may run through oneDNN, everything else
-runs through ``F.linear``.
+"""The one linear layer of visualtok: CPU fp32 inference may run through oneDNN (or, for 1-row
+GEMVs, numpy's OpenBLAS), everything else runs through ``F.linear``.
 
 Why: on x86, PyTorch's stock fp32 ``F.linear`` calls the BLAS it was built with (MKL in the
 official wheels); MKL dispatches its kernels by CPU vendor and on non-Intel processors may use its
@@ -35,18 +35,24 @@ GPT-B cached step, where every weight streams from memory once per step; RESULTS
   autocast's ``F.linear`` would run (bf16 inputs, fp32 accumulation, bf16 output) without casting
   the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX).
   ``Linear.forward_gelu`` (the ViT MLP) also fuses the exact GELU into that GEMM;
-* ``Linear`` modules on 1 row (a GEMV, e.g. a GPT decode step at batch 1) with at least as many
-  outputs as inputs keep a copy of the weight transposed to ``[in, out]`` and run ``x @ w_t``
-  (the stock BLAS): the product then reads the weight along its outputs, which streams it from
-  memory faster than the ``[out, in]`` dot-product form. Measured at 1 thread with the weights
-  cold (400 MB cycled), GB/s of weight read, ``F.linear`` -> transposed copy: 768 x 2304
-  12.8 -> 16.2, 768 x 2048 12.5 -> 17.1, 768 x 768 12.4 -> 13.8, 768 x 16384 13.0 -> 21.4 (a
-  plain read of the same bytes: 18.7-22.6), but 2048 x 768 15.7 -> 13.9, so narrow weights keep
-  ``F.linear``. A whole GPT-B batch-1 cached step: 31.8 ms against 39.9 ms with ``F.linear``.
-  The copy costs the weight's memory once more and follows the weight as the packed one does;
+* ``Linear`` modules on 1 row (a GEMV, e.g. a GPT decode step at batch 1) keep a copy of the
+  weight transposed to ``[in, out]`` in transparent huge pages (:func:`hugepage_copy`) and run
+  ``x @ w_t`` on it. A GEMV is bound by streaming its weight from memory, and both choices make
+  that stream faster: reading along the outputs (768 x 2304, 1 thread, weights cold, GB/s of
+  weight read: ``F.linear`` 12.8 -> ``[in, out]`` 16.2) and 2 MiB pages (16.2 -> 21-22; a plain
+  ``Tensor.sum`` of the same bytes: 17-19 in 4 KiB pages, 31-34 in huge pages). On x86 CPUs
+  other than Intel's, and where numpy links OpenBLAS (the PyPI wheels), the product runs in
+  numpy's OpenBLAS on PyTorch's thread count (:func:`openblas_gemv_works`): MKL takes a slower
+  kernel there (AMD EPYC, huge pages, OpenBLAS against MKL: 768 x 2304 24.3 against 21.0 GB/s,
+  768 x 768 19.9 / 15.3, 2048 x 768 18.4 / 15.4, 768 x 16384 26.9 / 24.4). A whole GPT-B
+  batch-1 generate step: 22.4 ms against 24.6 ms with MKL on the same copies and 35 ms for
+  LlamaGen's own code (RESULTS.md). Elsewhere the copy runs through PyTorch's BLAS, and a weight
+  with fewer outputs than inputs keeps ``[out, in]`` (a huge-page copy for ``F.linear``, where
+  the ``[in, out]`` form streams slower: 2048 x 768 15.7 -> 13.9). The copy costs the weight's
+  memory once more and follows the weight as the packed one does;
 * otherwise (other row counts, or the functional :func:`linear`) oneDNN on the plain weight,
-  except where the stock BLAS is faster: ``STOCK_ROWS``, i.e. 1 row (any width; with the
-  transposed copy above on ``Linear`` modules with out >= in features), and 12..48 rows
+  except where the stock BLAS is faster: ``STOCK_ROWS``, i.e. 1 row (any width; the weight
+  copies above on ``Linear`` modules), and 12..48 rows
   with fewer than ``STOCK_MAX_OUT`` (8192) output features. A GPT-B batch-1 step is 41-47 ms
   with ``F.linear`` against 44-52 ms with plain oneDNN (weights streaming from memory; the
   16384-wide head included); at 2 rows plain oneDNN is 1.6-1.7x faster than ``F.linear``; at
