@@ -10,6 +10,7 @@ head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a pr
 
     python benchmarks/bench_linear.py --json runs/bench_linear.json
     python benchmarks/bench_linear.py --threads 1 --gpt-step 1 2 8 16   # + whole GPT-B steps
+    python benchmarks/bench_linear.py --threads 1 --skip-shapes --gemv-cold   # GEMV GB/s, cold
 
 ``--gpt-step`` also times one whole GPT-B cached step (random init) per route: the library's rule,
 plain oneDNN at every row count, and stock ``F.linear``, in process CPU time, with the rate at which
@@ -142,6 +143,52 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
     return rows
 
 
+GEMV_SHAPES = [("qkv", 768, 2304), ("proj", 768, 768), ("w1/w3", 768, 2048), ("w2", 2048, 768),
+               ("head", 768, 16384)]
+
+
+@torch.no_grad()
+def cold_gemv_rows(rounds: int, cycle_bytes: float = 3e8) -> list[dict]:
+    """GB/s of weight read by a 1-row product at GPT-B's shapes with the weights cold (a cycle of
+    ``cycle_bytes`` of copies, 10x the L3), CPU time, interleaved: ``F.linear`` on ordinary
+    memory, the ``[in, out]`` huge-page copy through PyTorch's BLAS and through numpy's OpenBLAS,
+    the ``Linear`` module's own route, and a plain read of the same huge-page bytes."""
+    rows = []
+    for name, k, n in GEMV_SHAPES:
+        count = max(4, int(cycle_bytes // (4 * k * n)))
+        plain = [torch.randn(n, k) for _ in range(count)]
+        mods = []
+        for w in plain:
+            lin = vt_linear.Linear(k, n, bias=False).eval()
+            lin.weight.copy_(w)
+            mods.append(lin)
+        x = torch.randn(1, k)
+        wt = [vt_linear.hugepage_copy(w.t()) for w in plain]
+        routes = {"F.linear, 4 KiB pages": (functools.partial(F.linear, x), plain),
+                  "[in, out] THP, PyTorch BLAS": (functools.partial(torch.mm, x), wt)}
+        if vt_linear.openblas_gemv_works():  # the product the library's route runs, bare
+            routes["[in, out] THP, numpy OpenBLAS"] = (
+                functools.partial(vt_linear._openblas_gemv, x, bias=None),
+                [w.numpy() for w in wt])
+        routes["Linear module"] = (lambda m, x=x: m(x), mods)
+        routes["read (Tensor.sum), THP"] = (torch.Tensor.sum, wt)
+        for fn, items in routes.values():
+            fn(items[0])  # warm-up: copies made, pages touched
+        rates = {r: [] for r in routes}
+        for _ in range(rounds):
+            for r, (fn, items) in routes.items():
+                c0 = time.process_time()
+                for item in items:
+                    fn(item)
+                rates[r].append(4 * k * n * len(items) / (time.process_time() - c0) / 1e9)
+        row = {"shape (K x N)": f"{name} {k} x {n}"}
+        row.update({f"{r} GB/s": sorted(v)[len(v) // 2] for r, v in rates.items()})
+        row["Linear route"] = vt_linear._gemv_route(x, mods[0].weight, None)
+        rows.append(row)
+        del plain, mods, wt, routes
+    return rows
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -152,6 +199,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="also time a whole GPT-B cached step per route at these batch rows")
     ap.add_argument("--step-rounds", type=int, default=11)
     ap.add_argument("--skip-shapes", action="store_true", help="only the --gpt-step table")
+    ap.add_argument("--gemv-cold", action="store_true",
+                    help="also the 1-row GEMV table with cold weights (GB/s per route)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -191,13 +240,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if rows:
         print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
                     f"{torch.get_num_threads()} threads (load average {load:.2f})")
+    gemv_rows = cold_gemv_rows(args.step_rounds) if args.gemv_cold else []
+    if gemv_rows:
+        print_table(gemv_rows, title=f"1-row GEMV at GPT-B shapes, weights cold, GB/s of weight "
+                    f"read, CPU time, {torch.get_num_threads()} threads, median of "
+                    f"{args.step_rounds} interleaved rounds "
+                    f"(load average {os.getloadavg()[0]:.2f})")
     step_rows = gpt_step_rows(args.gpt_step, args.step_rounds) if args.gpt_step else []
     if step_rows:
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print_table(step_rows, title=f"GPT-B cached step per linear route, CPU time, median of "
                     f"{args.step_rounds} interleaved rounds (load average {load_end:.2f})")
     write_json(args.json, {"machine": machine_info("cpu"), "load_average_1min": load,
-                           "rows": rows, "gpt_step_rows": step_rows})
+                           "rows": rows, "gemv_rows": gemv_rows, "gpt_step_rows": step_rows})
     return rows
 
 
