@@ -99,7 +99,7 @@ _onednn_ok: bool | None = None  # the probe's verdict, computed once
 _packed_ok: bool | None = None  # the same for the pre-packed weight route
 _packed_bf16_ok: bool | None = None  # and for its bf16 version (CPU bf16 autocast)
 _hugepages_ok: bool | None = None  # whether transparent huge pages can be advised here
-_openblas: object | None | bool = None  # numpy's OpenBLAS thread controller; False = not used
+_openblas: tuple | None | bool = None  # numpy's OpenBLAS (get, set) thread count; False = not used
 
 
 def onednn_linear_works() -> bool:
@@ -395,8 +395,10 @@ def _gemv_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     through PyTorch's BLAS) with at least as many outputs as inputs, ``"plain"`` (``[out, in]``
     on huge pages, for ``F.linear``) with fewer where huge pages exist, else ``None``
     (``F.linear`` on the weight itself). ``None`` also for autograd, tracing by
-    ``torch.compile`` and weights or biases that are not CPU fp32."""
+    ``torch.compile``, weights or biases that are not CPU fp32, and a width mismatch."""
     if _backend != "onednn" or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return None
+    if x.shape[-1] != weight.shape[1]:  # F.linear reports the mismatch in its own words
         return None
     if bias is not None and bias.dtype != torch.float32:
         return None
