@@ -25,10 +25,9 @@ dicts are the same; the decoded images are returned as ordinary contiguous NCHW 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..nn.conv import GroupNorm
+from ..nn.conv import GroupNorm, conv_add, group_norm_silu, upsample_conv
 
 __all__ = ["MaskGITResBlock", "MaskGITUpBlock", "MaskGITPixelDecoder"]
 
@@ -51,10 +50,13 @@ class MaskGITResBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(out_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        # Official quirk: with a width change the "residual" is a 1x1 conv of the block output.
-        return h + (self.nin_shortcut(h) if self.changes_width else x)
+        h = self.conv1(group_norm_silu(self.norm1, x))
+        h = group_norm_silu(self.norm2, h, inplace=True)  # h is ours: overwritten in inference
+        if self.changes_width:
+            # Official quirk: with a width change the "residual" is a 1x1 conv of the block output.
+            h = self.conv2(h)
+            return conv_add(self.nin_shortcut, h, h)
+        return conv_add(self.conv2, h, x)
 
 
 class MaskGITUpBlock(nn.Module):
@@ -75,7 +77,7 @@ class MaskGITUpBlock(nn.Module):
         for block in self.block:
             x = block(x)
         if self.upsample:
-            x = self.upsample_conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x = upsample_conv(self.upsample_conv, x)  # nearest x2 + 3x3 conv, fused in inference
         return x
 
 
@@ -116,4 +118,4 @@ class MaskGITPixelDecoder(nn.Module):
             x = block(x)
         for block in reversed(self.up):
             x = block(x)
-        return self.conv_out(F.silu(self.norm_out(x))).contiguous()
+        return self.conv_out(group_norm_silu(self.norm_out, x, inplace=True)).contiguous()
