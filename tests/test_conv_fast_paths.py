@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visualtok.image.maskgit_vqgan import MaskGITPixelDecoder
+from visualtok.image.maskgit_vqgan import MaskGITPixelDecoder, MaskGITResBlock
 from visualtok.nn.conv import conv_add, group_norm, group_norm_silu, upsample_conv
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
@@ -130,7 +130,21 @@ def test_maskgit_decoder_fast_path_within_fp32_rounding_of_float64():
     dec64.load_state_dict(dec.state_dict())
     ref = dec64(z.double()).detach()  # autograd on: plain ops, float64
     plain = dec(z).detach()  # autograd on: plain ops, fp32
+    z_in = z.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        fast = dec(z)
+        fast = dec(z_in)
     assert fast.shape == (2, 3, 24, 20)
+    assert torch.equal(z_in, z)  # the caller's latent is never written
     assert _err(fast, ref) <= 2 * _err(plain, ref) + 1e-6
+
+
+def test_maskgit_block_writes_its_input_only_when_asked():
+    block = MaskGITResBlock(32, 32).eval()
+    x = torch.randn(1, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    keep = x.clone()
+    with torch.no_grad():
+        y = block(x)
+        assert torch.equal(x, keep) and y.data_ptr() != x.data_ptr()
+        y2 = block(x, inplace=True)
+    assert y2.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(y2, y, rtol=0, atol=1e-6)
