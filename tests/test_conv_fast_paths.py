@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visualtok.image.maskgit_vqgan import MaskGITPixelDecoder, MaskGITResBlock
+from visualtok.nn import conv as conv_module
 from visualtok.nn.conv import conv_add, group_norm, group_norm_silu, upsample_conv
 
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
@@ -68,8 +69,11 @@ def test_upsample_conv_recomputes_after_weight_change_and_keeps_grad_route():
 
 @pytest.mark.parametrize("channels", [32, 128])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_group_norm_silu_within_fp32_rounding_of_float64(channels, inplace):
+@pytest.mark.parametrize("chunk", [None, 1000])  # 1000: many row chunks, a partial last one
+def test_group_norm_silu_within_fp32_rounding_of_float64(channels, inplace, chunk, monkeypatch):
     """Large per-channel offsets against a small spread: where E[x^2] - E[x]^2 cancels."""
+    if chunk is not None:
+        monkeypatch.setattr(conv_module, "_CHUNK", chunk)
     torch.manual_seed(0)
     norm = group_norm(channels)
     with torch.no_grad():
