@@ -19,7 +19,7 @@ channels-last inputs, where PyTorch's CPU kernel is not).
 Inference fast paths (no autograd; each falls back to the plain ops elsewhere, same math):
 
 * ``group_norm_silu``: ``silu(norm(x))`` on CPU fp32 channels-last in two memory passes, cache-sized
-  chunks, shifted fp64 statistics (more accurate than PyTorch's kernels), in place when allowed;
+  chunks, shifted fp64 statistics (as accurate as PyTorch's NCHW kernel), in place when allowed;
 * ``conv_add``: ``residual + conv(x)`` with the add as oneDNN's sum post-op (CPU fp32);
 * ``upsample_conv``: nearest x2 then a 3x3 conv, as one 2x2 conv at the low resolution with the four
   output phases' summed kernels (4/9 of the FLOPs), the phases interleaved in one copy.
