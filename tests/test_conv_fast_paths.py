@@ -152,3 +152,15 @@ def test_maskgit_block_writes_its_input_only_when_asked():
         y2 = block(x, inplace=True)
     assert y2.data_ptr() == x.data_ptr()
     torch.testing.assert_close(y2, y, rtol=0, atol=1e-6)
+
+
+def test_upsample_conv_under_bf16_autocast_is_as_close_as_the_plain_route():
+    conv = _conv(64, 64).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = _plain_upsample(_conv(64, 64).double(), x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain = _plain_upsample(conv, x)
+            fused = upsample_conv(conv, x)
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    assert _err(fused, ref) <= 2 * _err(plain, ref)
