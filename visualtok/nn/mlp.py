@@ -8,6 +8,7 @@ The ViT's GELU MLP with OpenCLIP names is ``visualtok.nn.vit.MLP``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .linear import Linear
@@ -25,4 +26,4 @@ class SwiGLU(nn.Module):
         self.w2 = Linear(hidden, dim, bias=False)  # output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.w1.forward_silu(x) * self.w3(x))  # SiLU fused on CPU bf16
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
