@@ -317,7 +317,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state keys) whose forward is :func:`linear`, or, for
     CPU inference, oneDNN on a pre-packed copy of the weight: fp32 on ``PACKED_ROWS`` rows, and
-    bf16 under CPU bf16 autocast (module docstring)."""
+    bf16 under CPU bf16 autocast or for bf16 weights and inputs (module docstring)."""
 
     _packed: dict | None = None  # dtype | "transposed" -> (weight, (ptr, version), copy), on use
 
