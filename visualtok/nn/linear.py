@@ -36,7 +36,7 @@ GPT-B cached step, where every weight streams from memory once per step; RESULTS
   the weight on every call; only on CPUs where oneDNN runs bf16 natively (avx512_bf16/AMX).
   ``Linear.forward_gelu`` (the ViT MLP) also fuses the exact GELU into that GEMM. A bf16
   module on bf16 inputs (outside autocast) runs the same GEMM on a pre-packed copy of its bf16
-  weight (1.1-5x ``F.linear``'s bf16 GEMM from 1 to 1024 rows);
+  weight (1.05-5.5x ``F.linear``'s bf16 GEMM from 1 to 1024 rows);
 * ``Linear`` modules on 1 row (a GEMV, e.g. a GPT decode step at batch 1) with at least as many
   outputs as inputs keep a copy of the weight transposed to ``[in, out]`` and run ``x @ w_t``
   (the stock BLAS): the product then reads the weight along its outputs, which streams it from
@@ -265,7 +265,7 @@ def _use_packed_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """Whether a ``Linear`` module under CPU bf16 autocast takes oneDNN on a pre-packed bf16 copy
     of its fp32 weight (the GEMM autocast would run, without casting the weight on every call),
     or, outside autocast, a bf16 module on bf16 inputs the same GEMM on a packed copy of its bf16
-    weight (``F.linear``'s oneDNN bf16 GEMM, 3-8% slower unpacked at FlexTok's 1024 rows)."""
+    weight (``F.linear``'s oneDNN bf16 GEMM, 5-11% slower unpacked at FlexTok's 1024 rows)."""
     if _backend != "onednn" or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     if x.device.type != "cpu" or x.dim() < 2 or x.numel() == 0:
