@@ -1,7 +1,8 @@
 """CPU fp32 inference GEMM per shape: oneDNN (``torch.ops.mkldnn._linear_pointwise``) on the plain
 weight and on a pre-packed one (``_reorder_linear_weight``) against the stock ``F.linear``,
-interleaved (A, B, C, A, B, C) in one process, and what ``visualtok.nn.linear.Linear`` picks for
-each shape.
+interleaved (A, B, C, A, B, C) in one process, and ``visualtok.nn.linear.Linear`` itself (the
+route it picks, its time). The shapes table reuses one weight, which at 1 row stays in cache; the
+``--gpt-step`` table is the one where 1-row weights stream from memory as in generation.
 
 The shapes are the model linears that matter: GPT-B (width 768: qkv 2304, proj 768, SwiGLU 2048 and
 head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a prefill, TiTok-S
@@ -9,11 +10,14 @@ head 16384) at M = batch rows 1..16 for a cached step and M = 256..4096 for a pr
 
     python benchmarks/bench_linear.py --json runs/bench_linear.json
     python benchmarks/bench_linear.py --threads 1 --gpt-step 1 2 8 16   # + whole GPT-B steps
+    python benchmarks/bench_linear.py --threads 1 --skip-shapes --gemv-cold   # GEMV GB/s, cold
 
 ``--gpt-step`` also times one whole GPT-B cached step (random init) per route: the library's rule,
 plain oneDNN at every row count, and stock ``F.linear``, in process CPU time, with the rate at which
-the step streams its weights against one plain read of the same bytes (``Tensor.sum``): at 1-2
-rows the step is bound by the weight stream, not by FLOPs.
+the step streams its weights against one plain read of the same bytes (``Tensor.sum`` on huge
+pages, as the GEMV weight copies): at 1-2 rows the step is bound by the weight stream, not by
+FLOPs. ``rule on PyTorch's BLAS`` is the rule with its 1-row GEMVs on PyTorch's BLAS (MKL) instead
+of numpy's OpenBLAS.
 """
 
 from __future__ import annotations
@@ -72,17 +76,22 @@ def interleaved(fns, rounds: int, min_time: float) -> list[float]:
 
 @contextlib.contextmanager
 def _route(name: str):
-    """Force every Linear of a model onto one route: ``rule`` (the library's), ``onednn``
+    """Force every Linear of a model onto one route: ``rule`` (the library's), ``torch_blas``
+    (the rule with its 1-row GEMVs on PyTorch's BLAS instead of numpy's OpenBLAS), ``onednn``
     (plain weight at every row count), ``aten`` (stock ``F.linear``)."""
-    saved = vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS
+    vt_linear.openblas_gemv_works()  # probe first, so that the saved state is the verdict
+    saved = vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS, vt_linear._openblas
     try:
         if name == "aten":
             vt_linear._backend = "aten"
         elif name == "onednn":
             vt_linear._packed_ok, vt_linear.STOCK_ROWS = False, frozenset()
+        elif name == "torch_blas":
+            vt_linear._openblas = False
         yield
     finally:
-        vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS = saved
+        (vt_linear._backend, vt_linear._packed_ok, vt_linear.STOCK_ROWS,
+         vt_linear._openblas) = saved
 
 
 @torch.no_grad()
@@ -96,7 +105,8 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
     # bytes a step reads: every Linear weight once (embeddings are gathered, not read whole)
     weight_bytes = sum(m.weight.numel() * 4 for m in model.modules()
                        if isinstance(m, torch.nn.Linear))
-    stream = torch.ones(weight_bytes // 4)  # the same bytes as one plain read (the memory roof)
+    # the same bytes as one plain read (the memory roof), in the huge pages the GEMV copies use
+    stream = vt_linear.hugepage_copy(torch.ones(weight_bytes // 4))
     rows = []
     for b in batches:
         model.setup_cache(b)
@@ -111,7 +121,7 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
                     return step()
             return call
 
-        fns = {name: routed(name) for name in ("rule", "onednn", "aten")}
+        fns = {name: routed(name) for name in ("rule", "torch_blas", "onednn", "aten")}
         fns["read"] = stream.sum
         for fn in fns.values():
             fn(), fn()
@@ -124,11 +134,58 @@ def gpt_step_rows(batches: list[int], rounds: int) -> list[dict]:
                 times[name].append(time.process_time() - c0)
         ms = {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
         rows.append({"GPT-B cached step": f"batch rows {b}", "Linear rule ms": ms["rule"],
+                     "rule on PyTorch's BLAS ms": ms["torch_blas"],
                      "oneDNN plain ms": ms["onednn"], "F.linear ms": ms["aten"],
                      "F.linear / rule": ms["aten"] / ms["rule"],
                      "oneDNN plain / rule": ms["onednn"] / ms["rule"],
                      "weights GB/s (rule)": weight_bytes / ms["rule"] / 1e6,
                      "plain read GB/s": weight_bytes / ms["read"] / 1e6})
+    return rows
+
+
+GEMV_SHAPES = [("qkv", 768, 2304), ("proj", 768, 768), ("w1/w3", 768, 2048), ("w2", 2048, 768),
+               ("head", 768, 16384)]
+
+
+@torch.no_grad()
+def cold_gemv_rows(rounds: int, cycle_bytes: float = 3e8) -> list[dict]:
+    """GB/s of weight read by a 1-row product at GPT-B's shapes with the weights cold (a cycle of
+    ``cycle_bytes`` of copies, 10x the L3), CPU time, interleaved: ``F.linear`` on ordinary
+    memory, the ``[in, out]`` huge-page copy through PyTorch's BLAS and through numpy's OpenBLAS,
+    the ``Linear`` module's own route, and a plain read of the same huge-page bytes."""
+    rows = []
+    for name, k, n in GEMV_SHAPES:
+        count = max(4, int(cycle_bytes // (4 * k * n)))
+        plain = [torch.randn(n, k) for _ in range(count)]
+        mods = []
+        for w in plain:
+            lin = vt_linear.Linear(k, n, bias=False).eval()
+            lin.weight.copy_(w)
+            mods.append(lin)
+        x = torch.randn(1, k)
+        wt = [vt_linear.hugepage_copy(w.t()) for w in plain]
+        routes = {"F.linear, 4 KiB pages": (functools.partial(F.linear, x), plain),
+                  "[in, out] THP, PyTorch BLAS": (functools.partial(torch.mm, x), wt)}
+        if vt_linear.openblas_gemv_works():  # the product the library's route runs, bare
+            routes["[in, out] THP, numpy OpenBLAS"] = (
+                functools.partial(vt_linear._openblas_gemv, x, bias=None),
+                [w.numpy() for w in wt])
+        routes["Linear module"] = (lambda m, x=x: m(x), mods)
+        routes["read (Tensor.sum), THP"] = (torch.Tensor.sum, wt)
+        for fn, items in routes.values():
+            fn(items[0])  # warm-up: copies made, pages touched
+        rates = {r: [] for r in routes}
+        for _ in range(rounds):
+            for r, (fn, items) in routes.items():
+                c0 = time.process_time()
+                for item in items:
+                    fn(item)
+                rates[r].append(4 * k * n * len(items) / (time.process_time() - c0) / 1e9)
+        row = {"shape (K x N)": f"{name} {k} x {n}"}
+        row.update({f"{r} GB/s": sorted(v)[len(v) // 2] for r, v in rates.items()})
+        row["Linear route"] = vt_linear._gemv_route(x, mods[0].weight, None)
+        rows.append(row)
+        del plain, mods, wt, routes
     return rows
 
 
@@ -142,6 +199,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="also time a whole GPT-B cached step per route at these batch rows")
     ap.add_argument("--step-rounds", type=int, default=11)
     ap.add_argument("--skip-shapes", action="store_true", help="only the --gpt-step table")
+    ap.add_argument("--gemv-cold", action="store_true",
+                    help="also the 1-row GEMV table with cold weights (GB/s per route)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -159,33 +218,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
             fn(x, w, b)  # warm-up (oneDNN primitive cache, page faults)
         onednn(x, packed, b), lin(x)
         calls = [functools.partial(onednn, x, w, b), functools.partial(onednn, x, packed, b),
-                 functools.partial(F.linear, x, w, b)]
-        t_dnn, t_pk, t_aten = interleaved(calls, args.rounds, args.min_time)
-        if vt_linear._use_packed(x, w, b):
-            picked, chosen = "onednn packed", t_pk
+                 functools.partial(F.linear, x, w, b), functools.partial(lin, x)]
+        t_dnn, t_pk, t_aten, t_mod = interleaved(calls, args.rounds, args.min_time)
+        if vt_linear._call_kind(x) == "gemv" and vt_linear._gemv_route(x, w, b):
+            picked = f"{vt_linear._gemv_route(x, w, b)} copy"  # 1 row: a weight copy's route
+        elif vt_linear._use_packed(x, w, b):
+            picked = "onednn packed"
         elif vt_linear._use_onednn(x, w, b):
-            picked, chosen = "onednn", t_dnn
+            picked = "onednn"
         else:
-            picked, chosen = "aten", t_aten
+            picked = "aten"
         rows.append({
             "shape": label, "M": m, "K": k, "N": n,
             "onednn us": 1e6 * t_dnn, "onednn packed us": 1e6 * t_pk, "F.linear us": 1e6 * t_aten,
-            "F.linear / picked": t_aten / chosen,
+            "Linear us": 1e6 * t_mod, "F.linear / Linear": t_aten / t_mod,
             "Linear picks": picked,
-            "picked / best": chosen / min(t_dnn, t_pk, t_aten),
-            "GFLOP/s picked": 2 * m * k * n / chosen / 1e9,
+            "Linear / best": t_mod / min(t_dnn, t_pk, t_aten),
+            "GFLOP/s Linear": 2 * m * k * n / t_mod / 1e9,
         })
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if rows:
         print_table(rows, title=f"CPU fp32 linear: oneDNN (plain, packed) vs F.linear, "
                     f"{torch.get_num_threads()} threads (load average {load:.2f})")
+    gemv_rows = cold_gemv_rows(args.step_rounds) if args.gemv_cold else []
+    if gemv_rows:
+        print_table(gemv_rows, title=f"1-row GEMV at GPT-B shapes, weights cold, GB/s of weight "
+                    f"read, CPU time, {torch.get_num_threads()} threads, median of "
+                    f"{args.step_rounds} interleaved rounds "
+                    f"(load average {os.getloadavg()[0]:.2f})")
     step_rows = gpt_step_rows(args.gpt_step, args.step_rounds) if args.gpt_step else []
     if step_rows:
         load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print_table(step_rows, title=f"GPT-B cached step per linear route, CPU time, median of "
                     f"{args.step_rounds} interleaved rounds (load average {load_end:.2f})")
     write_json(args.json, {"machine": machine_info("cpu"), "load_average_1min": load,
-                           "rows": rows, "gpt_step_rows": step_rows})
+                           "rows": rows, "gemv_rows": gemv_rows, "gpt_step_rows": step_rows})
     return rows
 
 

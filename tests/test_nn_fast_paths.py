@@ -335,31 +335,109 @@ def test_bf16_autocast_route_matches_autocast_f_linear(rows):
     assert bool(((out_bf.double() - stock_bf.double()).abs() <= 2 * 2.0**-8 * scale).all())
 
 
+def _force_gemv_route(monkeypatch, route):
+    """Make ``_gemv_route`` pick ``route`` where it applies (skip where this machine lacks it)."""
+    if route == "openblas" and not linear_mod.openblas_gemv_works():
+        pytest.skip("numpy's OpenBLAS route does not apply on this machine")
+    if route == "plain" and not linear_mod.hugepages_available():
+        pytest.skip("no transparent huge pages here")
+    if route != "openblas":
+        monkeypatch.setattr(linear_mod, "_openblas", False)
+    if route == "plain":  # narrow weights take it; make every weight narrow-looking
+        real = linear_mod._gemv_route
+        monkeypatch.setattr(linear_mod, "_gemv_route", lambda x, w, b: (
+            "plain" if real(x, w, b) is not None else None))
+
+
+@pytest.mark.skipif(cpu_linear_backend() != "onednn", reason="library CPU linear backend is off")
+@pytest.mark.parametrize("route", ["openblas", "transposed", "plain"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_wide_gemv_route_within_fp32_rounding_of_float64(bias):
-    """1-row inputs of a Linear with out >= in features run on its [in, out] weight copy (CPU fp32
-    inference, library backend on): same numbers as F.linear within fp32 rounding, any leading
-    shape; narrow weights, autograd and the 'aten' backend take F.linear itself."""
+@pytest.mark.parametrize("features", [(257, 300), (300, 257)])
+def test_gemv_routes_within_fp32_rounding_of_float64(monkeypatch, route, bias, features):
+    """1-row inputs (CPU fp32 inference) run on a weight copy of ``Linear``: numpy's OpenBLAS or
+    PyTorch's BLAS on ``[in, out]``, or F.linear on a huge-page ``[out, in]`` copy; every route
+    within fp32 rounding of a float64 product, any leading shape, the copy remade when the weight
+    changes in place; autograd and the 'aten' backend take F.linear itself."""
+    _force_gemv_route(monkeypatch, route)
     torch.manual_seed(4)
-    lin = Linear(257, 300, bias=bias).eval()
-    b = lin.bias if bias else torch.zeros(300)
+    n_in, n_out = features
+    lin = Linear(n_in, n_out, bias=bias).eval()
+    b = lin.bias if bias else torch.zeros(n_out)
     with torch.no_grad():
-        for x in (torch.randn(1, 257), torch.randn(1, 1, 257)):
-            assert linear_mod._use_transposed(x, lin.weight, lin.bias) == (
-                cpu_linear_backend() == "onednn")
+        for x in (torch.randn(1, n_in), torch.randn(1, 1, n_in), torch.randn(2, n_in)[1:],
+                  torch.randn(n_in, 3)[:, 1][None]):  # the last one is strided
+            assert linear_mod._call_kind(x) == "gemv"
+            assert linear_mod._gemv_route(x, lin.weight, lin.bias) == (
+                route if route != "transposed" or n_out >= n_in else
+                ("plain" if linear_mod.hugepages_available() else None))
             out = lin(x)
-            assert out.shape == (*x.shape[:-1], 300)
-            assert _fp32_bound_holds(out.view(1, 300), x.view(1, 257), lin.weight, b)
-        if cpu_linear_backend() == "onednn":
-            assert "transposed" in lin._packed
-            lin.weight.mul_(-1.0)  # in-place write: the copy is remade
-            x = torch.randn(1, 257)
-            assert _fp32_bound_holds(lin(x), x, lin.weight, b)
+            assert out.shape == (*x.shape[:-1], n_out) and out.dtype == torch.float32
+            assert _fp32_bound_holds(out.reshape(1, n_out), x.reshape(1, n_in), lin.weight, b)
+        assert lin._packed  # a copy was made and kept
+        lin.weight.mul_(-1.0)  # in-place write: the copy is remade
+        x = torch.randn(1, n_in)
+        assert _fp32_bound_holds(lin(x), x, lin.weight, b)
         with cpu_linear_backend_as("aten"):
-            assert not linear_mod._use_transposed(x, lin.weight, lin.bias)
-        narrow = Linear(300, 257)
-        assert not linear_mod._use_transposed(torch.randn(1, 300), narrow.weight, narrow.bias)
-    x = torch.randn(1, 257, requires_grad=True)
-    assert not linear_mod._use_transposed(x, lin.weight, lin.bias)
+            assert linear_mod._call_kind(x) == "stock"
+            assert linear_mod._gemv_route(x, lin.weight, lin.bias) is None
+    x = torch.randn(1, n_in, requires_grad=True)
+    assert linear_mod._gemv_route(x, lin.weight, lin.bias) is None
     lin(x).sum().backward()
     torch.testing.assert_close(x.grad[0], lin.weight.sum(0))
+
+
+@pytest.mark.skipif(not linear_mod.openblas_gemv_works(), reason="no OpenBLAS GEMV route here")
+def test_openblas_gemv_uses_torch_threads_and_restores_numpys():
+    """The OpenBLAS GEMV runs on PyTorch's thread count and leaves numpy's own setting as it was
+    (measured through the same OpenBLAS getter/setter)."""
+    get_threads, set_threads = linear_mod._openblas
+    seen = []
+    lin = Linear(64, 96, bias=False).eval()
+    x = torch.randn(1, 64)
+    before_torch, before_blas = torch.get_num_threads(), get_threads()
+    try:
+        set_threads(2)
+        torch.set_num_threads(1)
+        real_from_numpy = torch.from_numpy
+
+        def spy(a):
+            seen.append(get_threads())
+            return real_from_numpy(a)
+
+        linear_mod.torch.from_numpy = spy
+        try:
+            with torch.no_grad():
+                lin(x)
+        finally:
+            linear_mod.torch.from_numpy = real_from_numpy
+        assert get_threads() == 2  # numpy's setting restored
+    finally:
+        torch.set_num_threads(before_torch)
+        set_threads(before_blas)
+    assert seen == [1]  # during the GEMV (the product is taken before from_numpy): torch's count
+
+
+def test_openblas_probe_failure_falls_back(monkeypatch):
+    """A numpy BLAS that disagrees with float64 (or is missing) is never used."""
+    monkeypatch.setattr(linear_mod, "_openblas", None)
+    monkeypatch.setattr(linear_mod, "_openblas_thread_functions", lambda path: None)
+    assert not linear_mod.openblas_gemv_works()
+    lin = Linear(32, 48).eval()
+    x = torch.randn(1, 32)
+    with torch.no_grad():
+        assert linear_mod._gemv_route(x, lin.weight, lin.bias) != "openblas"
+        assert _fp32_bound_holds(lin(x), x, lin.weight, lin.bias)
+
+
+def test_hugepage_copy_is_an_exact_aligned_copy():
+    """``hugepage_copy``: same values, shape and dtype, contiguous, its own memory; on Linux with
+    transparent huge pages it starts at a 2 MiB boundary."""
+    src = torch.randn(300, 257).t()  # non-contiguous source
+    out = linear_mod.hugepage_copy(src)
+    assert torch.equal(out, src) and out.is_contiguous() and out.dtype == src.dtype
+    assert out.data_ptr() != src.data_ptr()
+    if linear_mod.hugepages_available():
+        assert out.data_ptr() % (2 << 20) == 0
+    out.add_(1.0)
+    assert torch.equal(out, src + 1.0)  # writable, and src untouched
+    assert linear_mod.hugepage_copy(torch.empty(0, 3)).shape == (0, 3)

@@ -67,12 +67,11 @@ def rotary_tables(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of ``x: [B, H, L, hd]`` by ``cos/sin: [L, hd/2]``.
-
-    The math runs in fp32.
+    """Rotate interleaved channel pairs ``(x0, x1)`` of ``x: [..., hd]`` to
+    ``(x0 cos - x1 sin, x0 sin + x1 cos)``; ``cos/sin`` broadcast to ``[..., hd/2]`` (``[L, hd/2]``
+    for ``x: [B, H, L, hd]``). The math runs in fp32.
     """
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
 
@@ -253,9 +252,15 @@ class Attention(nn.Module):
         ):
             raise ValueError("query_rows is for plain self-attention (no context, q_pos, k_pos, "
                              "rotary, kv_cache or is_causal)")
+        rotate_fused = rotary is not None and isinstance(self.q_norm, nn.Identity)
         if context is None and q_pos is None and k_pos is None:
             qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            if rotate_fused:  # q and k in one call: [B, L, 2, H, hd] against [L, 1, 1, hd/2]
+                cos, sin = (t[:, None, None] for t in rotary)
+                q, k = apply_rotary(qkv[:, :, :2], cos, sin).permute(2, 0, 3, 1, 4)
+                v = qkv[:, :, 2].transpose(1, 2)
+            else:
+                q, k, v = qkv.permute(2, 0, 3, 1, 4)
             if query_rows is not None:
                 q = q[:, :, query_rows]
                 L = q.shape[2]
@@ -266,7 +271,7 @@ class Attention(nn.Module):
                 raise ValueError("context / q_pos / k_pos do not combine with rotary or kv_cache")
             q, k, v = self._project_separately(x, context, q_pos, k_pos)
         q, k = self.q_norm(q), self.k_norm(k)
-        if rotary is not None:
+        if rotary is not None and not rotate_fused:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
             if cache_positions is None:

@@ -1,5 +1,5 @@
-"""The one linear layer of visualtok: CPU fp32 inference may run through oneDNN, everything else
-runs through ``F.linear``.
+"""The one linear layer of visualtok: CPU fp32 inference may run through oneDNN (or, for 1-row
+GEMVs, numpy's OpenBLAS), everything else runs through ``F.linear``.
 
 Why: on x86, PyTorch's stock fp32 ``F.linear`` calls the BLAS it was built with (MKL in the
 official wheels); MKL dispatches its kernels by CPU vendor and on non-Intel processors may use its
@@ -37,18 +37,24 @@ GPT-B cached step, where every weight streams from memory once per step; RESULTS
   ``Linear.forward_gelu`` (the ViT MLP) also fuses the exact GELU into that GEMM. A bf16
   module on bf16 inputs (outside autocast) runs the same GEMM on a pre-packed copy of its bf16
   weight (1.05-5.5x ``F.linear``'s bf16 GEMM from 1 to 1024 rows);
-* ``Linear`` modules on 1 row (a GEMV, e.g. a GPT decode step at batch 1) with at least as many
-  outputs as inputs keep a copy of the weight transposed to ``[in, out]`` and run ``x @ w_t``
-  (the stock BLAS): the product then reads the weight along its outputs, which streams it from
-  memory faster than the ``[out, in]`` dot-product form. Measured at 1 thread with the weights
-  cold (400 MB cycled), GB/s of weight read, ``F.linear`` -> transposed copy: 768 x 2304
-  12.8 -> 16.2, 768 x 2048 12.5 -> 17.1, 768 x 768 12.4 -> 13.8, 768 x 16384 13.0 -> 21.4 (a
-  plain read of the same bytes: 18.7-22.6), but 2048 x 768 15.7 -> 13.9, so narrow weights keep
-  ``F.linear``. A whole GPT-B batch-1 cached step: 31.8 ms against 39.9 ms with ``F.linear``.
-  The copy costs the weight's memory once more and follows the weight as the packed one does;
+* ``Linear`` modules on 1 row (a GEMV, e.g. a GPT decode step at batch 1) keep a copy of the
+  weight transposed to ``[in, out]`` in transparent huge pages (:func:`hugepage_copy`) and run
+  ``x @ w_t`` on it. A GEMV is bound by streaming its weight from memory, and both choices make
+  that stream faster: reading along the outputs (768 x 2304, 1 thread, weights cold, GB/s of
+  weight read: ``F.linear`` 12.8 -> ``[in, out]`` 16.2) and 2 MiB pages (16.2 -> 21-22; a plain
+  ``Tensor.sum`` of the same bytes: 17-19 in 4 KiB pages, 31-34 in huge pages). On x86 CPUs
+  other than Intel's, and where numpy links OpenBLAS (the PyPI wheels), the product runs in
+  numpy's OpenBLAS on PyTorch's thread count (:func:`openblas_gemv_works`): MKL takes a slower
+  kernel there (AMD EPYC, huge pages, OpenBLAS against MKL: 768 x 2304 24.3 against 21.0 GB/s,
+  768 x 768 19.9 / 15.3, 2048 x 768 18.4 / 15.4, 768 x 16384 26.9 / 24.4). A whole GPT-B
+  batch-1 generate step: 22.4 ms against 24.6 ms with MKL on the same copies and 35 ms for
+  LlamaGen's own code (RESULTS.md). Elsewhere the copy runs through PyTorch's BLAS, and a weight
+  with fewer outputs than inputs keeps ``[out, in]`` (a huge-page copy for ``F.linear``, where
+  the ``[in, out]`` form streams slower: 2048 x 768 15.7 -> 13.9). The copy costs the weight's
+  memory once more and follows the weight as the packed one does;
 * otherwise (other row counts, or the functional :func:`linear`) oneDNN on the plain weight,
-  except where the stock BLAS is faster: ``STOCK_ROWS``, i.e. 1 row (any width; with the
-  transposed copy above on ``Linear`` modules with out >= in features), and 12..48 rows
+  except where the stock BLAS is faster: ``STOCK_ROWS``, i.e. 1 row (any width; the weight
+  copies above on ``Linear`` modules), and 12..48 rows
   with fewer than ``STOCK_MAX_OUT`` (8192) output features. A GPT-B batch-1 step is 41-47 ms
   with ``F.linear`` against 44-52 ms with plain oneDNN (weights streaming from memory; the
   16384-wide head included); at 2 rows plain oneDNN is 1.6-1.7x faster than ``F.linear``; at
@@ -61,6 +67,8 @@ GPT-B cached step, where every weight streams from memory once per step; RESULTS
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
 import platform
 from collections.abc import Iterator
@@ -76,7 +84,10 @@ __all__ = [
     "packed_bf16_linear_works",
     "cpu_linear_backend",
     "cpu_linear_backend_as",
+    "hugepage_copy",
+    "hugepages_available",
     "linear",
+    "openblas_gemv_works",
     "set_cpu_linear_backend",
 ]
 
@@ -89,6 +100,8 @@ PACK_ROWS_HINT = 16  # the row count oneDNN is told to pack for (any row count r
 _onednn_ok: bool | None = None  # the probe's verdict, computed once
 _packed_ok: bool | None = None  # the same for the pre-packed weight route
 _packed_bf16_ok: bool | None = None  # and for its bf16 version (CPU bf16 autocast)
+_hugepages_ok: bool | None = None  # whether transparent huge pages can be advised here
+_openblas: tuple | None | bool = None  # numpy's OpenBLAS (get, set) thread count; False = not used
 
 
 def onednn_linear_works() -> bool:
@@ -226,33 +239,181 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return not (rows in STOCK_ROWS and (rows == 1 or weight.shape[0] < STOCK_MAX_OUT))
 
 
-def _stock_fast(x: torch.Tensor) -> bool:
-    """True where every route of ``Linear`` would end in ``F.linear`` anyway, decided by the few
-    cheapest checks (the per-call dispatch cost shows at 1 row: 61 linears per GPT-B step): the
-    backend is off, ``x`` is not on the CPU, a ``jit.trace`` runs, or a 1-row fp32 input outside
-    autocast."""
-    if _backend != "onednn" or x.device.type != "cpu" or torch.jit.is_tracing():
-        return True
-    return (x.dtype == torch.float32 and x.dim() >= 2 and x.numel() == x.shape[-1]
-            and not torch.is_autocast_enabled("cpu"))
+def _call_kind(x: torch.Tensor) -> str:
+    """How ``Linear.forward`` dispatches ``x``, by the cheapest checks first (the per-call cost
+    shows at 1 row: 61 linears per GPT-B step): ``"stock"`` (``F.linear``: the backend is off,
+    ``x`` is not on the CPU, or a ``jit.trace`` runs), ``"gemv"`` (a 1-row fp32 input outside
+    autocast: :func:`_gemv_route`) or ``"gemm"`` (the multi-row routes)."""
+    if _backend != "onednn" or x.device.type != "cpu" or _tracing():
+        return "stock"
+    if (x.dtype == torch.float32 and x.dim() >= 2 and x.numel() == x.shape[-1] > 0
+            and not torch.is_autocast_enabled("cpu")):
+        return "gemv"
+    return "gemm"
 
 
-def _transpose(w: torch.Tensor) -> torch.Tensor:
-    return w.t().contiguous()  # [in, out]
+def _tracing() -> bool:
+    return torch._C._get_tracing_state() is not None  # torch.jit.is_tracing() without its wrapper
 
 
-def _use_transposed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether a ``Linear`` module runs this 1-row input on its ``[in, out]`` weight copy: CPU
-    fp32 inference (``_stock_fast`` already held) with at least as many outputs as inputs."""
-    if _backend != "onednn" or x.device.type != "cpu" or torch.jit.is_tracing():
-        return False
-    return (weight.shape[0] >= weight.shape[1] and x.dtype == torch.float32
-            and x.numel() == x.shape[-1] > 0 and x.dim() >= 2 and weight.dtype == torch.float32
-            and weight.device.type == "cpu"
-            and (bias is None or bias.dtype == torch.float32)
-            and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad))))
+def hugepages_available() -> bool:
+    """Whether anonymous memory can be advised into transparent 2 MiB pages here (Linux with THP
+    not ``never``); probed once."""
+    global _hugepages_ok
+    if _hugepages_ok is None:
+        try:
+            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+                mode = f.read()
+            _hugepages_ok = hasattr(mmap, "MADV_HUGEPAGE") and "[never]" not in mode
+        except OSError:
+            _hugepages_ok = False
+    return _hugepages_ok
+
+
+def hugepage_copy(src: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``src`` in memory advised into transparent huge pages.
+
+    Why: a GEMV reads each weight once per call from DRAM, and the hardware prefetchers stop at
+    every 4 KiB page boundary; in 2 MiB pages a one-thread weight read streams faster
+    (``Tensor.sum`` 17-19 -> 24-32 GB/s, the ``[in, out]`` GEMV 14-20 -> 17-25 GB/s at GPT-B's
+    shapes, 1 thread, weights cold). PyTorch's allocator advises huge pages only under
+    ``THP_MEM_ALLOC_ENABLE=1``, read once when the process starts, so the GEMV weight copies of
+    ``Linear`` get their own mapping (2 MiB aligned, unmapped with the tensor). Elsewhere, or
+    when advising fails: a plain copy.
+    """
+    if not hugepages_available() or src.device.type != "cpu" or src.numel() == 0:
+        return src.contiguous().clone()
+    page = 2 << 20
+    nbytes = src.numel() * src.element_size()
+    buf = mmap.mmap(-1, nbytes + page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        buf.close()
+        return src.contiguous().clone()
+    # the first 2 MiB boundary inside the mapping: only whole aligned 2 MiB ranges get huge pages
+    offset = -ctypes.addressof(ctypes.c_char.from_buffer(buf)) % page
+    flat = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=offset)  # keeps buf
+    out = flat.view(src.dtype).view(src.shape)
+    out.copy_(src)
+    return out
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def openblas_gemv_works() -> bool:
+    """Whether 1-row GEMVs take numpy's OpenBLAS here (probed once): an x86 CPU that is not
+    Intel's (where MKL, PyTorch's BLAS, may take its AVX2 path; module docstring), numpy linked
+    against OpenBLAS with its thread count controllable through ``threadpoolctl``, and a probe
+    GEMV within fp32 rounding of a float64 product."""
+    global _openblas
+    if _openblas is None:
+        _openblas = _probe_openblas() or False
+    return _openblas is not False
+
+
+def _probe_openblas() -> tuple | None:
+    """``(get_num_threads, set_num_threads)`` of numpy's OpenBLAS if the route applies."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or _cpu_vendor() == "GenuineIntel":
+        return None
+    try:
+        import numpy as np
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    np_root = os.path.realpath(os.path.dirname(os.path.dirname(np.__file__)))
+    libs = [c.filepath for c in ThreadpoolController().select(internal_api="openblas")
+            .lib_controllers if os.path.realpath(c.filepath).startswith(np_root)
+            and "numpy" in os.path.basename(os.path.dirname(c.filepath))]
+    if len(libs) != 1:
+        return None
+    threads = _openblas_thread_functions(libs[0])
+    if threads is None:
+        return None
+    x, w, b, ref, bound = _probe_data()
+    try:
+        wt = w.t().contiguous().numpy()
+        outs = [torch.from_numpy(x[:1].numpy() @ wt) + b, torch.from_numpy(x.numpy() @ wt) + b]
+    except Exception:  # numpy's matmul does not run here
+        return None
+    ok = _within_rounding(outs[:1], ref[:1], bound[:1]) and _within_rounding(outs[1:], ref, bound)
+    return threads if ok else None
+
+
+def _openblas_thread_functions(path: str) -> tuple | None:
+    """The thread-count getter and setter of the OpenBLAS at ``path`` (already loaded by numpy;
+    the symbol names carry a build-specific prefix and suffix)."""
+    lib = ctypes.CDLL(path)
+    for prefix in ("scipy_", ""):
+        for suffix in ("64_", ""):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, put.restype, put.argtypes = ctypes.c_int, None, [ctypes.c_int]
+                return get, put
+    return None
+
+
+def _openblas_gemv(x: torch.Tensor, wt, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [..., 1, in] @ wt [in, out] (+ bias)`` by numpy's OpenBLAS, on as many threads as
+    PyTorch uses (restored afterwards, so numpy elsewhere in the process keeps its own setting);
+    the result is ``[..., 1, out]`` in numpy's memory, with no copy either way."""
+    get_threads, set_threads = _openblas
+    if x.requires_grad or x.is_neg() or x.stride(-1) != 1:  # what .numpy() cannot take as is
+        x = x.detach().resolve_neg().contiguous()
+    n = torch.get_num_threads()
+    before = get_threads()
+    if before != n:
+        set_threads(n)
+    try:
+        y = torch.from_numpy(x.numpy() @ wt)
+    finally:
+        if before != n:
+            set_threads(before)
+    return y if bias is None else y.add_(bias)
+
+
+def _transposed_copy(w: torch.Tensor) -> torch.Tensor:
+    return hugepage_copy(w.t())  # [in, out]
+
+
+def _transposed_array(w: torch.Tensor):
+    return _transposed_copy(w).numpy()  # numpy keeps the tensor (and its mapping) alive
+
+
+def _gemv_route(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """The weight copy a ``Linear`` module runs a 1-row input on (``_call_kind(x) == "gemv"``:
+    the checks on ``x`` are done): ``"openblas"`` (an ``[in, out]`` copy through numpy's
+    OpenBLAS, where :func:`openblas_gemv_works`), else ``"transposed"`` (the ``[in, out]`` copy
+    through PyTorch's BLAS) with at least as many outputs as inputs, ``"plain"`` (``[out, in]``
+    on huge pages, for ``F.linear``) with fewer where huge pages exist, else ``None``
+    (``F.linear`` on the weight itself). ``None`` also for autograd, tracing by
+    ``torch.compile``, weights or biases that are not CPU fp32, and a width mismatch."""
+    if _backend != "onednn" or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return None
+    if x.shape[-1] != weight.shape[1]:  # F.linear reports the mismatch in its own words
+        return None
+    if bias is not None and bias.dtype != torch.float32:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    if openblas_gemv_works():
+        return "openblas"
+    if weight.shape[0] >= weight.shape[1]:
+        return "transposed"
+    return "plain" if hugepages_available() else None
 
 
 def _use_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -323,11 +484,18 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if _stock_fast(x):  # cheapest checks first: a 1-row fp32 GEMV or a non-CPU call
-            if _use_transposed(x, w, b):  # a wide 1-row GEMV: read the weight along its outputs
-                wt, x1 = self._weight_copy("transposed", _transpose), x.reshape(1, -1)
+        kind = _call_kind(x)
+        if kind == "gemv":
+            route = _gemv_route(x, w, b)
+            if route == "openblas":  # the [in, out] copy seen as a numpy array (same memory)
+                return _openblas_gemv(x, self._weight_copy(route, _transposed_array), b)
+            if route == "transposed":  # read the weight along its outputs
+                wt, x1 = self._weight_copy(route, _transposed_copy), x.reshape(1, -1)
                 y = torch.mm(x1, wt) if b is None else torch.addmm(b, x1, wt)
                 return y.view(*x.shape[:-1], w.shape[0])
+            if route == "plain":
+                return F.linear(x, self._weight_copy(route, hugepage_copy), b)
+        if kind != "gemm":
             return F.linear(x, w, b)
         if _use_packed(x, w, b):
             return torch.ops.mkldnn._linear_pointwise(
