@@ -175,12 +175,15 @@ def our_step(model, x, t, quants, keep, scale, momentum):
 
 
 # ---------------------------------------------------------------------- profile
-_GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
+_GEMM = ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear",
          "mkldnn::_linear_pointwise", "aten::_weight_int8pack_mm")
+# SDPA kernels, and the CPU bf16 per-head route of ``attend`` (its two GEMMs and softmax: in
+# FlexTok only attention calls bmm, baddbmm and softmax)
 _ATTN = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_"
          "flash_attention", "aten::_scaled_dot_product_efficient_attention",
          "aten::_flash_attention_forward", "aten::_efficient_attention_forward",
-         "aten::_scaled_dot_product_attention_math")
+         "aten::_scaled_dot_product_attention_math", "aten::bmm", "aten::baddbmm",
+         "aten::_softmax")
 
 
 def profile_step(fn, top: int = 8) -> dict:
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                                                              None))
             profiles["bf16 weights"] = profile_step(
                 lambda: our_step(model_bf, lat1_bf, t, quants_bf, k16, 7.5, None))
+            profiles["bf16 autocast"] = profile_step(
+                within(bf16, lambda: our_step(model, lat1, t, quants, k16, 7.5, None)))
         img = torch.rand(1, 3, *model.image_size, device=dev)
         vae_s = time_call(lambda: model.vae_encode(img), dev, warmup=1, repeats=1)
     rows.append(dict(label="VAE encode (shared diffusers module), 1 image", seconds=vae_s,

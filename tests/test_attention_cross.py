@@ -80,14 +80,84 @@ def test_attend_cpu_bf16_per_head_route_is_as_accurate_as_sdpa():
         # up to ~1.4x flash's mean error; at TiTok's diffuse attention the two are equal
         assert err.mean() <= 1.5 * err_sdpa.mean()
         assert err.max() <= 2 * 2.0**-8 * ref.abs().max()
-    # masks, causal attention and fp32 go to SDPA unchanged
-    mask = torch.rand(37, 41, generator=g) > 0.3
-    for args in ({"attn_mask": mask}, {"is_causal": True}):
-        assert not A._per_head_applies(q, k, v, args.get("attn_mask"), "is_causal" in args)
-    torch.testing.assert_close(A.attend(q, k, v, attn_mask=mask),
-                               torch.nn.functional.scaled_dot_product_attention(
-                                   q, k, v, attn_mask=mask), rtol=0, atol=0)
+    # causal attention and fp32 go to SDPA unchanged; bool masks take the route (below)
+    assert not A._per_head_applies(q, k, v, None, True)
     assert not A._per_head_applies(q.float(), k.float(), v.float(), None, False)
+    assert not A._per_head_applies(q, k, v, torch.zeros(37, 41, dtype=torch.bfloat16), False)
+
+
+def _masked_reference(q, k, v, scale, mask):
+    s = q.double() @ k.double().transpose(-1, -2) * scale
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v.double()
+
+
+def _qk_normed(g, *shape):
+    return torch.nn.functional.layer_norm(torch.randn(*shape, generator=g), shape[-1:])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("bf16_scores", [False, True])
+def test_attend_cpu_bf16_route_with_masks(bf16_scores):
+    """The CPU bf16 route with bool masks of every broadcast shape (FlexTok's causal-last one
+    included) and with bf16 scores: within bf16 tolerance of the float64 math, masked keys
+    exactly ignored, fp32 inputs (SDPA) within fp32 rounding."""
+    from visualtok.image.flextok import causal_last_mask
+    from visualtok.nn import attention as A
+
+    if torch._C._cpu._is_amx_tile_supported():
+        pytest.skip("AMX CPUs keep the flash kernel")
+    g = torch.Generator().manual_seed(1)
+    B, H, L, hd = 2, 3, 40, 16
+    q32, k32 = _qk_normed(g, B, H, L, hd), _qk_normed(g, B, H, L, hd)
+    v32 = torch.randn(B, H, L, hd, generator=g)
+    q, k, v = q32.bfloat16(), k32.bfloat16(), v32.bfloat16()
+    scale = 8.0 / hd  # FlexTok's muP scale: |scores| <= 8
+    rand = torch.rand(B, 1, L, L, generator=g) > 0.5
+    rand[..., 0] = True  # every row attends somewhere
+    masks = {"causal_last": causal_last_mask(24, 16), "[B,1,L,S]": rand,
+             "[H,L,S]": rand[0].expand(H, L, L).clone(), "none": None}
+    for name, mask in masks.items():
+        assert A._per_head_applies(q, k, v, mask, False), name
+        full = torch.ones(L, L, dtype=torch.bool) if mask is None else mask
+        ref = _masked_reference(q, k, v, scale, full)
+        got = A.attend(q, k, v, attn_mask=mask, scale=scale, bf16_scores=bf16_scores)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                scale=scale)
+        assert got.dtype == torch.bfloat16 and got.shape == (B, H, L, hd)
+        err, err_sdpa = (got.double() - ref).abs(), (sdpa.double() - ref).abs()
+        # fp32 scores: 1.2-1.5x flash's mean error at these peaked logits (the normalised
+        # probabilities rounded to bf16); bf16 scores (each moved by <= 2**-5): 2.3-2.8x
+        assert err.mean() <= (3.5 if bf16_scores else 1.75) * err_sdpa.mean(), name
+        assert err.max() <= (4 if bf16_scores else 2) * 2.0**-8 * ref.abs().max(), name
+        # fp32: SDPA against the float64 math, within fp32 rounding
+        ref32 = _masked_reference(q32, k32, v32, scale, full)
+        got32 = A.attend(q32, k32, v32, attn_mask=mask, scale=scale)
+        torch.testing.assert_close(got32.double(), ref32, rtol=0, atol=1e-5)
+    # masked keys get probability exactly 0: keys no row may see change nothing, bit for bit
+    mask = causal_last_mask(24, 16)
+    mask[:, 30:] = False
+    v2 = v.clone()
+    v2[..., 30:, :] = 1e4 * torch.randn(B, H, L - 30, hd, generator=g).bfloat16()
+    a = A.attend(q, k, v, attn_mask=mask, scale=scale, bf16_scores=bf16_scores)
+    torch.testing.assert_close(A.attend(q, k, v2, attn_mask=mask, scale=scale,
+                                        bf16_scores=bf16_scores), a, rtol=0, atol=0)
+    # a mask changed in place is read again (the cached bias follows the tensor's version)
+    mask[:, :5] = False
+    torch.testing.assert_close(
+        A.attend(q, k, v, attn_mask=mask, scale=scale, bf16_scores=bf16_scores).double(),
+        _masked_reference(q, k, v, scale, mask), rtol=0, atol=8 * 2.0**-8)
+    # a row that may attend to nothing: SDPA's result (zeros), not a NaN
+    mask[3] = False
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    torch.testing.assert_close(A.attend(q, k, v, attn_mask=mask, scale=scale,
+                                        bf16_scores=bf16_scores), sdpa, rtol=0, atol=0)
+
+
+def test_attention_takes_bf16_scores_only_where_qk_norm_bounds_them():
+    assert Attention(64, 1, qk_norm=True, scale=8.0 / 64).bf16_scores  # FlexTok: |s| <= 8
+    assert Attention(64, 1, qk_norm=True).bf16_scores  # 1/sqrt(64) * 64 = 8
+    assert not Attention(64, 1, qk_norm=True, scale=1.0).bf16_scores  # |s| <= 64
+    assert not Attention(64, 1).bf16_scores  # no QK-norm: unbounded scores stay fp32
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ same gradients, and the stock path wherever the fast one does not apply."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -321,6 +323,16 @@ def test_bf16_autocast_route_matches_autocast_f_linear(rows):
         assert not linear_mod._use_packed_bf16(x, lin.weight, lin.bias) and not lin.fuses_gelu(x)
         assert lin(x).dtype == torch.float32
         assert torch.equal(lin.forward_gelu(x), F.gelu(lin(x)))
+    # a bf16 module on bf16 inputs: the same GEMM on a packed copy of its bf16 weight
+    lin_bf, xb = copy.deepcopy(lin).bfloat16(), x.bfloat16()
+    with torch.no_grad():
+        assert linear_mod._use_packed_bf16(xb, lin_bf.weight, lin_bf.bias)
+        out_bf, stock_bf = lin_bf(xb), F.linear(xb, lin_bf.weight, lin_bf.bias)
+        assert not linear_mod._use_packed_bf16(x, lin_bf.weight, lin_bf.bias)  # fp32 input
+    assert out_bf.dtype == torch.bfloat16 and lin_bf._packed[torch.bfloat16] is not None
+    ref_bf = xb.double() @ lin_bf.weight.double().T + lin_bf.bias.double()
+    assert bool(((out_bf.double() - ref_bf).abs() <= 2 * 2.0**-8 * scale).all())
+    assert bool(((out_bf.double() - stock_bf.double()).abs() <= 2 * 2.0**-8 * scale).all())
 
 
 def _force_gemv_route(monkeypatch, route):

@@ -14,6 +14,8 @@ Shapes: ``x: [B, L, D]``, ``context: [B, S, D]``; ``attn_mask`` is a bool ``[L, 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,6 +79,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # CPU bf16 attention per head (see ``attend``): the largest per-head score matrix it makes
 PER_HEAD_MAX_SCORES = 1 << 20  # L * S, i.e. 4 MiB of fp32 scores
 PER_HEAD_GROUP = 2  # (batch, head) pairs per bmm: few ops per call, scores still cache-sized
+# the largest known bound on |scores| at which ``Attention`` takes them from a bf16 GEMM
+BF16_SCORES_MAX_BOUND = 8.0
+_bias_cache: list = []  # [(weakref to a mask, its version, dtype, its bias or None)]
 
 
 def _per_head_applies(
@@ -85,7 +90,10 @@ def _per_head_applies(
     """Whether ``attend`` takes the per-head route (CPU bf16 inference; docstring of ``attend``)."""
     if q.device.type != "cpu" or not q.dtype == k.dtype == v.dtype == torch.bfloat16:
         return False
-    if attn_mask is not None or is_causal or q.dim() != 4:
+    if is_causal or q.dim() != 4:
+        return False
+    if attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.dim() > 4
+                                  or attn_mask.device.type != "cpu"):
         return False
     if q.shape[-2] * k.shape[-2] > PER_HEAD_MAX_SCORES:
         return False
@@ -96,6 +104,21 @@ def _per_head_applies(
     return not torch._C._cpu._is_amx_tile_supported()
 
 
+def _mask_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """The additive form of a bool mask (0 where True, -inf where False) in ``dtype``, or None
+    where some query row may attend to nothing (SDPA's zeros there; a softmax would give NaN).
+    Kept for the last mask seen (same tensor, unchanged): a model passes one mask to all blocks."""
+    if _bias_cache:
+        ref, version, dt, bias = _bias_cache[0]
+        if ref() is mask and version == mask._version and dt == dtype:
+            return bias
+    bias = None
+    if bool(mask.any(-1).all()):
+        bias = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
+    _bias_cache[:] = [(weakref.ref(mask), mask._version, dtype, bias)]
+    return bias
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -103,25 +126,38 @@ def attend(
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    bf16_scores: bool = False,
 ) -> torch.Tensor:
     """``softmax(q k^T * scale) v`` for ``q: [B, H, L, hd]``, ``k, v: [B, H, S, hd]``, as SDPA.
 
-    Every call goes to ``F.scaled_dot_product_attention`` except CPU bf16 inference without a mask
-    (e.g. a ViT under ``torch.autocast("cpu", dtype=torch.bfloat16)``) on CPUs without AMX, with at
-    most ``PER_HEAD_MAX_SCORES`` scores per head. There it runs per (batch, head), in groups of
-    ``PER_HEAD_GROUP``: the fp32 scores of the bf16 ``q, k`` (what the flash kernel accumulates),
-    an fp32 softmax, then one bf16 GEMM with ``v`` (fp32 accumulation, one rounding of the output).
+    Every call goes to ``F.scaled_dot_product_attention`` except CPU bf16 inference (e.g. a ViT
+    under ``torch.autocast("cpu", dtype=torch.bfloat16)``) without ``is_causal``, on CPUs without
+    AMX, with at most ``PER_HEAD_MAX_SCORES`` scores per head and no mask or a bool one (any shape
+    that broadcasts to ``[B, H, L, S]``) in which every query row may attend somewhere. There it
+    runs per (batch, head), in groups of ``PER_HEAD_GROUP``: the fp32 scores of the bf16 ``q, k``
+    (what the flash kernel accumulates), an fp32 softmax, then one bf16 GEMM with ``v`` (fp32
+    accumulation, one rounding of the output). A mask enters as an additive 0 / -inf bias that
+    the scores' GEMM adds to its accumulator (``baddbmm``): masked probabilities are exactly 0.
     Why: PyTorch's CPU flash kernel is no faster in bf16 than in fp32 without AMX (one
     ``[4, 8, 385, 64]`` call, 1 thread: 21.6 ms bf16, 19.4 ms fp32, on an AVX512-BF16 EPYC), while
     the bf16 GEMM of ``p @ v`` runs at the bf16 rate. Inside TiTok-S-128's bf16 encode (batch 4,
     8 such calls, one process, interleaved, CPU time) that is 0.526 s per encode against 0.550 s
-    with flash (one head per bmm: 0.547 s), same codes. Scores stay fp32 on purpose: rounding them
+    with flash (one head per bmm: 0.547 s), same codes. Scores stay fp32 by default: rounding them
     to bf16 (a bf16 ``q @ k^T``) was faster still (0.497 s against flash's 0.552 s in one run) but
     has 5x flash's error against a float64 reference and changed 0.4% more of TiTok's VQ codes.
     This route's error is flash's at TiTok's diffuse attention (4.455e-4 against 4.453e-4 mean
     against float64, and the same codes); with peaked attention, rounding the normalised
     probabilities to bf16 costs up to ~1.4x flash's mean error (flash rounds the unnormalised
     ``exp(s - max)``, whose largest term is exact, and divides in fp32).
+
+    ``bf16_scores=True`` (this route only) takes the scores from one bf16 GEMM (the scale and the
+    mask applied to its fp32 accumulator, then one rounding to bf16) and runs the softmax in bf16
+    (fp32 inside): both GEMMs then run at the bf16 rate. ``Attention`` asks for it where its
+    QK-norm bounds the scores by ``BF16_SCORES_MAX_BOUND`` (FlexTok: ``|s| <= 8``), so rounding
+    moves each score by at most ``2**-5``. FlexTok d12's ``[2, 12, 512, 64]`` attention, 1 thread:
+    12.9 ms against 18.7 ms with fp32 scores and 22.7 ms for the flash kernel (13.5 / 18.9 /
+    23.3 ms with its causal-last mask), at 1.9x flash's mean error against float64 (2.3e-4 vs
+    1.2e-4; fp32 scores: 1.3e-4).
     """
     if not _per_head_applies(q, k, v, attn_mask, is_causal):
         return F.scaled_dot_product_attention(
@@ -129,15 +165,32 @@ def attend(
         )
     B, H, L, hd = q.shape
     S = k.shape[-2]
+    scale = hd**-0.5 if scale is None else scale
+    score_dtype = torch.bfloat16 if bf16_scores else torch.float32
+    bias = None
+    if attn_mask is not None:
+        bias = _mask_bias(attn_mask, score_dtype)
+        if bias is None:  # a query row that attends to nothing: SDPA's zeros
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        bias = bias.expand(B, H, L, S)  # a view; SDPA's broadcasting
     with torch.autocast("cpu", enabled=False):  # autocast would run the fp32 bmm in bf16
-        qs = (q.float() * (hd**-0.5 if scale is None else scale)).reshape(B * H, L, hd)
-        kt = k.float().reshape(B * H, S, hd).transpose(1, 2)
-        vs = v.reshape(B * H, S, hd)
-        out = q.new_empty(B * H, L, hd)
+        # bf16 scores: the scale goes to the GEMM's fp32 accumulator (no rounding of q * scale)
+        qs, alpha = (q, scale) if bf16_scores else (q.float() * scale, 1.0)
+        kt, vs = k.to(score_dtype).transpose(2, 3), v.contiguous()
+        out = q.new_empty(B, H, L, hd)
         n = PER_HEAD_GROUP
-        for qi, ki, vi, oi in zip(qs.split(n), kt.split(n), vs.split(n), out.split(n)):
-            torch.bmm(torch.bmm(qi, ki).softmax(-1).to(torch.bfloat16), vi, out=oi)
-    return out.view(B, H, L, hd)
+        for b in range(B):
+            for h in range(0, H, n):
+                qi, ki = qs[b, h : h + n], kt[b, h : h + n]
+                if bias is not None:
+                    s = torch.baddbmm(bias[b, h : h + n], qi, ki, alpha=alpha)
+                elif bf16_scores:
+                    s = torch.baddbmm(qi.new_empty(()), qi, ki, beta=0, alpha=alpha)
+                else:
+                    s = torch.bmm(qi, ki)
+                p = s.softmax(-1).to(torch.bfloat16)
+                torch.bmm(p, vs[b, h : h + n], out=out[b, h : h + n])
+    return out
 
 
 class Attention(nn.Module):
@@ -157,6 +210,9 @@ class Attention(nn.Module):
             raise ValueError(f"attention dim {dim} must be divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = scale  # None -> SDPA default 1/sqrt(head_dim)
+        # QK-norm (non-affine LayerNorm) keeps |q|, |k| <= sqrt(head_dim): |scores| <= that bound
+        bound = abs(self.head_dim**-0.5 if scale is None else scale) * self.head_dim
+        self.bf16_scores = qk_norm and bound <= BF16_SCORES_MAX_BOUND  # see ``attend``
         self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = Linear(dim, dim, bias=proj_bias)
         self.q_norm = (
@@ -224,7 +280,8 @@ class Attention(nn.Module):
             if kv_length is not None:
                 k, v = k[:, :, :kv_length], v[:, :, :kv_length]
             k, v = k.to(q.dtype), v.to(q.dtype)
-        out = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
+        out = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
+                     bf16_scores=self.bf16_scores)
         return self.proj(out.transpose(1, 2).reshape(B, L, D))
 
     def _project_separately(
