@@ -132,3 +132,49 @@ def test_shipped_tiny_configs_are_valid(name):
     if name == "retok_tiny":
         assert cfg.trainer.nested_dropout.enabled and cfg.loss["semantic_teacher"] == "inception"
         assert model.config.distill_dim == 768  # the Inception teacher's Mixed_6e width
+
+
+def _recipe_probe(lr: float, betas, weight_decay: float, steps: int = 20):
+    """retok_tiny on 16 real GCompris photos at 64x64, plain AdamW at a constant ``lr`` with the
+    recipe's nested dropout over all 56 tokens -> (distinct codes of the batch, mean pairwise
+    cosine of the images' flattened pre-quantizer latents), after ``steps`` steps."""
+    import torch.nn.functional as F
+    from conftest import shared_path
+
+    from visualtok import create_model
+    from visualtok.data.image_io import list_images, load_image
+    from visualtok.train.tokenizer_task import TokenizerStep
+
+    files = list_images(shared_path("data", "images", "gcompris"))[:16]
+    x = torch.stack([load_image(f, 64, convert=True) for f in files])
+    model = create_model("retok_tiny")
+    step = TokenizerStep(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas),
+                            weight_decay=weight_decay)
+    n = model.token_shape[0]
+    for _ in range(steps):
+        out, quant, _ = step(x, keep=torch.randint(1, n + 1, (x.shape[0],)))
+        loss = F.mse_loss(out, x) + quant.losses["total"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        z = model.encode_latents(x)
+        codes = model.quantize(z).codes
+    z = F.normalize(z.flatten(1), dim=-1)
+    cos = (z @ z.T).sum().sub(16).div(16 * 15).item()
+    return codes.unique().numel(), cos
+
+
+@pytest.mark.slow
+def test_tiny_recipe_learning_rate_keeps_the_latents_apart():
+    """At the recipe's peak learning rate the encoder must not collapse to one latent for every
+    image within 20 steps (at 1e-3 it did: 1 code in use, latent cosine 0.99999). Longer runs
+    still collapse at 1e-4, more slowly (eval/README.md, "ReTok's collapse")."""
+    from pathlib import Path
+
+    cfg = load_train_config(Path(__file__).resolve().parent.parent / "configs" / "retok_tiny.yaml")
+    n_codes, cos = _recipe_probe(cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
+    assert n_codes >= 10 and cos < 0.999, (n_codes, cos)

@@ -4,7 +4,8 @@
 cd "$(dirname "$0")/../.."
 export RD_OUT=runs/rd_plain
 q() { echo "model.overrides.quantizer={type: vq, codebook_size: 1024, l2_normalize: false, $1}"; }
-[ -f $RD_OUT/retok/model/config.json ] || bash eval/rd_kodak/train.sh retok 360 \
+# ReTok at lr 1e-3, the recipe's rate when the table was made (now 1e-4: run_retok_lr.sh)
+[ -f $RD_OUT/retok/model/config.json ] || bash eval/rd_kodak/train.sh retok 360 --set optim.lr=1.0e-3 \
   --set "$(q 'dim: 8, rotation_trick: true, kmeans_init: true, dead_code_threshold: 0.1')"
 [ -f $RD_OUT/titok/model/config.json ] || bash eval/rd_kodak/train.sh titok 1320 \
   --set "$(q 'dim: 12')"
